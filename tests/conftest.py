@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny randomly initialised BERT embedding model and a tiny BEIR set, built at test time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+TOPICS = {
+    "heart": ("cardiac", "chest pain", "artery"),
+    "lung": ("pulmonary", "breathing", "cough"),
+    "skin": ("dermal", "rash", "itch"),
+    "kidney": ("renal", "urine", "stone"),
+    "liver": ("hepatic", "jaundice", "alcohol"),
+    "bone": ("skeletal", "fracture", "calcium"),
+    "brain": ("neural", "headache", "memory"),
+    "stomach": ("gastric", "acid", "ulcer"),
+    "eye": ("ocular", "vision", "blur"),
+    "blood": ("vascular", "pressure", "salt"),
+}
+ASPECTS = {
+    "symptoms": ("signs", "what do you feel with"),
+    "treatment": ("therapy", "how do doctors fix"),
+    "diet": ("nutrition", "what should I eat for"),
+    "tests": ("diagnosis", "how do they check"),
+}
+
+
+def _split(qid: str) -> str:
+    bucket = int(hashlib.md5(qid.encode()).hexdigest(), 16) % 100
+    return "train" if bucket < 60 else "dev" if bucket < 75 else "test"
+
+
+def write_beir(root: Path) -> Path:
+    """Write a tiny BEIR set: 40 passages, 80 queries, train/dev/test by query-id hash."""
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    docs, queries, qrels = [], [], {"train": [], "dev": [], "test": []}
+    for topic, (clinical, lay, extra) in TOPICS.items():
+        for aspect, (formal, ask) in ASPECTS.items():
+            did = f"{topic}-{aspect}"
+            docs.append(
+                {"_id": did, "title": f"{clinical} {formal}", "text": f"The {formal} of {clinical} disease involve {extra}."}
+            )
+            for k, text in enumerate((f"{ask} {lay} problems", f"{lay} {aspect} question about {extra}")):
+                qid = f"q-{did}-{k}"
+                queries.append({"_id": qid, "text": text})
+                qrels[_split(qid)].append((qid, did))
+    with (root / "corpus.jsonl").open("w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    with (root / "queries.jsonl").open("w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in queries)
+    for split, rows in qrels.items():
+        with (root / "qrels" / f"{split}.tsv").open("w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{d}\t1\n" for q, d in rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-dim BERT with the bundled MiniLM tokenizer, saved as a sentence-transformers folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from runner.models import resolve_model
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny-model")
+    hf_dir = root / "hf"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    st_dir = root / "st"
+    transformer = Transformer(str(hf_dir), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu").save(str(st_dir))
+    return st_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_beir(tmp_path_factory) -> Path:
+    """The tiny BEIR folder (read-only by convention: copy it before changing it)."""
+    return write_beir(tmp_path_factory.mktemp("beir") / "tiny")
+
+
+@pytest.fixture
+def write_spec(tmp_path, tiny_model, tiny_beir):
+    """Write a spec YAML for the tiny model and data; keyword sections override the defaults."""
+
+    def write(text: str | None = None, name: str = "spec.yaml", **sections) -> Path:
+        from ruamel.yaml import YAML
+
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+            return path
+        spec = {
+            "name": "tiny",
+            "model": {"base": str(tiny_model), "max_seq_length": 32},
+            "data": {"path": str(tiny_beir)},
+            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": {"patience": 1}},
+            "eval": {"batch_size": 16},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(spec.get(key), dict):
+                spec[key] = {**spec[key], **value}
+            else:
+                spec[key] = value
+        YAML(typ="safe").dump(spec, path)
+        return path
+
+    return write
