@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -69,29 +70,31 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
-def schema() -> None:
+@click.option("--markdown", is_flag=True, help="Print the spec reference as Markdown tables instead.")
+def schema(markdown: bool) -> None:
     """Print the JSON Schema of spec files (for editor completion)."""
-    from runner.spec import json_schema
+    from runner.spec import json_schema, reference_markdown
 
-    click.echo(json.dumps(json_schema(), indent=2))
+    click.echo(reference_markdown() if markdown else json.dumps(json_schema(), indent=2))
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @set_option
 @db_option
+@click.option("--force", is_flag=True, help="Rerun ablation variants that already have an ok run.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def run(spec: str, overrides: tuple[str, ...], db: str | None, verbose: bool) -> None:
-    """Fine-tune and evaluate as SPEC says; record the run in the store."""
+def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verbose: bool) -> None:
+    """Fine-tune and evaluate as SPEC says (every ablation variant); record each run in the store."""
     loaded = _load(spec, overrides)
     _setup_logging(verbose)
     from runner.data.types import DataError
-    from runner.pipeline import run_spec
-    from runner.summary import print_result
+    from runner.pipeline import run_experiment
+    from runner.summary import print_experiment
 
     db = db or store.default_db()
     try:
-        result = run_spec(loaded, db)
+        result = run_experiment(loaded, db, force=force)
     except DataError as exc:
         click.echo(f"error: {exc}\n(run recorded as failed in {db})", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -102,7 +105,9 @@ def run(spec: str, overrides: tuple[str, ...], db: str | None, verbose: bool) ->
         logging.getLogger("runner").debug("run failed", exc_info=True)
         click.echo(f"error: {type(exc).__name__}: {exc}\n(run recorded as failed in {db})", err=True)
         sys.exit(1)
-    print_result(result, db)
+    print_experiment(result, db)
+    if result.failed:
+        sys.exit(1)
 
 
 @main.command("ls")
@@ -137,6 +142,24 @@ def show(run_id: str, db: str | None, as_json: bool) -> None:
         click.echo(json.dumps(run, indent=2, default=str))
     else:
         print_run(run)
+
+
+@main.command()
+@click.option("--db", "dbs", multiple=True, metavar="PATH", help="Results store(s) to read together (repeatable).")
+@click.option("--experiment", "experiments", multiple=True, help="Experiment(s); default: the latest (repeatable).")
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> None:
+    """Render the HTML ablation report of one or more experiments."""
+    from runner.report import build_report
+
+    paths = list(dbs) or [store.default_db()]
+    try:
+        html = _read(lambda _: build_report(paths, list(experiments)), paths[0])
+    except KeyError as exc:
+        click.echo(f"error: {exc.args[0]}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    Path(output).write_text(html, encoding="utf-8")
+    click.echo(f"wrote {output}")
 
 
 def _read(fn, db: str | None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import store
+from runner.ablate import Variant
 from runner.spec import LoadedSpec, Spec
 
 log = logging.getLogger(__name__)
@@ -138,12 +141,50 @@ class Timer(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-def run_spec(loaded: LoadedSpec, db: str | Path) -> RunResult:
+def _key(*parts: Any) -> str:
+    """Content hash of JSON-able parts: the cache and baseline keys."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Shared:
+    """Work that no ablation factor changes, done once per experiment: data, base scores, negatives.
+
+    Keys are content hashes of the spec sections the work depends on, so a variant that changes one of
+    them (say `model.max_seq_length`) gets its own entry.
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)
+    base_evals: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    negatives: dict[str, tuple[list, Any]] = field(default_factory=dict)
+
+
+def data_key(spec: Spec) -> str:
+    """Identity of the dataset a spec reads (not of the training sample drawn from it)."""
+    return _key(spec.data.model_dump(mode="json", exclude={"limit", "seed"}))
+
+
+def baseline_key(spec: Spec) -> str:
+    """Identity of the base model's evaluation: model, data and evaluation settings."""
+    return _key(spec.model.model_dump(mode="json"), data_key(spec), spec.eval.model_dump(mode="json"))
+
+
+def run_spec(
+    loaded: LoadedSpec,
+    db: str | Path,
+    spec: Spec | None = None,
+    variant: Variant | None = None,
+    shared: Shared | None = None,
+) -> RunResult:
     """Run one experiment and record it; a failure is recorded as failed (or interrupted) and re-raised.
 
     Args:
         loaded: The validated spec with its source.
         db: Path of the results store.
+        spec: The spec to run, when it differs from ``loaded.spec`` (an ablation variant).
+        variant: The ablation variant this run is, recorded with it.
+        shared: Cache of work shared between the runs of one experiment.
 
     Returns:
         The run's metrics and notes.
@@ -151,7 +192,8 @@ def run_spec(loaded: LoadedSpec, db: str | Path) -> RunResult:
     """
     from runner.models import pick_device
 
-    spec = loaded.spec
+    spec = spec or loaded.spec
+    shared = shared or Shared()
     device = pick_device()
     record = store.RunRecord(
         run_id=new_run_id(),
@@ -167,12 +209,16 @@ def run_spec(loaded: LoadedSpec, db: str | Path) -> RunResult:
         device=describe_device(device),
         host=platform.node(),
         pid=os.getpid(),
+        variant=variant.label if variant else "base",
+        changes=variant.changes if variant else {},
+        repeat=variant.repeat if variant else 0,
+        baseline_key=baseline_key(spec),
     )
     store.start_run(db, record)
-    timer, info = Timer(), {"device": record.device}
+    timer, info = Timer(), {"device": record.device, "variant": record.variant}
     try:
         with sigterm_as_interrupt(), timer("total"):
-            result, results = _execute(spec, record.run_id, device, timer, info)
+            result, results = _execute(spec, record.run_id, device, timer, info, shared, db)
     except KeyboardInterrupt as exc:
         store.end_run(db, record.run_id, "interrupted", f"interrupted ({exc or 'Ctrl-C'})", dict(timer), info)
         raise
@@ -184,7 +230,52 @@ def run_spec(loaded: LoadedSpec, db: str | Path) -> RunResult:
     return result
 
 
-def _execute(spec: Spec, run_id: str, device: str, timer: Timer, info: dict) -> tuple[RunResult, store.RunResults]:
+@dataclass
+class ExperimentResult:
+    """All runs of one `embx run` invocation: ran, skipped (already ok in the store) and failed."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> ExperimentResult:
+    """Run every variant of a spec (just the spec itself when it has no `ablate:`).
+
+    A variant whose resolved spec already has an ok run in the store is skipped unless `force`. Data, the
+    base model's scores and mined negatives are shared between variants that do not change them. A variant
+    that fails is recorded as failed and the others still run; with a single variant the error propagates.
+
+    Args:
+        loaded: The validated spec.
+        db: Results store.
+        force: Rerun variants that already have an ok run.
+
+    """
+    from runner.ablate import expand
+
+    variants = expand(loaded.spec)
+    out, shared = ExperimentResult(), Shared()
+    for variant in variants:
+        done = None if force else store.find_ok_run(db, variant.spec.spec_hash())
+        if done:
+            out.skipped.append((variant.label, done))
+            log.info("skip %s (repeat %d): run %s is already ok", variant.label, variant.repeat, done)
+            continue
+        log.info("variant %s (repeat %d)", variant.label, variant.repeat)
+        try:
+            out.runs.append(run_spec(loaded, db, variant.spec, variant, shared))
+        except Exception as exc:
+            if len(variants) == 1:
+                raise
+            out.failed.append((variant.label, f"{type(exc).__name__}: {exc}"))
+            log.error("variant %s failed: %s", variant.label, exc)
+    return out
+
+
+def _execute(
+    spec: Spec, run_id: str, device: str, timer: Timer, info: dict, shared: Shared, db: str | Path
+) -> tuple[RunResult, store.RunResults]:
     """The recipe. Returns the summary and the rows to store."""
     from runner.data import load_data
     from runner.data.negatives import attach_negatives
@@ -194,37 +285,49 @@ def _execute(spec: Spec, run_id: str, device: str, timer: Timer, info: dict) -> 
 
     splits, metrics, m = spec.data.splits, spec.eval.metrics, spec.model
     results = store.RunResults(info=info)
+    dkey = data_key(spec)
+    ikey = _key(dkey, m.model_dump(mode="json"), spec.eval.batch_size)
 
     def score(model, label, split_qrels):
         return evaluate(
             model, label, index, data.queries, split_qrels, m, metrics, spec.eval.depth, spec.eval.batch_size
         )
 
-    # 1. Data
+    # 1. Data (loaded and checked once per experiment)
     with timer("data"):
-        data = load_data(spec)
+        if dkey not in shared.data:
+            shared.data[dkey] = load_data(spec)
+        data = shared.data[dkey]
         test_qrels = data.split(splits.test)
         dev_qrels = data.split(splits.dev) if splits.dev else None
         pairs = data.pairs(splits.train, spec.data.limit, spec.data.seed)
         if not pairs:
             raise ValueError(f"no training pairs in split {splits.train!r}")
         info["data"] = {**data.stats(), "train_pairs": len(pairs)}
-        index = CorpusIndex(data.corpus)
+        index = shared.index.setdefault(ikey, CorpusIndex(data.corpus))
 
-    # 2. Base model, and its scores
+    # 2. Base model, and its scores (once per experiment, or reused from an earlier run in the store)
     with timer("load_model"):
         model = load_model(m, device)
     info["model"] = {"base": m.base, "max_seq_length": m.max_seq_length}
-    evals = {}
+    evals, bkey = {}, baseline_key(spec)
     with timer("eval_base"):
-        if spec.eval.baseline:
-            evals["test", "base"] = score(model, "base", test_qrels)
-        if dev_qrels:
-            evals["dev", "base"] = score(model, "base", dev_qrels)
+        for role, qrels in (("test", test_qrels if spec.eval.baseline else None), ("dev", dev_qrels)):
+            if qrels is None:
+                continue
+            cached = shared.base_evals.get(f"{bkey}:{role}") or store.find_baseline(db, bkey, role)
+            if cached is None:
+                cached = (score(model, "base", qrels), run_id)
+            shared.base_evals[f"{bkey}:{role}"] = cached
+            evals[role, "base"] = cached[0]
+            info.setdefault("baseline_from", {})[role] = cached[1]
 
-    # 3. Negatives
+    # 3. Negatives (mined once per experiment for the same model, data, sample and settings)
     with timer("negatives"):
-        pairs, neg_stats = attach_negatives(spec, pairs, data, model, index)
+        nkey = _key(ikey, spec.negatives.model_dump(mode="json"), spec.data.limit, spec.data.seed, splits.train)
+        if nkey not in shared.negatives:
+            shared.negatives[nkey] = attach_negatives(spec, pairs, data, model, index)
+        pairs, neg_stats = shared.negatives[nkey]
     info["negatives"] = neg_stats.as_dict()
     pairs = [
         p.__class__(
@@ -253,17 +356,20 @@ def _execute(spec: Spec, run_id: str, device: str, timer: Timer, info: dict) -> 
     if ("dev", "base") in evals:
         results.train_log += [(0, 0.0, f"dev_{k}", v) for k, v in evals["dev", "base"].metrics.items()]
 
-    # 5. Tuned model on the held-out split
+    # 5. Tuned model on the held-out split (its corpus embeddings are not shared: the model is this run's)
     with timer("eval_tuned"):
+        index.embeddings.pop("tuned", None)
         evals["test", "tuned"] = score(tuned, "tuned", test_qrels)
         if dev_qrels:
             evals["dev", "tuned"] = score(tuned, "tuned", dev_qrels)
+        index.embeddings.pop("tuned", None)
     if spec.output.save_model:
         target = Path(spec.output.dir) / run_id
         tuned.save(str(target))
         info["saved_model"] = str(target.resolve())
 
     # 6. Rows for the store, and the summary
+    shown: set[str] = set()
     for (split, stage), ev in evals.items():
         results.metrics += [(split, stage, "native", k, v) for k, v in ev.metrics.items()]
         if split == "test":
@@ -271,10 +377,16 @@ def _execute(spec: Spec, run_id: str, device: str, timer: Timer, info: dict) -> 
             for qid, docs in ev.run.items():
                 ranked = sorted(docs.items(), key=lambda x: -x[1])[:10]
                 results.rankings += [(split, stage, qid, r + 1, d, s) for r, (d, s) in enumerate(ranked)]
+                shown.update(d for d, _ in ranked)
+    shown.update(d for docs in test_qrels.values() for d in docs)
+    results.texts = [("query", q, data.queries[q]) for q in test_qrels] + [("doc", d, data.corpus[d]) for d in shown]
+    results.qrels = [("test", q, d, g) for q, docs in test_qrels.items() for d, g in docs.items()]
+    results.dataset = dkey
     by = {split: {stage: ev.metrics for (s, stage), ev in evals.items() if s == split} for split in ("test", "dev")}
     result = RunResult(run_id, spec.name, "ok", spec.eval.main, by["test"], by["dev"], info=info)
     result.warnings = _warnings(spec, by)
     info["warnings"] = result.warnings
+    info["dataset"] = dkey
     return result, results
 
 

@@ -156,7 +156,7 @@ class TrainSpec(_Model):
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
     batch_size: int = Field(32, ge=2, description="Pairs per batch; every other pair's positive is a negative.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear learning-rate warm-up.")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Autocast precision over fp32 master weights. auto: bf16 on GPUs that support it, "
@@ -211,6 +211,32 @@ class OutputSpec(_Model):
     dir: str = Field("runs", description="Folder for saved models and checkpoints (relative: to the cwd).")
 
 
+class AblateSpec(_Model):
+    """Variants of the spec, each run as its own run under the same experiment."""
+
+    mode: Literal["one-at-a-time", "grid"] = Field(
+        "one-at-a-time",
+        description="one-at-a-time: the base spec plus one variant per factor value, changing only that factor. "
+        "grid: every combination of the factor values.",
+    )
+    factors: dict[str, list[Any]] = Field(
+        ...,
+        min_length=1,
+        description="Dotted spec path -> values, e.g. {train.learning_rate: [1.0e-5, 5.0e-6]}.",
+    )
+    repeats: int = Field(1, ge=1, le=20, description="Runs per variant, with train.seed + 0, 1, ... .")
+
+    @field_validator("factors")
+    @classmethod
+    def _non_empty(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if key.split(".")[0] in ("ablate", "name"):
+                raise ValueError(f"factor {key!r}: {key.split('.')[0]} cannot be ablated")
+            if not values:
+                raise ValueError(f"factor {key!r} has no values")
+        return value
+
+
 class Spec(_Model):
     """One experiment: a base model, data, negatives, training and evaluation."""
 
@@ -222,6 +248,7 @@ class Spec(_Model):
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs besides the store.")
+    ablate: AblateSpec | None = Field(None, description="Ablation: variants run as separate runs; see below.")
 
     @model_validator(mode="after")
     def _early_stopping_needs_dev(self) -> Spec:
@@ -232,6 +259,18 @@ class Spec(_Model):
     def resolved_json(self) -> str:
         """Canonical JSON of the resolved spec (sorted keys), the input of :meth:`spec_hash`."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def variant(self, changes: dict[str, Any]) -> Spec:
+        """A copy without `ablate`, with dotted-path changes applied and validated.
+
+        Raises:
+            pydantic.ValidationError: If a change makes the spec invalid.
+
+        """
+        data = self.model_dump(mode="json", exclude={"ablate"})
+        for path, value in changes.items():
+            apply_override(data, path.split("."), value)
+        return Spec.model_validate(data)
 
     def spec_hash(self) -> str:
         """Content hash of the resolved spec: equal hashes mean the same experiment."""
@@ -494,7 +533,33 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
         spec = Spec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_problems(exc, positions, str(path.resolve()))) from None
+    if spec.ablate is not None:
+        _check_factors(spec, positions, str(path.resolve()))
     return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides)
+
+
+def _check_factors(spec: Spec, positions: dict[tuple, Position], main_file: str) -> None:
+    """Validate every ablation value against the schema before anything runs; name the factor on failure."""
+    problems = []
+    for factor, values in spec.ablate.factors.items():
+        file, line, col = positions.get(("ablate", "factors", factor), (main_file, None, None))
+        keys = factor.split(".")
+        if not _section_fields(tuple(keys[:-1])) or keys[-1] not in _section_fields(tuple(keys[:-1])):
+            valid = _section_fields(tuple(keys[:-1])) or list(Spec.model_fields)
+            close = difflib.get_close_matches(keys[-1], valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {'.'.join([*keys[:-1], close[0]])!r}?" if close else ""
+            problems.append(Problem(file, line, col, f"ablate.factors.{factor}", f"unknown spec path{hint}"))
+            continue
+        for value in values:
+            try:
+                spec.variant({factor: value})
+            except ValidationError as exc:
+                reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                problems.append(
+                    Problem(file, line, col, f"ablate.factors.{factor}", f"value {value!r} is invalid: {reasons}")
+                )
+    if problems:
+        raise SpecError(problems)
 
 
 def json_schema() -> dict[str, Any]:
@@ -502,3 +567,55 @@ def json_schema() -> dict[str, Any]:
     schema = Spec.model_json_schema()
     schema["properties"]["extends"] = {"type": "string", "description": "Path of a spec this one extends."}
     return schema
+
+
+def reference_markdown() -> str:
+    """The spec reference as a Markdown table per section, generated from the models' field descriptions.
+
+    README.md embeds this text between ``<!-- spec-reference -->`` markers; a test keeps the two equal.
+    """
+    import typing
+
+    def type_name(annotation: Any) -> str:
+        origin = typing.get_origin(annotation)
+        if origin is Literal:
+            return " \\| ".join(str(a) for a in typing.get_args(annotation))
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            return " \\| ".join(type_name(a) for a in typing.get_args(annotation) if a is not type(None)) + " \\| null"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return "mapping"
+        return getattr(annotation, "__name__", str(annotation)).replace("|", "\\|")
+
+    def default(info) -> str:
+        if info.is_required():
+            return "required"
+        value = info.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            return "see below"
+        return f"`{json.dumps(value)}`"
+
+    lines: list[str] = []
+    sections: list[tuple[str, type[BaseModel]]] = [("", Spec)]
+    for prefix, model in sections:
+        lines += [f"#### `{prefix or 'top level'}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            nested = next(
+                (
+                    a
+                    for a in (annotation, *typing.get_args(annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
+            key = f"{prefix}.{name}" if prefix else name
+            if nested is not None:
+                sections.append((key, nested))
+            description = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {type_name(annotation)} | {default(info)} | {description} |")
+        lines.append("")
+    lines.append(
+        "`extends: other.yaml` (top level) merges this spec over another; paths stay relative to the file "
+        "that names them."
+    )
+    return "\n".join(lines) + "\n"

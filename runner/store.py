@@ -82,6 +82,28 @@ MIGRATIONS: list[str] = [
         value DOUBLE
     );
     """,
+    # 2: ablations (variant of a run, baseline identity) and the texts reports show.
+    """
+    ALTER TABLE runs ADD COLUMN variant VARCHAR DEFAULT 'base';
+    ALTER TABLE runs ADD COLUMN changes VARCHAR DEFAULT '{}';
+    ALTER TABLE runs ADD COLUMN repeat INTEGER DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN baseline_key VARCHAR;
+    CREATE TABLE texts (
+        dataset VARCHAR NOT NULL,          -- content key of the dataset
+        kind VARCHAR NOT NULL,             -- query | doc
+        id VARCHAR NOT NULL,
+        text VARCHAR,
+        PRIMARY KEY (dataset, kind, id)
+    );
+    CREATE TABLE qrels (
+        dataset VARCHAR NOT NULL,
+        split VARCHAR NOT NULL,
+        query_id VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        grade INTEGER,
+        PRIMARY KEY (dataset, split, query_id, doc_id)
+    );
+    """,
 ]
 
 
@@ -108,18 +130,38 @@ def connect(db: str | Path, read_only: bool = False, attempts: int = 60) -> Iter
     path = Path(db)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no results store at {path} (run `embx run SPEC` first, or pass --db)")
-    for attempt in range(attempts):
-        try:
-            con = duckdb.connect(str(path), read_only=read_only)
-            break
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    if read_only and _version(path, attempts) < len(MIGRATIONS):
+        with connect(path, read_only=False, attempts=attempts):
+            pass  # a store written by an older embx: bring its schema up to date first
+    con = _open(path, read_only, attempts)
     try:
         if not read_only:
             _migrate(con)
         yield con
+    finally:
+        con.close()
+
+
+def _open(path: Path, read_only: bool, attempts: int) -> duckdb.DuckDBPyConnection:
+    """Connect, retrying with back-off while another process holds the file's lock."""
+    for attempt in range(attempts):
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _version(path: Path, attempts: int) -> int:
+    """Schema version of an existing store (0 when it has none)."""
+    con = _open(path, True, attempts)
+    try:
+        found = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+        ).fetchone()[0]
+        return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0 if found else 0
     finally:
         con.close()
 
@@ -153,6 +195,10 @@ class RunRecord:
     device: str
     host: str
     pid: int
+    variant: str = "base"
+    changes: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0
+    baseline_key: str | None = None
     started_at: datetime = field(default_factory=now)
 
 
@@ -170,6 +216,11 @@ class RunResults:
     """Rows of (step, epoch, name, value)."""
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    texts: list[tuple[str, str, str]] = field(default_factory=list)
+    """Rows of (kind, id, text) of the queries and documents reports show, for dataset `dataset`."""
+    qrels: list[tuple[str, str, str, int]] = field(default_factory=list)
+    """Rows of (split, query_id, doc_id, grade) of the evaluated split, for dataset `dataset`."""
+    dataset: str = ""
 
 
 def start_run(db: str | Path, rec: RunRecord) -> None:
@@ -182,8 +233,8 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
         )
         con.execute(
             "INSERT INTO runs (run_id, experiment, status, spec_path, spec_text, spec_json, spec_hash, overrides,"
-            " versions, git_commit, device, host, pid, started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?, ?, ?)",
+            " versions, git_commit, device, host, pid, started_at, variant, changes, repeat, baseline_key)"
+            " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 rec.run_id,
                 rec.experiment,
@@ -198,6 +249,10 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
                 rec.host,
                 rec.pid,
                 rec.started_at,
+                rec.variant,
+                json.dumps(rec.changes),
+                rec.repeat,
+                rec.baseline_key,
             ],
         )
         con.execute("COMMIT")
@@ -217,6 +272,20 @@ def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: str, rows: 
     con.execute(f"INSERT INTO {table} SELECT * FROM staged")
 
 
+def _insert_dataset_rows(con: duckdb.DuckDBPyConnection, table: str, dataset: str, rows: list[tuple]) -> None:
+    """Add rows not yet stored for `dataset` (texts and qrels are shared by all runs on the same data)."""
+    if not rows:
+        return
+    import pyarrow as pa
+
+    columns = [c[0] for c in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    data = {columns[0]: [dataset] * len(rows)}
+    for i, name in enumerate(columns[1:]):
+        data[name] = [row[i] for row in rows]
+    staged = pa.table(data)  # noqa: F841 - read by DuckDB's replacement scan below
+    con.execute(f"INSERT INTO {table} SELECT DISTINCT * FROM staged ON CONFLICT DO NOTHING")
+
+
 def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
     """Write a run's results and mark it ok, all in one transaction: a run is never half-written."""
     with connect(db) as con:
@@ -226,6 +295,8 @@ def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
             _insert_rows(con, "query_scores", run_id, results.query_scores)
             _insert_rows(con, "rankings", run_id, results.rankings)
             _insert_rows(con, "train_log", run_id, results.train_log)
+            _insert_dataset_rows(con, "texts", results.dataset, results.texts)
+            _insert_dataset_rows(con, "qrels", results.dataset, results.qrels)
             con.execute(
                 "UPDATE runs SET status = 'ok', finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
                 [now(), json.dumps(results.timings), json.dumps(results.info, default=str), run_id],
@@ -254,7 +325,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) 
 
 
 def _decode(run: dict[str, Any]) -> dict[str, Any]:
-    for key in ("overrides", "versions", "timings", "info"):
+    for key in ("overrides", "versions", "timings", "info", "changes"):
         if isinstance(run.get(key), str):
             run[key] = json.loads(run[key])
     for key in ("started_at", "finished_at"):
@@ -318,3 +389,95 @@ def get_run(db: str | Path, run_id: str) -> dict[str, Any]:
         split = run["metrics_by_split"].setdefault(m["split"], {})
         split.setdefault(m["source"], {}).setdefault(m["stage"], {})[m["name"]] = m["value"]
     return run
+
+
+def find_ok_run(db: str | Path, spec_hash: str) -> str | None:
+    """The newest ok run of a resolved spec, if any (used to skip finished ablation variants)."""
+    if not Path(db).exists():
+        return None
+    with connect(db, read_only=True) as con:
+        row = con.execute(
+            "SELECT run_id FROM runs WHERE spec_hash = ? AND status = 'ok' ORDER BY started_at DESC LIMIT 1",
+            [spec_hash],
+        ).fetchone()
+    return row[0] if row else None
+
+
+def find_baseline(db: str | Path, key: str, split: str):
+    """The base model's stored evaluation for a baseline key and split, from the run that computed it.
+
+    Returns:
+        (EvalResult, run_id) or None. Per-query scores and the top-10 rankings come back for the test split.
+
+    """
+    from runner.evaluate import EvalResult
+
+    if not Path(db).exists():
+        return None
+    with connect(db, read_only=True) as con:
+        row = con.execute(
+            "SELECT r.run_id FROM runs r WHERE r.baseline_key = ? AND r.status = 'ok' AND EXISTS (SELECT 1 FROM"
+            " metrics m WHERE m.run_id = r.run_id AND m.split = ? AND m.stage = 'base') ORDER BY r.started_at LIMIT 1",
+            [key, split],
+        ).fetchone()
+        if not row:
+            return None
+        source = _rows(con, "SELECT info FROM runs WHERE run_id = ?", [row[0]])[0]
+        origin = (json.loads(source["info"] or "{}").get("baseline_from") or {}).get(split, row[0])
+        args = [row[0], split]
+        metrics = con.execute(
+            "SELECT name, value FROM metrics WHERE run_id = ? AND split = ? AND stage = 'base' AND source = 'native'",
+            args,
+        ).fetchall()
+        scores = con.execute(
+            "SELECT query_id, name, value FROM query_scores WHERE run_id = ? AND split = ? AND stage = 'base'", args
+        ).fetchall()
+        ranks = con.execute(
+            "SELECT query_id, doc_id, score FROM rankings WHERE run_id = ? AND split = ? AND stage = 'base'", args
+        ).fetchall()
+    per_query: dict[str, dict[str, float]] = {}
+    for qid, name, value in scores:
+        per_query.setdefault(qid, {})[name] = value
+    run: dict[str, dict[str, float]] = {}
+    for qid, did, score in ranks:
+        run.setdefault(qid, {})[did] = score
+    return EvalResult(dict(metrics), per_query, run), origin
+
+
+def experiment_names(db: str | Path) -> list[str]:
+    """Experiments in the store, most recently run first."""
+    with connect(db, read_only=True) as con:
+        rows = con.execute("SELECT experiment FROM runs GROUP BY experiment ORDER BY max(started_at) DESC").fetchall()
+    return [r[0] for r in rows]
+
+
+def load_experiment(db: str | Path, experiment: str) -> dict[str, Any]:
+    """Everything a report shows about one experiment: runs, metrics, per-query scores, curves, examples.
+
+    Returns:
+        A dict with lists of row dicts: ``runs`` (decoded, oldest first), ``metrics``, ``query_scores`` (test),
+        ``train_log``, ``rankings`` (test, top 10), and ``texts``/``qrels`` of the datasets the runs used.
+
+    """
+    with connect(db, read_only=True) as con:
+        runs = [
+            _decode(r) for r in _rows(con, "SELECT * FROM runs WHERE experiment = ? ORDER BY started_at", [experiment])
+        ]
+        if not runs:
+            raise KeyError(f"no experiment {experiment!r} in {db}")
+        ids = [r["run_id"] for r in runs]
+        datasets = sorted({(r.get("info") or {}).get("dataset") for r in runs} - {None})
+
+        def select(sql: str, values: list) -> list[dict[str, Any]]:
+            marks = ", ".join("?" for _ in values) or "NULL"
+            return _rows(con, sql.format(marks=marks), values)
+
+        return {
+            "runs": runs,
+            "metrics": select("SELECT * FROM metrics WHERE run_id IN ({marks})", ids),
+            "query_scores": select("SELECT * FROM query_scores WHERE split = 'test' AND run_id IN ({marks})", ids),
+            "train_log": select("SELECT * FROM train_log WHERE run_id IN ({marks}) ORDER BY step", ids),
+            "rankings": select("SELECT * FROM rankings WHERE split = 'test' AND run_id IN ({marks})", ids),
+            "texts": select("SELECT * FROM texts WHERE dataset IN ({marks})", datasets),
+            "qrels": select("SELECT * FROM qrels WHERE dataset IN ({marks})", datasets),
+        }

@@ -102,3 +102,25 @@ def print_run(run: dict[str, Any]) -> None:
         out.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in run["timings"].items()))
     for warning in (run.get("info") or {}).get("warnings", []):
         out.print(f"[bold red]WARNING:[/] {warning}")
+
+
+def print_experiment(result: Any, db: str) -> None:
+    """The end of `embx run`: one block per run, then (for ablations) a line per variant."""
+    for run in result.runs:
+        print_result(run, db)
+    if len(result.runs) + len(result.skipped) + len(result.failed) <= 1:
+        return
+    table = Table(title="variants")
+    for col in ("variant", "run", "main", "base", "tuned", "delta"):
+        table.add_column(col)
+    for run in result.runs:
+        base, tuned = run.metrics.get("base", {}).get(run.main), run.metrics.get("tuned", {}).get(run.main)
+        delta = "-" if base is None or tuned is None else f"{tuned - base:+.4f}"
+        label = run.info.get("variant", "")
+        table.add_row(label, run.run_id, run.main, _fmt(base), _fmt(tuned), delta)
+    for label, run_id in result.skipped:
+        table.add_row(label, run_id, "[dim]skipped: already ok[/]", "", "", "")
+    for label, error in result.failed:
+        table.add_row(label, "", f"[red]failed: {error}[/]", "", "", "")
+    out.print(table)
+    out.print("report: embx report" + (f" --db {db}" if db != "results.duckdb" else ""))

@@ -94,30 +94,62 @@ def tiny_beir(tmp_path_factory) -> Path:
     return write_beir(tmp_path_factory.mktemp("beir") / "tiny")
 
 
+def spec_data(model: Path, beir: Path, **sections) -> dict:
+    """A spec mapping for the tiny model and data; keyword sections are merged into (or replace) the defaults."""
+    spec = {
+        "name": "tiny",
+        "model": {"base": str(model), "max_seq_length": 32},
+        "data": {"path": str(beir)},
+        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": {"patience": 1}},
+        "eval": {"batch_size": 16},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return spec
+
+
+def dump_yaml(data: dict, path: Path) -> Path:
+    """Write a mapping as YAML."""
+    from ruamel.yaml import YAML
+
+    YAML(typ="safe").dump(data, path)
+    return path
+
+
+# Sections that make a pipeline run as short as possible: one epoch, no checkpoints (no early stopping).
+FAST = {"train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}}
+
+
 @pytest.fixture
 def write_spec(tmp_path, tiny_model, tiny_beir):
     """Write a spec YAML for the tiny model and data; keyword sections override the defaults."""
 
     def write(text: str | None = None, name: str = "spec.yaml", **sections) -> Path:
-        from ruamel.yaml import YAML
-
         path = tmp_path / name
         if text is not None:
             path.write_text(text)
             return path
-        spec = {
-            "name": "tiny",
-            "model": {"base": str(tiny_model), "max_seq_length": 32},
-            "data": {"path": str(tiny_beir)},
-            "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": {"patience": 1}},
-            "eval": {"batch_size": 16},
-        }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(spec.get(key), dict):
-                spec[key] = {**spec[key], **value}
-            else:
-                spec[key] = value
-        YAML(typ="safe").dump(spec, path)
-        return path
+        return dump_yaml(spec_data(tiny_model, tiny_beir, **sections), path)
 
     return write
+
+
+@pytest.fixture
+def beir_copy(tmp_path, tiny_beir) -> Path:
+    """A private, writable copy of the tiny BEIR folder."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_beir, tmp_path / "beir-copy"))
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """Point the datasets cache at a temporary folder, so hf tests leave nothing behind."""
+    import datasets
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache

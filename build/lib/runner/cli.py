@@ -1,0 +1,174 @@
+"""The `embx` command line: parse, call one function, print. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from runner import store
+
+EXIT_BAD_INPUT = 2
+
+db_option = click.option(
+    "--db",
+    "db",
+    default=None,
+    metavar="PATH",
+    help="Results store (default: $EMBX_DB or ./results.duckdb).",
+)
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a spec field, e.g. --set train.learning_rate=1e-5 (repeatable).",
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    from runner.progress import console
+
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("transformers", "sentence_transformers", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _load(spec_path: str, overrides: tuple[str, ...]):
+    from runner.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path, list(overrides))
+    except SpecError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embx")
+def main() -> None:
+    """embx: declarative fine-tuning and evaluation of embedding models for retrieval."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+def validate(spec: str, overrides: tuple[str, ...]) -> None:
+    """Check a spec; print every problem with file:line:col (exit 2 if any)."""
+    loaded = _load(spec, overrides)
+    click.echo(f"{spec}: ok ({loaded.spec.name}, hash {loaded.spec.spec_hash()})")
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the spec reference as Markdown tables instead.")
+def schema(markdown: bool) -> None:
+    """Print the JSON Schema of spec files (for editor completion)."""
+    from runner.spec import json_schema, reference_markdown
+
+    click.echo(reference_markdown() if markdown else json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@db_option
+@click.option("--force", is_flag=True, help="Rerun ablation variants that already have an ok run.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verbose: bool) -> None:
+    """Fine-tune and evaluate as SPEC says (every ablation variant); record each run in the store."""
+    loaded = _load(spec, overrides)
+    _setup_logging(verbose)
+    from runner.data.types import DataError
+    from runner.pipeline import run_experiment
+    from runner.summary import print_experiment
+
+    db = db or store.default_db()
+    try:
+        result = run_experiment(loaded, db, force=force)
+    except DataError as exc:
+        click.echo(f"error: {exc}\n(run recorded as failed in {db})", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted (run recorded as interrupted in {db})", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        logging.getLogger("runner").debug("run failed", exc_info=True)
+        click.echo(f"error: {type(exc).__name__}: {exc}\n(run recorded as failed in {db})", err=True)
+        sys.exit(1)
+    print_experiment(result, db)
+    if result.failed:
+        sys.exit(1)
+
+
+@main.command("ls")
+@db_option
+@click.option("--experiment", default=None, help="Only runs of this experiment.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls(db: str | None, experiment: str | None, as_json: bool) -> None:
+    """List runs, newest first."""
+    from runner.summary import print_runs
+
+    runs = _read(lambda path: store.list_runs(path, experiment), db)
+    if as_json:
+        click.echo(json.dumps(runs, indent=2, default=str))
+    else:
+        print_runs(runs)
+
+
+@main.command()
+@click.argument("run_id")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(run_id: str, db: str | None, as_json: bool) -> None:
+    """Show one run (RUN_ID or a unique prefix): spec, metrics, training log."""
+    from runner.summary import print_run
+
+    try:
+        run = _read(lambda path: store.get_run(path, run_id), db)
+    except KeyError as exc:
+        click.echo(f"error: {exc.args[0]}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(json.dumps(run, indent=2, default=str))
+    else:
+        print_run(run)
+
+
+@main.command()
+@click.option("--db", "dbs", multiple=True, metavar="PATH", help="Results store(s) to read together (repeatable).")
+@click.option("--experiment", "experiments", multiple=True, help="Experiment(s); default: the latest (repeatable).")
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> None:
+    """Render the HTML ablation report of one or more experiments."""
+    from runner.report import build_report
+
+    paths = list(dbs) or [store.default_db()]
+    try:
+        html = _read(lambda _: build_report(paths, list(experiments)), paths[0])
+    except KeyError as exc:
+        click.echo(f"error: {exc.args[0]}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    Path(output).write_text(html, encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
+def _read(fn, db: str | None):
+    path = db or store.default_db()
+    try:
+        return fn(path)
+    except FileNotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

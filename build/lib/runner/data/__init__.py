@@ -1,0 +1,37 @@
+"""Data sources, negatives and checks: everything between a spec's `data:` section and training pairs."""
+
+from __future__ import annotations
+
+from runner.data.types import DataError, Pair, RetrievalData
+
+__all__ = ["DataError", "Pair", "RetrievalData", "load_data"]
+
+
+def load_data(spec) -> RetrievalData:
+    """Load the data a spec names, checked.
+
+    Args:
+        spec: The validated :class:`runner.spec.Spec`.
+
+    Returns:
+        Corpus, queries, qrels per split and (for JSONL sources) explicit training pairs.
+
+    Raises:
+        DataError: For unreadable or inconsistent data, naming file and line.
+
+    """
+    data = spec.data
+    if data.source == "beir":
+        from runner.data.beir import load_beir
+
+        return load_beir(data.path)
+    if data.source == "jsonl":
+        from runner.data.beir import load_beir
+        from runner.data.jsonl import load_pairs_jsonl
+
+        evaluation = load_beir(data.eval_path, required_splits=[s for s in (data.splits.dev, data.splits.test) if s])
+        evaluation.train_pairs = load_pairs_jsonl(data.path)
+        return evaluation
+    from runner.data.hf import load_hf
+
+    return load_hf(data.path, revision=data.revision)

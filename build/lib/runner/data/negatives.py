@@ -1,0 +1,203 @@
+"""Negatives for training pairs: in-batch only, random corpus passages, or hard negatives mined."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from runner.data.types import Pair
+
+if TYPE_CHECKING:
+    import torch
+
+    from runner.spec import NegativesSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NegativeStats:
+    """What negative sampling did, stored with the run.
+
+    Attributes:
+        mode: in-batch, random or hard.
+        pairs: Training pairs.
+        per_query: Negatives attached to each pair (0 for in-batch).
+        candidates: Candidates considered (hard: results in mine_range).
+        dropped_positive: Candidates dropped because they are known positives of the query.
+        dropped_margin: Candidates dropped as likely false negatives (score above (1 - margin) x positive).
+        filled_random: Slots filled with random passages because too few mined candidates survived.
+
+    """
+
+    mode: str
+    pairs: int
+    per_query: int = 0
+    candidates: int = 0
+    dropped_positive: int = 0
+    dropped_margin: int = 0
+    filled_random: int = 0
+
+    def as_dict(self) -> dict[str, int | str]:
+        """Plain dict for the store."""
+        return asdict(self)
+
+
+def _positives(pairs: list[Pair], known: dict[str, set[str]]) -> list[set[str]]:
+    """Texts that must never be a negative for each pair: every known positive of its query."""
+    by_query: dict[str, set[str]] = {}
+    for pair in pairs:
+        by_query.setdefault(pair.query, set()).add(pair.positive)
+    return [by_query[p.query] | known.get(p.query, set()) for p in pairs]
+
+
+def random_negatives(
+    pairs: list[Pair], pool: list[str], per_query: int, seed: int, known: dict[str, set[str]] | None = None
+) -> tuple[list[Pair], NegativeStats]:
+    """Attach `per_query` random passages from `pool` to each pair, never a known positive of its query.
+
+    Args:
+        pairs: Training pairs.
+        pool: Candidate passage texts (the corpus).
+        per_query: Negatives per pair.
+        seed: Sampling seed.
+        known: Query text -> texts of all its positives (beyond those present in `pairs`).
+
+    """
+    rng = random.Random(seed)
+    excluded = _positives(pairs, known or {})
+    stats = NegativeStats("random", len(pairs), per_query)
+    out = []
+    for pair, banned in zip(pairs, excluded):
+        picked: list[str] = []
+        while len(picked) < per_query:
+            cand = pool[rng.randrange(len(pool))]
+            stats.candidates += 1
+            if cand in banned:
+                stats.dropped_positive += 1
+            elif cand not in picked:
+                picked.append(cand)
+            if stats.candidates > 100 * len(pairs) * per_query:
+                raise ValueError("the corpus holds too few passages that are not positives to sample negatives from")
+        out.append(Pair(pair.query, pair.positive, pair.query_id, pair.positive_id, picked))
+    return out, stats
+
+
+def mine_hard_negatives(
+    pairs: list[Pair],
+    pool: list[str],
+    query_emb: torch.Tensor,
+    positive_emb: torch.Tensor,
+    pool_emb: torch.Tensor,
+    spec: NegativesSpec,
+    seed: int,
+    known: dict[str, set[str]] | None = None,
+) -> tuple[list[Pair], NegativeStats]:
+    """Attach hard negatives mined with the base model's embeddings.
+
+    For each pair: rank the pool by similarity to the query, take ranks ``mine_range`` (0-based, [from,
+    to)), drop known positives, drop candidates scoring above ``(1 - relative_margin) x`` the positive's
+    score (likely unlabelled positives), and draw ``per_query`` of the rest at random (seeded). If fewer
+    survive, random pool passages fill the gap (counted in ``filled_random``).
+
+    Args:
+        pairs: Training pairs.
+        pool: Candidate passage texts (the corpus).
+        query_emb: (len(pairs), d) query embeddings, aligned with `pairs`.
+        positive_emb: (len(pairs), d) embeddings of each pair's positive.
+        pool_emb: (len(pool), d) pool embeddings.
+        spec: Negatives settings.
+        seed: Sampling seed.
+        known: Query text -> texts of all its positives.
+
+    """
+    from runner.evaluate import top_k
+
+    low, high = spec.mine_range
+    rng = random.Random(seed)
+    excluded = _positives(pairs, known or {})
+    stats = NegativeStats("hard", len(pairs), spec.per_query)
+    pos_scores = (query_emb * positive_emb).sum(dim=1).cpu().tolist()
+    scores, indices = top_k(query_emb, pool_emb, high)
+    out = []
+    for row, (pair, banned) in enumerate(zip(pairs, excluded)):
+        limit = (1.0 - spec.relative_margin) * pos_scores[row]
+        kept: list[str] = []
+        for score, j in zip(scores[row, low:].tolist(), indices[row, low:].tolist()):
+            stats.candidates += 1
+            text = pool[j]
+            if text in banned:
+                stats.dropped_positive += 1
+            elif score > limit:
+                stats.dropped_margin += 1
+            elif text not in kept:
+                kept.append(text)
+        picked = rng.sample(kept, spec.per_query) if len(kept) >= spec.per_query else kept
+        tries = 0
+        while len(picked) < spec.per_query:
+            tries += 1
+            if tries > 1000 * spec.per_query:
+                raise ValueError("the pool holds too few passages that are not positives to fill the negatives")
+            cand = pool[rng.randrange(len(pool))]
+            if cand not in banned and cand not in picked:
+                picked.append(cand)
+                stats.filled_random += 1
+        out.append(Pair(pair.query, pair.positive, pair.query_id, pair.positive_id, picked))
+    log.info(
+        "hard negatives: %d candidates, %d known positives dropped, %d within margin dropped, %d random fills",
+        stats.candidates,
+        stats.dropped_positive,
+        stats.dropped_margin,
+        stats.filled_random,
+    )
+    return out, stats
+
+
+def attach_negatives(spec, pairs: list[Pair], data, model, index) -> tuple[list[Pair], NegativeStats]:
+    """Give every pair the negatives the spec's `negatives.mode` asks for.
+
+    The pool is the corpus for BEIR/hf sources, and every pos/neg text of the file for JSONL sources.
+    Known positives (all train judgements of a query) are never used as negatives.
+
+    Args:
+        spec: The run's spec.
+        pairs: Training pairs, prefixes not yet applied.
+        data: The loaded :class:`RetrievalData`.
+        model: The base model (hard mining).
+        index: The corpus index, whose base embeddings are reused when the pool is the corpus.
+
+    """
+    cfg = spec.negatives
+    if cfg.mode == "in-batch":
+        return [Pair(p.query, p.positive, p.query_id, p.positive_id) for p in pairs], NegativeStats(
+            "in-batch", len(pairs)
+        )
+    known: dict[str, set[str]] = {}
+    if data.train_pairs is None:
+        for qid, docs in data.split(spec.data.splits.train).items():
+            known[data.queries[qid]] = {data.corpus[d] for d, grade in docs.items() if grade > 0}
+        pool, pool_label = index.texts, "base"
+    else:
+        for p in data.train_pairs:
+            known.setdefault(p.query, set()).add(p.positive)
+        pool = list(dict.fromkeys(t for p in data.train_pairs for t in (p.positive, *p.negatives)))
+        pool_label = None
+    if cfg.mode == "random":
+        return random_negatives(pairs, pool, cfg.per_query, spec.data.seed, known)
+
+    from runner.evaluate import encode
+
+    m = spec.model
+    if pool_label is not None:
+        pool_emb = index.embed(pool_label, model, m, spec.eval.batch_size)
+    else:
+        pool_emb = encode(model, [m.passage_prefix + t for t in pool], spec.eval.batch_size, m.normalize, "encode pool")
+    row = {text: i for i, text in enumerate(pool)}
+    queries = list(dict.fromkeys(p.query for p in pairs))
+    q_emb = encode(model, [m.query_prefix + q for q in queries], spec.eval.batch_size, m.normalize, "mine negatives")
+    q_row = {q: i for i, q in enumerate(queries)}
+    query_emb = q_emb[[q_row[p.query] for p in pairs]]
+    positive_emb = pool_emb[[row[p.positive] for p in pairs]]
+    return mine_hard_negatives(pairs, pool, query_emb, positive_emb, pool_emb, cfg, spec.data.seed, known)

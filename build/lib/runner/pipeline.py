@@ -1,0 +1,403 @@
+"""`run_spec`: one experiment run, top to bottom: data -> negatives -> train -> evaluate -> store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from runner import store
+from runner.ablate import Variant
+from runner.spec import LoadedSpec, Spec
+
+log = logging.getLogger(__name__)
+
+PACKAGES = (
+    "embx",
+    "torch",
+    "transformers",
+    "sentence-transformers",
+    "datasets",
+    "pytrec-eval-terrier",
+    "duckdb",
+    "pydantic",
+    "numpy",
+)
+
+
+@dataclass
+class RunResult:
+    """What `embx run` prints and returns.
+
+    Attributes:
+        run_id: Store id of the run.
+        experiment: Spec name.
+        status: ok (failures raise instead).
+        main: The spec's main metric.
+        metrics: Test metrics by stage: {"base": {...}, "tuned": {...}}.
+        dev: Dev metrics by stage, when there is a dev split.
+        warnings: Things the user must see (e.g. tuned worse than base).
+        info: Data counts, negative statistics, epochs, device.
+        timings: Seconds per stage.
+
+    """
+
+    run_id: str
+    experiment: str
+    status: str
+    main: str
+    metrics: dict[str, dict[str, float]]
+    dev: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def new_run_id() -> str:
+    """Sortable, unique run id: UTC time plus random hex."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that decide a result, and Python's."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        with suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def git_commit(folder: Path) -> str | None:
+    """HEAD of the git repository holding `folder` (with "-dirty" for uncommitted changes), if any."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def describe_device(device: str) -> str:
+    """Human-readable device, e.g. ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: 2 threads``."""
+    import torch
+
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"{device}: {torch.get_num_threads()} threads"
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so a terminated run is recorded as interrupted."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Timer(dict):
+    """Seconds per named stage."""
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        """Add the time spent in the block to stage `name`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _key(*parts: Any) -> str:
+    """Content hash of JSON-able parts: the cache and baseline keys."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Shared:
+    """Work that no ablation factor changes, done once per experiment: data, base scores, negatives.
+
+    Keys are content hashes of the spec sections the work depends on, so a variant that changes one of
+    them (say `model.max_seq_length`) gets its own entry.
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)
+    base_evals: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    negatives: dict[str, tuple[list, Any]] = field(default_factory=dict)
+
+
+def data_key(spec: Spec) -> str:
+    """Identity of the dataset a spec reads (not of the training sample drawn from it)."""
+    return _key(spec.data.model_dump(mode="json", exclude={"limit", "seed"}))
+
+
+def baseline_key(spec: Spec) -> str:
+    """Identity of the base model's evaluation: model, data and evaluation settings."""
+    return _key(spec.model.model_dump(mode="json"), data_key(spec), spec.eval.model_dump(mode="json"))
+
+
+def run_spec(
+    loaded: LoadedSpec,
+    db: str | Path,
+    spec: Spec | None = None,
+    variant: Variant | None = None,
+    shared: Shared | None = None,
+) -> RunResult:
+    """Run one experiment and record it; a failure is recorded as failed (or interrupted) and re-raised.
+
+    Args:
+        loaded: The validated spec with its source.
+        db: Path of the results store.
+        spec: The spec to run, when it differs from ``loaded.spec`` (an ablation variant).
+        variant: The ablation variant this run is, recorded with it.
+        shared: Cache of work shared between the runs of one experiment.
+
+    Returns:
+        The run's metrics and notes.
+
+    """
+    from runner.models import pick_device
+
+    spec = spec or loaded.spec
+    shared = shared or Shared()
+    device = pick_device()
+    record = store.RunRecord(
+        run_id=new_run_id(),
+        experiment=spec.name,
+        description=spec.description,
+        spec_path=str(loaded.path),
+        spec_text=loaded.text,
+        spec_json=spec.resolved_json(),
+        spec_hash=spec.spec_hash(),
+        overrides=loaded.overrides,
+        versions=versions(),
+        git_commit=git_commit(loaded.path.parent),
+        device=describe_device(device),
+        host=platform.node(),
+        pid=os.getpid(),
+        variant=variant.label if variant else "base",
+        changes=variant.changes if variant else {},
+        repeat=variant.repeat if variant else 0,
+        baseline_key=baseline_key(spec),
+    )
+    store.start_run(db, record)
+    timer, info = Timer(), {"device": record.device, "variant": record.variant}
+    try:
+        with sigterm_as_interrupt(), timer("total"):
+            result, results = _execute(spec, record.run_id, device, timer, info, shared, db)
+    except KeyboardInterrupt as exc:
+        store.end_run(db, record.run_id, "interrupted", f"interrupted ({exc or 'Ctrl-C'})", dict(timer), info)
+        raise
+    except Exception as exc:
+        store.end_run(db, record.run_id, "failed", f"{type(exc).__name__}: {exc}", dict(timer), info)
+        raise
+    results.timings = result.timings = dict(timer)
+    store.finish_run(db, record.run_id, results)
+    return result
+
+
+@dataclass
+class ExperimentResult:
+    """All runs of one `embx run` invocation: ran, skipped (already ok in the store) and failed."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> ExperimentResult:
+    """Run every variant of a spec (just the spec itself when it has no `ablate:`).
+
+    A variant whose resolved spec already has an ok run in the store is skipped unless `force`. Data, the
+    base model's scores and mined negatives are shared between variants that do not change them. A variant
+    that fails is recorded as failed and the others still run; with a single variant the error propagates.
+
+    Args:
+        loaded: The validated spec.
+        db: Results store.
+        force: Rerun variants that already have an ok run.
+
+    """
+    from runner.ablate import expand
+
+    variants = expand(loaded.spec)
+    out, shared = ExperimentResult(), Shared()
+    for variant in variants:
+        done = None if force else store.find_ok_run(db, variant.spec.spec_hash())
+        if done:
+            out.skipped.append((variant.label, done))
+            log.info("skip %s (repeat %d): run %s is already ok", variant.label, variant.repeat, done)
+            continue
+        log.info("variant %s (repeat %d)", variant.label, variant.repeat)
+        try:
+            out.runs.append(run_spec(loaded, db, variant.spec, variant, shared))
+        except Exception as exc:
+            if len(variants) == 1:
+                raise
+            out.failed.append((variant.label, f"{type(exc).__name__}: {exc}"))
+            log.error("variant %s failed: %s", variant.label, exc)
+    return out
+
+
+def _execute(
+    spec: Spec, run_id: str, device: str, timer: Timer, info: dict, shared: Shared, db: str | Path
+) -> tuple[RunResult, store.RunResults]:
+    """The recipe. Returns the summary and the rows to store."""
+    from runner.data import load_data
+    from runner.data.negatives import attach_negatives
+    from runner.evaluate import CorpusIndex, evaluate
+    from runner.models import load_model
+    from runner.train import get_backend
+
+    splits, metrics, m = spec.data.splits, spec.eval.metrics, spec.model
+    results = store.RunResults(info=info)
+    dkey = data_key(spec)
+    ikey = _key(dkey, m.model_dump(mode="json"), spec.eval.batch_size)
+
+    def score(model, label, split_qrels):
+        return evaluate(
+            model, label, index, data.queries, split_qrels, m, metrics, spec.eval.depth, spec.eval.batch_size
+        )
+
+    # 1. Data (loaded and checked once per experiment)
+    with timer("data"):
+        if dkey not in shared.data:
+            shared.data[dkey] = load_data(spec)
+        data = shared.data[dkey]
+        test_qrels = data.split(splits.test)
+        dev_qrels = data.split(splits.dev) if splits.dev else None
+        pairs = data.pairs(splits.train, spec.data.limit, spec.data.seed)
+        if not pairs:
+            raise ValueError(f"no training pairs in split {splits.train!r}")
+        info["data"] = {**data.stats(), "train_pairs": len(pairs)}
+        index = shared.index.setdefault(ikey, CorpusIndex(data.corpus))
+
+    # 2. Base model, and its scores (once per experiment, or reused from an earlier run in the store)
+    with timer("load_model"):
+        model = load_model(m, device)
+    info["model"] = {"base": m.base, "max_seq_length": m.max_seq_length}
+    evals, bkey = {}, baseline_key(spec)
+    with timer("eval_base"):
+        for role, qrels in (("test", test_qrels if spec.eval.baseline else None), ("dev", dev_qrels)):
+            if qrels is None:
+                continue
+            cached = shared.base_evals.get(f"{bkey}:{role}") or store.find_baseline(db, bkey, role)
+            if cached is None:
+                cached = (score(model, "base", qrels), run_id)
+            shared.base_evals[f"{bkey}:{role}"] = cached
+            evals[role, "base"] = cached[0]
+            info.setdefault("baseline_from", {})[role] = cached[1]
+
+    # 3. Negatives (mined once per experiment for the same model, data, sample and settings)
+    with timer("negatives"):
+        nkey = _key(ikey, spec.negatives.model_dump(mode="json"), spec.data.limit, spec.data.seed, splits.train)
+        if nkey not in shared.negatives:
+            shared.negatives[nkey] = attach_negatives(spec, pairs, data, model, index)
+        pairs, neg_stats = shared.negatives[nkey]
+    info["negatives"] = neg_stats.as_dict()
+    pairs = [
+        p.__class__(
+            m.query_prefix + p.query,
+            m.passage_prefix + p.positive,
+            p.query_id,
+            p.positive_id,
+            [m.passage_prefix + n for n in p.negatives],
+        )
+        for p in pairs
+    ]
+
+    # 4. Train (the dev split is scored after every epoch; early stopping keeps the best epoch)
+    dev_eval = (lambda model_: score(model_, None, dev_qrels).metrics) if dev_qrels else None
+    with timer("train"), tempfile.TemporaryDirectory(prefix=f"embx-{run_id}-") as workdir:
+        outcome = get_backend(spec.train.backend).train(model, pairs, spec, dev_eval, Path(workdir))
+    tuned = outcome.model
+    info["train"] = {
+        "epochs_run": outcome.epochs_run,
+        "best_epoch": outcome.best_epoch,
+        "samples": outcome.samples,
+        "samples_per_s": round(outcome.samples / outcome.seconds, 2) if outcome.seconds else None,
+        "precision": outcome.precision,
+    }
+    results.train_log = list(outcome.log)
+    if ("dev", "base") in evals:
+        results.train_log += [(0, 0.0, f"dev_{k}", v) for k, v in evals["dev", "base"].metrics.items()]
+
+    # 5. Tuned model on the held-out split (its corpus embeddings are not shared: the model is this run's)
+    with timer("eval_tuned"):
+        index.embeddings.pop("tuned", None)
+        evals["test", "tuned"] = score(tuned, "tuned", test_qrels)
+        if dev_qrels:
+            evals["dev", "tuned"] = score(tuned, "tuned", dev_qrels)
+        index.embeddings.pop("tuned", None)
+    if spec.output.save_model:
+        target = Path(spec.output.dir) / run_id
+        tuned.save(str(target))
+        info["saved_model"] = str(target.resolve())
+
+    # 6. Rows for the store, and the summary
+    shown: set[str] = set()
+    for (split, stage), ev in evals.items():
+        results.metrics += [(split, stage, "native", k, v) for k, v in ev.metrics.items()]
+        if split == "test":
+            results.query_scores += [(split, stage, q, k, v) for q, row in ev.per_query.items() for k, v in row.items()]
+            for qid, docs in ev.run.items():
+                ranked = sorted(docs.items(), key=lambda x: -x[1])[:10]
+                results.rankings += [(split, stage, qid, r + 1, d, s) for r, (d, s) in enumerate(ranked)]
+                shown.update(d for d, _ in ranked)
+    shown.update(d for docs in test_qrels.values() for d in docs)
+    results.texts = [("query", q, data.queries[q]) for q in test_qrels] + [("doc", d, data.corpus[d]) for d in shown]
+    results.qrels = [("test", q, d, g) for q, docs in test_qrels.items() for d, g in docs.items()]
+    results.dataset = dkey
+    by = {split: {stage: ev.metrics for (s, stage), ev in evals.items() if s == split} for split in ("test", "dev")}
+    result = RunResult(run_id, spec.name, "ok", spec.eval.main, by["test"], by["dev"], info=info)
+    result.warnings = _warnings(spec, by)
+    info["warnings"] = result.warnings
+    info["dataset"] = dkey
+    return result, results
+
+
+def _warnings(spec: Spec, by: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Loud notes when fine-tuning did not help."""
+    out = []
+    main = spec.eval.main
+    for split in ("dev", "test"):
+        base, tuned = by.get(split, {}).get("base"), by.get(split, {}).get("tuned")
+        if base and tuned and tuned[main] < base[main]:
+            out.append(
+                f"the tuned model is WORSE than the base model on {split}: {main} {tuned[main]:.4f} < {base[main]:.4f}"
+            )
+    return out

@@ -1,0 +1,399 @@
+"""The HTML ablation report: which choice moved the metric, and is the gain real?
+
+Reads the store through store.py, compares every variant with the experiment's reference variant on the
+test split (per-query paired permutation test and bootstrap confidence interval from scipy), draws charts
+with matplotlib (inline SVG, so the page needs no network) and renders templates/report.html (Jinja2,
+autoescape on: dataset text is always shown as text).
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import store
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.05
+N_RESAMPLES = 5000
+
+
+@dataclass
+class VariantStats:
+    """One variant (its repeats pooled) of an experiment."""
+
+    label: str
+    changes: dict[str, Any]
+    runs: list[dict[str, Any]]
+    status: str
+    error: str | None = None
+    tuned: dict[str, float] = field(default_factory=dict)
+    base: dict[str, float] = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    """stage -> query -> main-metric value, averaged over repeats."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    conclusion: str = ""
+    test: dict[str, Any] = field(default_factory=dict)
+    spec_diff: str = ""
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def paired_test(x: list[float], y: list[float]) -> dict[str, float]:
+    """Paired comparison of two systems' per-query scores (y - x).
+
+    Uses scipy: a permutation test that flips the sign of each pair's difference (two-sided) and a
+    bootstrap 95% confidence interval of the mean difference.
+
+    Returns:
+        {"mean_diff", "p_value", "ci_low", "ci_high", "n"}.
+    """
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    diff = b - a
+    out = {"mean_diff": float(diff.mean()) if len(diff) else 0.0, "n": int(len(diff))}
+    if len(diff) < 2 or np.allclose(diff, 0):
+        return {**out, "p_value": 1.0, "ci_low": out["mean_diff"], "ci_high": out["mean_diff"]}
+    perm = stats.permutation_test(
+        (a, b),
+        lambda u, v, axis: np.mean(v - u, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=N_RESAMPLES,
+        alternative="two-sided",
+        random_state=0,
+    )
+    boot = stats.bootstrap(
+        (diff,), np.mean, confidence_level=0.95, n_resamples=N_RESAMPLES, method="percentile", random_state=0
+    )
+    return {
+        **out,
+        "p_value": float(perm.pvalue),
+        "ci_low": float(boot.confidence_interval.low),
+        "ci_high": float(boot.confidence_interval.high),
+    }
+
+
+def conclude(what: str, metric: str, ref_value: float, value: float, test: dict[str, float]) -> str:
+    """One sentence from the numbers: direction, size, and whether the paired test supports it."""
+    delta = value - ref_value
+    rel = f" ({delta / ref_value:+.1%})" if ref_value else ""
+    if abs(delta) < 1e-12:
+        return f"{what}: no change in {metric}."
+    verb = "raised" if delta > 0 else "lowered"
+    p, lo, hi = test["p_value"], test["ci_low"], test["ci_high"]
+    verdict = (
+        f"significant at {ALPHA:.0%} (p = {p:.3g}, 95% CI [{lo:+.4f}, {hi:+.4f}])"
+        if p < ALPHA
+        else f"not significant (p = {p:.3g}, 95% CI [{lo:+.4f}, {hi:+.4f}] includes 0)"
+        if lo <= 0 <= hi
+        else f"not significant (p = {p:.3g}, 95% CI [{lo:+.4f}, {hi:+.4f}])"
+    )
+    return f"{what} {verb} {metric} by {abs(delta):.4f}{rel} over {test['n']} test queries: {verdict}."
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _factor_charts(factors: dict[str, list[tuple[str, float, bool]]], base_model: float | None, main: str) -> list:
+    """One bar chart per factor: tuned main metric by value (the reference value highlighted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts = []
+    for factor, points in factors.items():
+        fig, ax = plt.subplots(figsize=(4.2, 2.8))
+        labels = [p[0] for p in points]
+        values = [p[1] for p in points]
+        colours = ["#1f6feb" if p[2] else "#8c959f" for p in points]
+        ax.bar(range(len(points)), values, color=colours)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        if base_model is not None:
+            ax.axhline(base_model, color="#cf222e", linestyle="--", linewidth=1, label="base model")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xticks(range(len(points)), labels, fontsize=8)
+        ax.set_ylabel(f"test {main}", fontsize=8)
+        low = min([*values, base_model or values[0]])
+        ax.set_ylim(max(0.0, low - 0.1), min(1.0, max(values) + 0.05))
+        ax.set_title(factor, fontsize=9)
+        charts.append({"title": factor, "svg": _svg(fig)})
+    return charts
+
+
+def _curve_chart(variants: list[VariantStats], dev_metric: str) -> str | None:
+    """Training loss and dev metric per epoch for each variant (overfitting shows as loss down, dev flat)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(v.curves.get("loss") for v in variants):
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for v in variants:
+        if v.curves.get("loss"):
+            xs, ys = zip(*v.curves["loss"])
+            left.plot(xs, ys, label=v.label, linewidth=1)
+        if v.curves.get("dev"):
+            xs, ys = zip(*v.curves["dev"])
+            right.plot(xs, ys, marker="o", label=v.label, linewidth=1)
+    left.set_title("training loss", fontsize=9)
+    left.set_xlabel("epoch", fontsize=8)
+    right.set_title(f"dev {dev_metric} (epoch 0 = base model)", fontsize=9)
+    right.set_xlabel("epoch", fontsize=8)
+    right.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _yaml(spec_json: str) -> list[str]:
+    from ruamel.yaml import YAML
+
+    buf = io.StringIO()
+    YAML(typ="safe").dump(json.loads(spec_json), buf)
+    return buf.getvalue().splitlines()
+
+
+def _examples(data: dict[str, Any], run: dict[str, Any], main: str, n: int = 3) -> dict[str, list]:
+    """Queries with the largest gains and losses of the tuned model, with both top-3 lists."""
+    rid = run["run_id"]
+    dataset = (run.get("info") or {}).get("dataset")
+    scores: dict[str, dict[str, float]] = {}
+    for row in data["query_scores"]:
+        if row["run_id"] == rid and row["name"] == main:
+            scores.setdefault(row["query_id"], {})[row["stage"]] = row["value"]
+    ranked: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for row in data["rankings"]:
+        if row["run_id"] == rid:
+            ranked.setdefault((row["stage"], row["query_id"]), []).append((row["rank"], row["doc_id"]))
+    texts = {(t["kind"], t["id"]): t["text"] for t in data["texts"] if t["dataset"] == dataset}
+    relevant: dict[str, set[str]] = {}
+    for q in data["qrels"]:
+        if q["dataset"] == dataset and q["grade"] > 0:
+            relevant.setdefault(q["query_id"], set()).add(q["doc_id"])
+    deltas = sorted(
+        ((s["tuned"] - s["base"], q) for q, s in scores.items() if "tuned" in s and "base" in s), key=lambda x: x[0]
+    )
+
+    def example(delta: float, qid: str) -> dict[str, Any]:
+        rel = relevant.get(qid, set())
+
+        def side(stage: str) -> dict[str, Any]:
+            docs = [d for _, d in sorted(ranked.get((stage, qid), []))]
+            first = next((i + 1 for i, d in enumerate(docs) if d in rel), None)
+            top = [{"id": d, "text": texts.get(("doc", d), ""), "relevant": d in rel} for d in docs[:3]]
+            return {"first_relevant": first, "top": top, "score": scores[qid][stage]}
+
+        return {
+            "query_id": qid,
+            "query": texts.get(("query", qid), qid),
+            "delta": delta,
+            "relevant": [{"id": d, "text": texts.get(("doc", d), "")} for d in sorted(rel)[:2]],
+            "base": side("base"),
+            "tuned": side("tuned"),
+        }
+
+    gains = [example(d, q) for d, q in reversed(deltas[-n:]) if d > 0]
+    losses = [example(d, q) for d, q in deltas[:n] if d < 0]
+    return {"gains": gains, "losses": losses}
+
+
+def analyse(data: dict[str, Any]) -> dict[str, Any]:
+    """Turn one experiment's stored rows into the report's sections."""
+    runs = data["runs"]
+    spec0 = json.loads(runs[0]["spec_json"])
+    main = spec0["eval"]["main"]
+    metric_names = spec0["eval"]["metrics"]
+    stopping = spec0["train"].get("early_stopping") or {}
+    dev_metric = stopping.get("metric", main)
+
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    for m in data["metrics"]:
+        if m["split"] == "test" and m["source"] == "native":
+            metrics.setdefault(m["run_id"], {}).setdefault(m["stage"], {})[m["name"]] = m["value"]
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
+    for q in data["query_scores"]:
+        if q["name"] == main:
+            per_query.setdefault(q["run_id"], {}).setdefault(q["stage"], {})[q["query_id"]] = q["value"]
+    logs: dict[str, list[dict[str, Any]]] = {}
+    for row in data["train_log"]:
+        logs.setdefault(row["run_id"], []).append(row)
+
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_label.setdefault(run.get("variant") or "base", []).append(run)
+    variants: list[VariantStats] = []
+    for label, group in by_label.items():
+        ok = [r for r in group if r["status"] == "ok"]
+        latest = group[-1]
+        v = VariantStats(label, latest.get("changes") or {}, group, "ok" if ok else latest["status"])
+        if not ok:
+            v.error = latest.get("error")
+            variants.append(v)
+            continue
+        # Pool repeats: the newest ok run per repeat index.
+        per_repeat = {r.get("repeat", 0): r for r in ok}
+        chosen = list(per_repeat.values())
+        v.runs = chosen
+        for stage in ("base", "tuned"):
+            names = {n for r in chosen for n in metrics.get(r["run_id"], {}).get(stage, {})}
+            values = {n: [metrics[r["run_id"]][stage][n] for r in chosen if n in metrics[r["run_id"]].get(stage, {})]
+                      for n in names}
+            getattr(v, stage).update({n: sum(x) / len(x) for n, x in values.items() if x})
+            queries = {q for r in chosen for q in per_query.get(r["run_id"], {}).get(stage, {})}
+            v.per_query[stage] = {
+                q: sum(per_query[r["run_id"]][stage][q] for r in chosen) / len(chosen)
+                for q in queries
+                if all(q in per_query.get(r["run_id"], {}).get(stage, {}) for r in chosen)
+            }
+        log_rows = logs.get(chosen[0]["run_id"], [])
+        v.curves["loss"] = [(r["epoch"], r["value"]) for r in log_rows if r["name"] == "loss"]
+        v.curves["dev"] = sorted((r["epoch"], r["value"]) for r in log_rows if r["name"] == f"dev_{dev_metric}")
+        variants.append(v)
+
+    reference = next((v for v in variants if v.label == "base" and v.status == "ok"), None)
+    reference = reference or next((v for v in variants if v.status == "ok"), None)
+    base_model = reference.base.get(main) if reference else None
+    factors: dict[str, list[tuple[str, float, bool]]] = {}
+    if reference is not None:
+        ref_spec = json.loads(reference.runs[0]["spec_json"])
+        ref_yaml = _yaml(reference.runs[0]["spec_json"])
+        # The reference: tuned vs the untuned base model.
+        common = sorted(set(reference.per_query.get("base", {})) & set(reference.per_query.get("tuned", {})))
+        reference.test = paired_test(
+            [reference.per_query["base"][q] for q in common], [reference.per_query["tuned"][q] for q in common]
+        )
+        reference.conclusion = conclude(
+            "Fine-tuning (reference settings)", main, reference.base.get(main, 0.0), reference.tuned.get(main, 0.0),
+            reference.test,
+        )
+        for v in variants:
+            if v.status != "ok":
+                continue
+            v.spec_diff = "\n".join(
+                difflib.unified_diff(ref_yaml, _yaml(v.runs[0]["spec_json"]), "reference", v.label, lineterm="", n=1)
+            )
+            if v is reference:
+                continue
+            common = sorted(set(reference.per_query.get("tuned", {})) & set(v.per_query.get("tuned", {})))
+            v.test = paired_test(
+                [reference.per_query["tuned"][q] for q in common], [v.per_query["tuned"][q] for q in common]
+            )
+            what = ", ".join(f"{k} {_value_at(ref_spec, k)!r} -> {val!r}" for k, val in v.changes.items())
+            v.conclusion = conclude(what or v.label, main, reference.tuned.get(main, 0.0), v.tuned.get(main, 0.0), v.test)
+            for k, val in v.changes.items():
+                if len(v.changes) == 1:
+                    factors.setdefault(k, [(f"{_value_at(ref_spec, k)} (ref)", reference.tuned.get(main, 0.0), True)])
+                    factors[k].append((str(val), v.tuned.get(main, 0.0), False))
+        for v in variants:
+            if v.status != "ok":
+                continue
+            for name in metric_names:
+                ref = reference.base.get(name) if v is reference else reference.tuned.get(name)
+                val = v.tuned.get(name)
+                if ref is None or val is None:
+                    continue
+                v.rows.append(
+                    {"metric": name, "ref": ref, "value": val, "delta": val - ref, "rel": (val - ref) / ref if ref else None}
+                )
+    ok_variants = [v for v in variants if v.status == "ok"]
+    best = max(ok_variants, key=lambda v: v.tuned.get(main, float("-inf")), default=None)
+    example_run = (best or reference).runs[0] if (best or reference) else None
+    first = runs[0]
+    return {
+        "experiment": first["experiment"],
+        "description": spec0.get("description", ""),
+        "dataset": spec0["data"]["path"],
+        "base_model": spec0["model"]["base"],
+        "main": main,
+        "dev_metric": dev_metric,
+        "metrics": metric_names,
+        "variants": variants,
+        "reference": reference,
+        "best": best,
+        "base_model_score": base_model,
+        "baseline_runs": sorted({json.dumps((r.get("info") or {}).get("baseline_from")) for r in runs if r["status"] == "ok"}),
+        "factor_charts": _factor_charts(factors, base_model, main) if factors else [],
+        "curve_chart": _curve_chart(ok_variants, dev_metric),
+        "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
+        "example_variant": (best or reference).label if (best or reference) else None,
+        "n_runs": len(runs),
+    }
+
+
+def _value_at(spec: dict[str, Any], path: str) -> Any:
+    node: Any = spec
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _environment():
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    here = Path(__file__).resolve().parent
+    folders = [p for p in (here.parent / "templates", here / "templates") if p.is_dir()]
+    env = Environment(loader=FileSystemLoader(folders), autoescape=select_autoescape(["html"]))
+    env.filters["f4"] = lambda x: "-" if x is None else f"{x:.4f}"
+    env.filters["signed"] = lambda x: "-" if x is None else f"{x:+.4f}"
+    env.filters["pct"] = lambda x: "-" if x is None else f"{x:+.1%}"
+    env.filters["pval"] = lambda x: "-" if x is None else f"{x:.3g}"
+    return env
+
+
+def build_report(dbs: list[str | Path], experiments: list[str] | None = None) -> str:
+    """Render the report of one or more experiments (side by side) from one or more stores.
+
+    Args:
+        dbs: Result stores; runs of the same experiment in several stores are read together.
+        experiments: Experiment names; default: the most recently run experiment.
+
+    Returns:
+        A self-contained HTML page.
+
+    Raises:
+        KeyError: If a named experiment is in none of the stores.
+    """
+    from datetime import datetime, timezone
+
+    names = list(experiments or [])
+    if not names:
+        found = [n for db in dbs for n in store.experiment_names(db)]
+        if not found:
+            raise KeyError("the store holds no runs")
+        names = [found[0]]
+    sections = []
+    for name in names:
+        merged: dict[str, list] = {}
+        for db in dbs:
+            try:
+                part = store.load_experiment(db, name)
+            except KeyError:
+                continue
+            for key, rows in part.items():
+                merged.setdefault(key, []).extend(rows)
+        if not merged:
+            raise KeyError(f"no experiment {name!r} in {', '.join(map(str, dbs))}")
+        merged["runs"].sort(key=lambda r: r["started_at"] or "")
+        sections.append(analyse(merged))
+    return _environment().get_template("report.html").render(
+        sections=sections,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        dbs=[str(d) for d in dbs],
+    )

@@ -1,0 +1,621 @@
+"""The experiment spec: pydantic models, YAML loading with positions, overrides and inheritance.
+
+A spec is validated once here and then passed around typed. Every field carries a description, which
+`embx schema` exports as JSON Schema for editor completion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+METRIC_PATTERN = re.compile(r"^(recall|ndcg|mrr|map|precision)@([1-9][0-9]*)$")
+
+
+class _Model(BaseModel):
+    """Base for every spec section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def check_metric(name: str) -> str:
+    """Validate a flat metric key such as ``ndcg@10``.
+
+    Args:
+        name: The metric key.
+
+    Returns:
+        The key, lower-cased.
+
+    Raises:
+        ValueError: If the key is not ``recall|ndcg|mrr|map|precision`` followed by ``@k``.
+
+    """
+    key = name.strip().lower()
+    if not METRIC_PATTERN.match(key):
+        raise ValueError(
+            f"unknown metric {name!r}: expected recall@k, ndcg@k, mrr@k, map@k or precision@k (e.g. ndcg@10)"
+        )
+    return key
+
+
+class ModelSpec(_Model):
+    """The base model to fine-tune and how it turns text into one vector."""
+
+    base: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Built-in offline alias (all-MiniLM-L6-v2), a local model folder, or a Hugging Face hub id.",
+    )
+    pooling: Literal["mean", "cls", "last_token"] | None = Field(
+        None,
+        description="Pooling of token embeddings. null keeps the model's own pooling; a value that differs "
+        "from the model's is applied and reported.",
+    )
+    max_seq_length: int = Field(256, ge=8, le=8192, description="Tokens per text; longer texts are truncated.")
+    query_prefix: str = Field("", description="Text put before every query, e.g. a bge retrieval instruction.")
+    passage_prefix: str = Field("", description="Text put before every passage.")
+    normalize: bool = Field(True, description="L2-normalise embeddings, so dot product is cosine similarity.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+
+
+class Splits(_Model):
+    """Names of the qrels splits used for training, model selection and the final test."""
+
+    train: str = Field("train", description="Split whose qrels become training pairs.")
+    dev: str | None = Field("dev", description="Split for per-epoch evaluation and early stopping; null: none.")
+    test: str = Field("test", description="Held-out split on which base and tuned models are compared.")
+
+
+class DataSpec(_Model):
+    """Where the training and evaluation data come from."""
+
+    source: Literal["beir", "jsonl", "hf"] = Field(
+        "beir",
+        description="beir: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv). jsonl: FlagEmbedding "
+        "training JSONL ({query, pos, neg}) at `path`, evaluated on the BEIR folder `eval_path`. hf: a Hugging "
+        "Face dataset (hub id or local folder) in the BEIR/mteb layout with configs corpus, queries and "
+        "default (qrels, one split per name).",
+    )
+    path: str = Field(..., description="Dataset location; relative paths are resolved against the spec file.")
+    eval_path: str | None = Field(None, description="BEIR folder to evaluate on (required for source jsonl).")
+    revision: str | None = Field(None, description="Hub revision for source hf.")
+    splits: Splits = Field(default_factory=Splits, description="Split names.")
+    limit: int | None = Field(
+        None, ge=1, description="Cap on training pairs, drawn deterministically with `seed`; null: all."
+    )
+    seed: int = Field(42, description="Seed for the training-pair sample and random negatives.")
+
+    @model_validator(mode="after")
+    def _eval_path_for_jsonl(self) -> DataSpec:
+        if self.source == "jsonl" and not self.eval_path:
+            raise ValueError("source jsonl needs eval_path: a BEIR folder holding the dev and test splits")
+        return self
+
+
+class NegativesSpec(_Model):
+    """How negatives are chosen for each (query, positive) pair."""
+
+    mode: Literal["in-batch", "random", "hard"] = Field(
+        "in-batch",
+        description="in-batch: the other positives of the batch only. random: per_query random corpus "
+        "passages (never a known positive). hard: mined with the base model from ranks mine_range.",
+    )
+    per_query: int = Field(3, ge=1, le=32, description="Explicit negatives per pair (1:3 to 1:5 is typical).")
+    mine_range: tuple[int, int] = Field(
+        (10, 100),
+        description="Ranks [from, to) of the base model's results that hard negatives are drawn from.",
+    )
+    relative_margin: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Drop mined candidates scoring above (1 - relative_margin) x the positive's score: "
+        "they are likely unlabelled positives.",
+    )
+
+    @model_validator(mode="after")
+    def _range_fits(self) -> NegativesSpec:
+        low, high = self.mine_range
+        if low < 0 or high <= low:
+            raise ValueError(f"mine_range must be [from, to) with 0 <= from < to, got {list(self.mine_range)}")
+        if self.mode == "hard" and high - low < self.per_query:
+            raise ValueError(f"mine_range {list(self.mine_range)} holds fewer ranks than per_query={self.per_query}")
+        return self
+
+
+class EarlyStopping(_Model):
+    """Stop when the dev metric has not improved for `patience` epochs; keep the best epoch's weights."""
+
+    metric: str = Field("recall@10", description="Dev metric to select the best epoch on.")
+    patience: int = Field(2, ge=1, description="Epochs without improvement before training stops.")
+
+    _check = field_validator("metric")(classmethod(lambda cls, v: check_metric(v)))
+
+
+class TrainSpec(_Model):
+    """Fine-tuning hyperparameters."""
+
+    backend: Literal["sentence-transformers"] = Field(
+        "sentence-transformers", description="Training backend: sentence-transformers."
+    )
+    loss: Literal["mnrl", "cached-mnrl"] = Field(
+        "mnrl",
+        description="mnrl: MultipleNegativesRankingLoss (InfoNCE). cached-mnrl: the GradCache variant, for "
+        "large batches in little memory.",
+    )
+    scale: float = Field(20.0, gt=0, description="Similarity scale of the loss (1 / temperature).")
+    epochs: int = Field(1, ge=1, le=100, description="Maximum number of epochs.")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(32, ge=2, description="Pairs per batch; every other pair's positive is a negative.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear learning-rate warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Autocast precision over fp32 master weights. auto: bf16 on GPUs that support it, "
+        "else fp16 on CUDA, fp32 on CPU.",
+    )
+    seed: int = Field(42, description="Seed for initialisation order, shuffling and dropout.")
+    early_stopping: EarlyStopping | None = Field(
+        default_factory=EarlyStopping,
+        description="Early stopping on the dev split; null trains all epochs and keeps the last.",
+    )
+
+
+class EvalSpec(_Model):
+    """Evaluation of base and tuned models on the held-out split."""
+
+    metrics: list[str] = Field(
+        default_factory=lambda: ["recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"],
+        min_length=1,
+        description="Flat metric keys: recall@k, ndcg@k, mrr@k, map@k, precision@k.",
+    )
+    main: str = Field("ndcg@10", description="The metric that summaries, reports and searches rank on.")
+    baseline: bool = Field(True, description="Also evaluate the untuned base model on the test split.")
+    batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        keys = [check_metric(v) for v in value]
+        return list(dict.fromkeys(keys))
+
+    @field_validator("main")
+    @classmethod
+    def _main(cls, value: str) -> str:
+        return check_metric(value)
+
+    @model_validator(mode="after")
+    def _main_listed(self) -> EvalSpec:
+        if self.main not in self.metrics:
+            self.metrics = [*self.metrics, self.main]
+        return self
+
+    @property
+    def depth(self) -> int:
+        """Number of results to retrieve per query so that every metric can be computed."""
+        return max(100, *(int(m.split("@")[1]) for m in self.metrics))
+
+
+class OutputSpec(_Model):
+    """What is written besides the store."""
+
+    save_model: bool = Field(False, description="Keep the tuned model under `dir`/<run_id>.")
+    dir: str = Field("runs", description="Folder for saved models and checkpoints (relative: to the cwd).")
+
+
+class AblateSpec(_Model):
+    """Variants of the spec, each run as its own run under the same experiment."""
+
+    mode: Literal["one-at-a-time", "grid"] = Field(
+        "one-at-a-time",
+        description="one-at-a-time: the base spec plus one variant per factor value, changing only that factor. "
+        "grid: every combination of the factor values.",
+    )
+    factors: dict[str, list[Any]] = Field(
+        ...,
+        min_length=1,
+        description="Dotted spec path -> values, e.g. {train.learning_rate: [1.0e-5, 5.0e-6]}.",
+    )
+    repeats: int = Field(1, ge=1, le=20, description="Runs per variant, with train.seed + 0, 1, ... .")
+
+    @field_validator("factors")
+    @classmethod
+    def _non_empty(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if key.split(".")[0] in ("ablate", "name"):
+                raise ValueError(f"factor {key!r}: {key.split('.')[0]} cannot be ablated")
+            if not values:
+                raise ValueError(f"factor {key!r} has no values")
+        return value
+
+
+class Spec(_Model):
+    """One experiment: a base model, data, negatives, training and evaluation."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Experiment name.")
+    description: str = Field("", description="Free text shown in listings and reports.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
+    data: DataSpec = Field(..., description="Data source.")
+    negatives: NegativesSpec = Field(default_factory=NegativesSpec, description="Negative sampling.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs besides the store.")
+    ablate: AblateSpec | None = Field(None, description="Ablation: variants run as separate runs; see below.")
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_dev(self) -> Spec:
+        if self.train.early_stopping is not None and self.data.splits.dev is None:
+            raise ValueError("train.early_stopping needs a dev split: set data.splits.dev or early_stopping: null")
+        return self
+
+    def resolved_json(self) -> str:
+        """Canonical JSON of the resolved spec (sorted keys), the input of :meth:`spec_hash`."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def variant(self, changes: dict[str, Any]) -> Spec:
+        """A copy without `ablate`, with dotted-path changes applied and validated.
+
+        Raises:
+            pydantic.ValidationError: If a change makes the spec invalid.
+
+        """
+        data = self.model_dump(mode="json", exclude={"ablate"})
+        for path, value in changes.items():
+            apply_override(data, path.split("."), value)
+        return Spec.model_validate(data)
+
+    def spec_hash(self) -> str:
+        """Content hash of the resolved spec: equal hashes mean the same experiment."""
+        return hashlib.sha256(self.resolved_json().encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Problem:
+    """One validation problem, located in a file."""
+
+    file: str
+    line: int | None
+    col: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}:{self.col}"
+        return f"{where}: {self.path or '<spec>'}: {self.message}"
+
+
+@dataclass
+class SpecError(Exception):
+    """A spec that failed to load or validate; holds every problem found, not only the first."""
+
+    problems: list[Problem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in spec:"
+        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+
+
+@dataclass
+class LoadedSpec:
+    """A validated spec with the text and location it came from."""
+
+    spec: Spec
+    path: Path
+    text: str
+    overrides: list[str]
+
+
+Position = tuple[str, int | None, int | None]
+
+
+def _yaml():
+    from ruamel.yaml import YAML
+
+    # The round-trip loader keeps line/column positions; it constructs plain mappings, sequences and
+    # scalars only and never executes code from the document.
+    return YAML(typ="rt", pure=True)
+
+
+def _read_yaml(path: Path) -> tuple[Any, str]:
+    from ruamel.yaml.error import MarkedYAMLError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([Problem(str(path), None, None, "", "file not found")]) from None
+    try:
+        doc = _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise SpecError([Problem(str(path), line, col, "", f"invalid YAML: {exc.problem or exc}")]) from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise SpecError([Problem(str(path), 1, 1, "", "a spec must be a YAML mapping")])
+    return doc, text
+
+
+def _positions(node: Any, file: str, prefix: tuple = (), out: dict | None = None) -> dict[tuple, Position]:
+    """Map every key path of a ruamel document to (file, line, col), 1-based."""
+    out = {} if out is None else out
+    if isinstance(node, dict):
+        for key in node:
+            try:
+                line, col = node.lc.key(key)
+                out[(*prefix, str(key))] = (file, line + 1, col + 1)
+            except (AttributeError, KeyError, TypeError):
+                out[(*prefix, str(key))] = (file, None, None)
+            _positions(node[key], file, (*prefix, str(key)), out)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            try:
+                line, col = node.lc.item(i)
+                out[(*prefix, str(i))] = (file, line + 1, col + 1)
+            except (AttributeError, KeyError, TypeError, IndexError):
+                pass
+            _positions(item, file, (*prefix, str(i)), out)
+    return out
+
+
+def _plain(node: Any) -> Any:
+    """Convert ruamel containers and scalars to plain Python values."""
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """Deep-merge two spec mappings; `top` wins, nested mappings merge, lists are replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, Position], str]:
+    """Load a spec file and everything it `extends`, returning the merged mapping and key positions."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise SpecError([Problem(str(path), None, None, "extends", f"circular extends: {chain}")])
+    doc, text = _read_yaml(path)
+    positions = _positions(doc, str(path))
+    data = _plain(doc)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return _relativise(data, path.parent), positions, text
+    if not isinstance(parent, str):
+        file, line, col = positions[("extends",)]
+        raise SpecError([Problem(file, line, col, "extends", "extends must be a path to another spec file")])
+    parent_path = (path.parent / parent).resolve()
+    if not parent_path.exists():
+        file, line, col = positions[("extends",)]
+        raise SpecError([Problem(file, line, col, "extends", f"file not found: {parent_path}")])
+    base_data, base_positions, _ = _load_tree(parent_path, (*seen, path))
+    return _merge(base_data, _relativise(data, path.parent)), {**base_positions, **positions}, text
+
+
+def _relativise(data: dict, folder: Path) -> dict:
+    """Resolve data paths relative to the spec file that names them (hub ids are left alone)."""
+    section = data.get("data")
+    if isinstance(section, dict):
+        for key in ("path", "eval_path"):
+            value = section.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                candidate = folder / value
+                if candidate.exists() or section.get("source", "beir") != "hf":
+                    section[key] = str(candidate.resolve())
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("base"), str):
+        candidate = folder / model["base"]
+        if model["base"].startswith((".", "/")) or candidate.exists():
+            model["base"] = str(candidate.resolve())
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``dotted.key=value``; the value is read as a YAML scalar or flow collection.
+
+    Args:
+        text: The override as given on the command line.
+
+    Returns:
+        The key path and the value; the schema then types the value.
+
+    Raises:
+        SpecError: If there is no ``=`` or the key is empty.
+
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError([Problem("--set", None, None, text, "expected dotted.key=value")])
+    value = _plain(_yaml().load(io.StringIO(raw))) if raw.strip() else ""
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> None:
+    """Set ``data[k1][k2]... = value``, creating mappings on the way."""
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """Field names that are valid at the mapping addressed by `loc` (for "did you mean")."""
+    model: type[BaseModel] | None = Spec
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        model = next(
+            (
+                a
+                for a in (annotation, *getattr(annotation, "__args__", ()))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+    return list(model.model_fields) if model is not None else []
+
+
+def _problems(exc: ValidationError, positions: dict[tuple, Position], main_file: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            valid = _section_fields(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+            message = f"unknown key {loc[-1]!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            if not close and valid:
+                message += f" (valid keys: {', '.join(valid)})"
+        elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+            message += f" (got {err['input']!r})"
+        where = next((positions[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in positions), None)
+        file, line, col = where if where else (main_file, None, None)
+        problems.append(Problem(file, line, col, ".".join(loc), message))
+    return problems
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    """Load, merge (`extends`), override (`--set`) and validate a spec file.
+
+    Args:
+        path: The YAML spec.
+        overrides: ``dotted.key=value`` strings applied after loading.
+
+    Returns:
+        The validated spec with its source text.
+
+    Raises:
+        SpecError: With every problem found, each located at file:line:col where possible.
+
+    """
+    path = Path(path)
+    overrides = list(overrides or [])
+    data, positions, text = _load_tree(path)
+    for item in overrides:
+        keys, value = parse_override(item)
+        if keys[0] == "data" and len(keys) == 2 and keys[1] in ("path", "eval_path") and isinstance(value, str):
+            value = str(Path(value).resolve()) if Path(value).exists() else value
+        apply_override(data, keys, value)
+        positions[tuple(keys)] = (f"--set {item}", None, None)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_problems(exc, positions, str(path.resolve()))) from None
+    if spec.ablate is not None:
+        _check_factors(spec, positions, str(path.resolve()))
+    return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides)
+
+
+def _check_factors(spec: Spec, positions: dict[tuple, Position], main_file: str) -> None:
+    """Validate every ablation value against the schema before anything runs; name the factor on failure."""
+    problems = []
+    for factor, values in spec.ablate.factors.items():
+        file, line, col = positions.get(("ablate", "factors", factor), (main_file, None, None))
+        keys = factor.split(".")
+        if not _section_fields(tuple(keys[:-1])) or keys[-1] not in _section_fields(tuple(keys[:-1])):
+            valid = _section_fields(tuple(keys[:-1])) or list(Spec.model_fields)
+            close = difflib.get_close_matches(keys[-1], valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {'.'.join([*keys[:-1], close[0]])!r}?" if close else ""
+            problems.append(Problem(file, line, col, f"ablate.factors.{factor}", f"unknown spec path{hint}"))
+            continue
+        for value in values:
+            try:
+                spec.variant({factor: value})
+            except ValidationError as exc:
+                reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                problems.append(
+                    Problem(file, line, col, f"ablate.factors.{factor}", f"value {value!r} is invalid: {reasons}")
+                )
+    if problems:
+        raise SpecError(problems)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file (what `embx schema` prints)."""
+    schema = Spec.model_json_schema()
+    schema["properties"]["extends"] = {"type": "string", "description": "Path of a spec this one extends."}
+    return schema
+
+
+def reference_markdown() -> str:
+    """The spec reference as a Markdown table per section, generated from the models' field descriptions.
+
+    README.md embeds this text between ``<!-- spec-reference -->`` markers; a test keeps the two equal.
+    """
+    import typing
+
+    def type_name(annotation: Any) -> str:
+        origin = typing.get_origin(annotation)
+        if origin is Literal:
+            return " \\| ".join(str(a) for a in typing.get_args(annotation))
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            return " \\| ".join(type_name(a) for a in typing.get_args(annotation) if a is not type(None)) + " \\| null"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return "mapping"
+        return getattr(annotation, "__name__", str(annotation)).replace("|", "\\|")
+
+    def default(info) -> str:
+        if info.is_required():
+            return "required"
+        value = info.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            return "see below"
+        return f"`{json.dumps(value)}`"
+
+    lines: list[str] = []
+    sections: list[tuple[str, type[BaseModel]]] = [("", Spec)]
+    for prefix, model in sections:
+        lines += [f"#### `{prefix or 'top level'}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            nested = next(
+                (
+                    a
+                    for a in (annotation, *typing.get_args(annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
+                None,
+            )
+            key = f"{prefix}.{name}" if prefix else name
+            if nested is not None:
+                sections.append((key, nested))
+            description = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {type_name(annotation)} | {default(info)} | {description} |")
+        lines.append("")
+    lines.append(
+        "`extends: other.yaml` (top level) merges this spec over another; paths stay relative to the file "
+        "that names them."
+    )
+    return "\n".join(lines) + "\n"

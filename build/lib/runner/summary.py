@@ -1,0 +1,126 @@
+"""Terminal output of runs: the base-vs-tuned table, run listings and one run's details (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def metric_table(title: str, base: dict[str, float], tuned: dict[str, float], main: str | None) -> Table:
+    """Metric | base | tuned | delta, the main metric in bold."""
+    table = Table(title=title)
+    for col in ("metric", "base", "tuned", "delta"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for name in tuned or base:
+        b, t = base.get(name), tuned.get(name)
+        delta = "-" if b is None or t is None else f"{t - b:+.4f}"
+        colour = "" if b is None or t is None else ("green" if t > b else "red" if t < b else "")
+        label = f"[bold]{name}[/]" if name == main else name
+        table.add_row(label, _fmt(b), _fmt(t), f"[{colour}]{delta}[/]" if colour else delta)
+    return table
+
+
+def print_result(result: Any, db: str) -> None:
+    """The end of `embx run`: metrics table, data/negatives/training facts, warnings."""
+    out.print(
+        metric_table(
+            f"{result.experiment}: test",
+            result.metrics.get("base", {}),
+            result.metrics.get("tuned", {}),
+            result.main,
+        )
+    )
+    if result.dev:
+        dev_b, dev_t = result.dev.get("base", {}), result.dev.get("tuned", {})
+        if result.main in dev_t:
+            out.print(f"dev {result.main}: base {_fmt(dev_b.get(result.main))} -> tuned {_fmt(dev_t[result.main])}")
+    info = result.info
+    data, neg, train = info.get("data", {}), info.get("negatives", {}), info.get("train", {})
+    out.print(
+        f"data: {data.get('train_pairs')} training pairs, corpus {data.get('corpus')}; negatives: {neg.get('mode')}"
+        + (
+            f" x{neg.get('per_query')} (dropped {neg.get('dropped_positive')} known positives,"
+            f" {neg.get('dropped_margin')} within margin; {neg.get('filled_random')} random fills)"
+            if neg.get("mode") == "hard"
+            else ""
+        )
+    )
+    out.print(
+        f"train: {train.get('epochs_run')} epoch(s), best epoch {train.get('best_epoch')}, "
+        f"{train.get('samples_per_s')} samples/s, {train.get('precision')} on {info.get('device')}; "
+        f"total {result.timings.get('total', 0):.1f} s"
+    )
+    for warning in result.warnings:
+        out.print(f"[bold red]WARNING:[/] {warning}")
+    out.print(f"run [bold]{result.run_id}[/] recorded in {db}")
+
+
+def print_runs(runs: list[dict[str, Any]]) -> None:
+    """`embx ls` table."""
+    table = Table()
+    for col in ("run_id", "experiment", "status", "started", "main", "base", "tuned", "delta"):
+        table.add_column(col)
+    for run in runs:
+        main = run.get("main_metric")
+        base = run["metrics"].get("base", {}).get(main)
+        tuned = run["metrics"].get("tuned", {}).get(main)
+        delta = "-" if base is None or tuned is None else f"{tuned - base:+.4f}"
+        status = run["status"] if run["status"] == "ok" else f"[red]{run['status']}[/]"
+        table.add_row(
+            run["run_id"],
+            run["experiment"],
+            status,
+            str(run["started_at"]),
+            main or "-",
+            _fmt(base),
+            _fmt(tuned),
+            delta,
+        )
+    out.print(table)
+
+
+def print_run(run: dict[str, Any]) -> None:
+    """`embx show` output."""
+    out.print(f"[bold]{run['run_id']}[/] {run['experiment']} [{run['status']}] started {run['started_at']}")
+    if run.get("error"):
+        out.print(f"[red]error:[/] {run['error']}")
+    out.print(
+        f"spec: {run['spec_path']} (hash {run['spec_hash']}), commit {run.get('git_commit')}, device {run['device']}"
+    )
+    for split, sources in run.get("metrics_by_split", {}).items():
+        for source, stages in sources.items():
+            out.print(metric_table(f"{split} ({source})", stages.get("base", {}), stages.get("tuned", {}), None))
+    if run.get("timings"):
+        out.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in run["timings"].items()))
+    for warning in (run.get("info") or {}).get("warnings", []):
+        out.print(f"[bold red]WARNING:[/] {warning}")
+
+
+def print_experiment(result: Any, db: str) -> None:
+    """The end of `embx run`: one block per run, then (for ablations) a line per variant."""
+    for run in result.runs:
+        print_result(run, db)
+    if len(result.runs) + len(result.skipped) + len(result.failed) <= 1:
+        return
+    table = Table(title="variants")
+    for col in ("variant", "run", "main", "base", "tuned", "delta"):
+        table.add_column(col)
+    for run in result.runs:
+        base, tuned = run.metrics.get("base", {}).get(run.main), run.metrics.get("tuned", {}).get(run.main)
+        delta = "-" if base is None or tuned is None else f"{tuned - base:+.4f}"
+        label = run.info.get("variant", "")
+        table.add_row(label, run.run_id, run.main, _fmt(base), _fmt(tuned), delta)
+    for label, run_id in result.skipped:
+        table.add_row(label, run_id, "[dim]skipped: already ok[/]", "", "", "")
+    for label, error in result.failed:
+        table.add_row(label, "", f"[red]failed: {error}[/]", "", "", "")
+    out.print(table)
+    out.print("report: embx report" + (f" --db {db}" if db != "results.duckdb" else ""))

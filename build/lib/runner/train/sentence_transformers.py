@@ -1,0 +1,166 @@
+"""The sentence-transformers backend: SentenceTransformerTrainer with MNRL and per-epoch dev evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner.train import DevEval, TrainOutcome, resolve_precision
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from runner.data.types import Pair
+    from runner.spec import Spec
+
+log = logging.getLogger(__name__)
+
+DEV_NAME = "dev"
+
+
+def _dataset(pairs: list[Pair]):
+    """Columns anchor, positive[, negative_1..n]: the layout MNRL expects."""
+    from datasets import Dataset
+
+    columns: dict[str, list[str]] = {
+        "anchor": [p.query for p in pairs],
+        "positive": [p.positive for p in pairs],
+    }
+    width = min((len(p.negatives) for p in pairs), default=0)
+    for i in range(width):
+        columns[f"negative_{i + 1}"] = [p.negatives[i] for p in pairs]
+    return Dataset.from_dict(columns)
+
+
+def _callbacks(outcome_log: list, dev_metric: str | None):
+    """A TrainerCallback that keeps the training log and drives a rich progress bar."""
+    from transformers import TrainerCallback
+
+    from runner.progress import console
+
+    class LogAndProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            from rich.progress import Progress
+
+            self.progress = Progress(console=console, transient=True, disable=not console.is_terminal)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.progress.update(self.task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.progress.stop()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key, value in (logs or {}).items():
+                if key in ("loss", "learning_rate", "grad_norm") or key.startswith(f"eval_{DEV_NAME}_"):
+                    name = key.removeprefix("eval_")
+                    outcome_log.append((state.global_step, float(state.epoch or 0.0), name, float(value)))
+                    if dev_metric and name == f"{DEV_NAME}_{dev_metric}":
+                        log.info("epoch %.2f: dev %s = %.4f", state.epoch or 0.0, dev_metric, value)
+
+    return [LogAndProgress()]
+
+
+class SentenceTransformersBackend:
+    """Fine-tuning with sentence-transformers' own trainer, loss and no-duplicates batch sampler."""
+
+    name = "sentence-transformers"
+
+    def train(
+        self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
+    ) -> TrainOutcome:
+        """Fine-tune `model` on `pairs`; see :class:`runner.train.TrainBackend`."""
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+        from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+        from sentence_transformers.base.sampler import BatchSamplers
+        from sentence_transformers.sentence_transformer import losses
+        from transformers import EarlyStoppingCallback
+        from transformers.trainer_callback import PrinterCallback
+
+        cfg = spec.train
+        device = model.device.type
+        precision = resolve_precision(cfg.precision, device)
+        stopping = cfg.early_stopping
+        dev_metric = stopping.metric if stopping else spec.eval.main
+
+        class DevEvaluator(BaseEvaluator):
+            """Scores the dev split with embx's own retrieval and metrics (the same code as the test)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.name = DEV_NAME
+                self.primary_metric = dev_metric
+
+            def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+                return self.prefix_name_to_metrics(dev(model), self.name)
+
+        if spec.train.loss == "cached-mnrl":
+            loss = losses.CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=32)
+        else:
+            loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale)
+
+        steps_per_epoch = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        evaluate = dev is not None
+        keep_best = evaluate and stopping is not None
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(workdir / "checkpoints"),
+            num_train_epochs=cfg.epochs,
+            per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            warmup_ratio=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            use_cpu=device == "cpu",
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            eval_strategy="epoch" if evaluate else "no",
+            save_strategy="epoch" if keep_best else "no",
+            save_total_limit=1,
+            save_only_model=True,
+            load_best_model_at_end=keep_best,
+            metric_for_best_model=f"eval_{DEV_NAME}_{dev_metric}" if keep_best else None,
+            greater_is_better=True,
+            logging_steps=max(1, steps_per_epoch // 10),
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        log_rows: list[tuple[int, float, str, float]] = []
+        callbacks = _callbacks(log_rows, dev_metric if evaluate else None)
+        if keep_best:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=stopping.patience))
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=_dataset(pairs),
+            loss=loss,
+            evaluator=DevEvaluator() if evaluate else None,
+            callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)  # our callback keeps the log; no dict dumps on stdout
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        state = trainer.state
+        epochs_run = math.ceil(state.epoch or 0)
+        best_epoch = epochs_run
+        if keep_best and state.best_model_checkpoint:
+            best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
+            best_epoch = math.ceil(best_step / steps_per_epoch)
+        tuned = trainer.model.float().eval()
+        return TrainOutcome(
+            model=tuned,
+            log=log_rows,
+            epochs_run=epochs_run,
+            best_epoch=best_epoch,
+            seconds=seconds,
+            samples=round(len(pairs) * (state.epoch or 0.0)),
+            precision=precision,
+        )

@@ -1,0 +1,201 @@
+"""run_spec end to end on the tiny model (CPU, seconds): every negative mode, early stopping, limits, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import duckdb
+import pytest
+from conftest import FAST, dump_yaml, spec_data
+
+from runner import store
+from runner.data.types import DataError
+from runner.pipeline import run_spec
+from runner.spec import load_spec
+
+METRICS = {"recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"}
+TEST_QUERIES = 18  # of the tiny BEIR set (hash split of its 80 queries)
+DEV_QUERIES = 15
+TRAIN_PAIRS = 47
+
+
+@pytest.fixture(scope="module")
+def mode_runs(tiny_model, tiny_beir, tmp_path_factory):
+    """One short run per negative mode, all in one store."""
+    folder = tmp_path_factory.mktemp("modes")
+    db = folder / "runs.duckdb"
+    runs = {}
+    for mode in ("in-batch", "random", "hard"):
+        negatives = {"mode": mode, "per_query": 2, "mine_range": [2, 20]}
+        path = dump_yaml(spec_data(tiny_model, tiny_beir, negatives=negatives, **FAST), folder / f"{mode}.yaml")
+        result = run_spec(load_spec(path), db)
+        runs[mode] = (result, store.get_run(db, result.run_id))
+    return db, runs
+
+
+@pytest.mark.parametrize("mode", ["in-batch", "random", "hard"])
+def test_each_negative_mode_runs_end_to_end(mode_runs, mode):
+    db, runs = mode_runs
+    result, stored = runs[mode]
+    assert result.status == "ok" and stored["status"] == "ok" and stored["error"] is None
+    assert result.main == "ndcg@10"
+    # Base and tuned test metrics, returned and stored alike.
+    assert set(result.metrics) == {"base", "tuned"}
+    for stage in ("base", "tuned"):
+        assert set(result.metrics[stage]) == METRICS
+        assert all(0.0 <= v <= 1.0 for v in result.metrics[stage].values())
+        assert stored["metrics"][stage] == pytest.approx(result.metrics[stage])
+    assert set(stored["metrics_by_split"]) == {"test", "dev"}
+    assert stored["metrics_by_split"]["dev"]["native"]["tuned"] == pytest.approx(result.dev["tuned"])
+    # The untrained base model is the same model in every mode.
+    base = {m: runs[m][0].metrics["base"] for m in runs}
+    assert base[mode] == pytest.approx(base["in-batch"])
+
+    info = stored["info"]
+    assert info["data"]["train_pairs"] == TRAIN_PAIRS and info["data"]["corpus"] == 40
+    negatives = info["negatives"]
+    assert negatives["mode"] == mode and negatives["pairs"] == TRAIN_PAIRS
+    if mode == "in-batch":
+        assert negatives["per_query"] == 0 and negatives["candidates"] == 0
+    elif mode == "random":
+        assert negatives["per_query"] == 2
+        assert negatives["candidates"] >= 2 * TRAIN_PAIRS + negatives["dropped_positive"]
+    else:
+        assert negatives["per_query"] == 2
+        assert negatives["candidates"] == TRAIN_PAIRS * (20 - 2)  # every rank in mine_range, for every pair
+        assert negatives["dropped_positive"] + negatives["dropped_margin"] <= negatives["candidates"]
+        assert 0 <= negatives["filled_random"] <= 2 * TRAIN_PAIRS
+    assert info["train"]["epochs_run"] == 1 and info["train"]["precision"] == "fp32"
+    assert info["train"]["samples"] == TRAIN_PAIRS
+    assert stored["spec_hash"] == load_spec_hash(stored)
+    assert set(stored["timings"]) >= {"data", "load_model", "eval_base", "negatives", "train", "eval_tuned", "total"}
+    assert stored["versions"]["torch"] and stored["versions"]["python"]
+
+    # Training log: losses during the epoch, dev metrics before training (step 0) and after the epoch.
+    log = stored["train_log"]
+    losses = [r for r in log if r["name"] == "loss"]
+    assert losses and all(r["value"] > 0 for r in losses) and all(r["step"] >= 1 for r in losses)
+    dev_main = [r for r in log if r["name"] == "dev_ndcg@10"]
+    assert [(r["step"], r["epoch"]) for r in dev_main][0] == (0, 0.0)
+    assert dev_main[0]["value"] == pytest.approx(result.dev["base"]["ndcg@10"])
+    assert len(dev_main) == 2 and dev_main[1]["epoch"] == pytest.approx(1.0)
+    # Without early stopping the last epoch is kept: its dev score is the tuned dev score.
+    assert dev_main[1]["value"] == pytest.approx(result.dev["tuned"]["ndcg@10"])
+
+    # Per-query scores and top-10 rankings of the test split, for both stages.
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        scores = con.execute("SELECT count(*) FROM query_scores WHERE run_id = ?", [result.run_id]).fetchone()[0]
+        ranks = con.execute(
+            "SELECT stage, query_id, count(*), min(rank), max(rank) FROM rankings WHERE run_id = ?"
+            " GROUP BY stage, query_id",
+            [result.run_id],
+        ).fetchall()
+    finally:
+        con.close()
+    assert scores == 2 * TEST_QUERIES * len(METRICS)
+    assert len(ranks) == 2 * TEST_QUERIES
+    assert all(row[2:] == (10, 1, 10) for row in ranks)
+
+
+def load_spec_hash(stored) -> str:
+    from runner.spec import Spec
+
+    return Spec.model_validate_json(stored["spec_json"]).spec_hash()
+
+
+def test_modes_train_on_different_examples(mode_runs):
+    _, runs = mode_runs
+    first_loss = {m: next(r["value"] for r in runs[m][1]["train_log"] if r["name"] == "loss") for m in runs}
+    # With two explicit negatives a batch of 8 scores 24 candidates instead of 8: the loss starts higher.
+    assert first_loss["random"] > first_loss["in-batch"]
+    assert first_loss["hard"] > first_loss["in-batch"]
+
+
+def test_early_stopping_and_limit(tmp_path, write_spec):
+    # A learning rate so small that the dev metric cannot move: epoch 2 does not improve on epoch 1, so with
+    # patience 1 training stops after epoch 2 of 4 and keeps epoch 1.
+    path = write_spec(
+        data={"limit": 16},
+        train={"epochs": 4, "batch_size": 8, "learning_rate": 1e-12, "early_stopping": {"patience": 1}},
+    )
+    db = tmp_path / "runs.duckdb"
+    result = run_spec(load_spec(path), db)
+    train = result.info["train"]
+    assert train["epochs_run"] == 2
+    assert train["best_epoch"] == 1
+    assert result.info["data"]["train_pairs"] == 16
+    assert result.info["negatives"]["pairs"] == 16
+    assert train["samples"] == 32
+    stored = store.get_run(db, result.run_id)
+    assert stored["info"]["train"]["best_epoch"] == 1
+    dev = [r for r in stored["train_log"] if r["name"] == "dev_recall@10"]
+    assert [r["epoch"] for r in dev] == pytest.approx([0.0, 1.0, 2.0])
+    assert dev[1]["value"] == dev[2]["value"]
+    # 16 pairs in batches of 8: 2 steps per epoch.
+    assert max(r["step"] for r in stored["train_log"]) == 4
+
+
+def test_jsonl_source_with_eval_path(tmp_path, tiny_model, tiny_beir):
+    from runner.data.beir import load_beir
+
+    beir = load_beir(tiny_beir)
+    lines = []
+    for qid, docs in sorted(beir.split("train").items()):
+        lines.append({"query": beir.queries[qid], "pos": [beir.corpus[d] for d in docs]})
+    lines[0]["neg"] = [beir.corpus["skin-diet"]]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    spec = spec_data(
+        tiny_model,
+        tiny_beir,
+        data={"source": "jsonl", "path": "train.jsonl", "eval_path": str(tiny_beir)},
+        negatives={"mode": "hard", "per_query": 2, "mine_range": [0, 10]},
+        **FAST,
+    )
+    result = run_spec(load_spec(dump_yaml(spec, tmp_path / "jsonl.yaml")), tmp_path / "runs.duckdb")
+    assert result.status == "ok"
+    assert set(result.metrics) == {"base", "tuned"}
+    data = result.info["data"]
+    assert data["jsonl_pairs"] == data["train_pairs"] == len(lines)
+    assert data["test_queries"] == TEST_QUERIES
+    negatives = result.info["negatives"]
+    assert negatives["mode"] == "hard" and negatives["candidates"] == 10 * len(lines)
+
+
+def bad_beir(tiny_beir, tmp_path):
+    root = shutil.copytree(tiny_beir, tmp_path / "bad")
+    with (root / "qrels" / "test.tsv").open("a") as f:
+        f.write("q-heart-symptoms-0\tno-such-doc\t1\n")
+    lines = (root / "qrels" / "test.tsv").read_text().splitlines()
+    return root, len(lines)
+
+
+def test_bad_data_is_recorded_as_failed(tmp_path, tiny_beir, write_spec):
+    root, line = bad_beir(tiny_beir, tmp_path)
+    db = tmp_path / "runs.duckdb"
+    with pytest.raises(DataError) as info:
+        run_spec(load_spec(write_spec(data={"path": str(root)})), db)
+    assert f"{root / 'qrels' / 'test.tsv'}:{line}: document 'no-such-doc'" in info.value.problems[0]
+    (run,) = store.list_runs(db)
+    assert run["status"] == "failed"
+    assert run["error"].startswith("DataError: 1 data problem:")
+    assert f"test.tsv:{line}" in run["error"]
+    assert run["finished_at"] is not None
+    assert store.get_run(db, run["run_id"])["metrics"] == {}
+
+
+def test_interrupted_run_is_recorded(tmp_path, write_spec, monkeypatch):
+    import runner.data
+
+    def interrupt(spec):
+        raise KeyboardInterrupt("signal 15")
+
+    monkeypatch.setattr(runner.data, "load_data", interrupt)
+    db = tmp_path / "runs.duckdb"
+    with pytest.raises(KeyboardInterrupt):
+        run_spec(load_spec(write_spec()), db)
+    (run,) = store.list_runs(db)
+    assert run["status"] == "interrupted"
+    assert "signal 15" in run["error"]
