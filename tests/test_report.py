@@ -1,0 +1,180 @@
+"""The HTML report: ablation table, significance, charts, escaping, failed variants, and a real browser render."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+from runner.report import build_report, conclude, paired_test
+
+XSS_QUERY = "<script>alert('q')</script> what helps <b>itch</b>"
+XSS_DOC = "<img src=x onerror=\"alert('d')\"> dermal therapy <script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def ablation_db(tmp_path_factory, tiny_model, tiny_beir):
+    """A tiny ablation (reference + 2 variants) whose data carries HTML/script text, run once for the module."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("report")
+    data = root / "beir"
+    shutil.copytree(tiny_beir, data)
+    for name, field, target, text in (
+        ("queries.jsonl", "_id", "q-skin-treatment-0", XSS_QUERY),
+        ("corpus.jsonl", "_id", "skin-treatment", XSS_DOC),
+    ):
+        rows = [json.loads(line) for line in (data / name).read_text().splitlines()]
+        for row in rows:
+            if row[field] == target:
+                row["text"] = text
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = root / "spec.yaml"
+    spec.write_text(
+        f"""name: tiny-ablation
+model: {{base: {tiny_model}, max_seq_length: 32}}
+data: {{path: {data}}}
+train: {{epochs: 2, batch_size: 8, learning_rate: 1.0e-3, early_stopping: {{patience: 2}}}}
+eval: {{batch_size: 16}}
+ablate:
+  factors:
+    train.learning_rate: [1.0e-4]
+    data.limit: [20]
+"""
+    )
+    db = root / "r.duckdb"
+    result = CliRunner().invoke(main, ["run", str(spec), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    return spec, db
+
+
+def test_paired_test_detects_a_consistent_gain_and_not_noise():
+    x = [0.1 * (i % 5) for i in range(60)]
+    better = paired_test(x, [v + 0.05 for v in x])
+    assert better["mean_diff"] == pytest.approx(0.05)
+    assert better["p_value"] < 0.001
+    assert better["ci_low"] == pytest.approx(0.05) and better["ci_high"] == pytest.approx(0.05)
+    same = paired_test(x, list(x))
+    assert same["p_value"] == 1.0
+    noise = paired_test([0, 1] * 30, [1, 0] * 30)
+    assert noise["p_value"] > 0.5 and noise["ci_low"] < 0 < noise["ci_high"]
+
+
+def test_conclusion_is_generated_from_the_numbers():
+    text = conclude(
+        "negatives.mode 'random' -> 'hard'",
+        "ndcg@10",
+        0.5,
+        0.55,
+        {"p_value": 0.01, "ci_low": 0.02, "ci_high": 0.08, "n": 100},
+    )
+    assert "raised ndcg@10 by 0.0500 (+10.0%)" in text and "significant at 5%" in text and "100" in text
+    text = conclude("x", "ndcg@10", 0.5, 0.49, {"p_value": 0.4, "ci_low": -0.03, "ci_high": 0.01, "n": 10})
+    assert "lowered" in text and "not significant" in text
+
+
+def test_report_has_table_charts_examples_and_escapes_dataset_text(ablation_db, tmp_path):
+    spec, db = ablation_db
+    html = build_report([db])
+    assert "Experiment tiny-ablation" in html
+    assert html.count('<tr class="variant">') == 2 and html.count('<tr class="reference">') == 1
+    assert "train.learning_rate" in html and "data.limit" in html
+    assert "<svg" in html and html.count('class="chart factor"') == 2 and 'class="chart curves"' in html
+    # dataset text is shown as text, never as markup
+    assert "<script>alert" not in html and 'onerror="alert' not in html
+    assert "&lt;script&gt;" in html or "&lt;img" in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # self-contained: nothing fetched
+    assert "<link" not in html and "<script" not in html
+
+
+def test_rerun_skips_finished_variants_and_baseline_is_evaluated_once(ablation_db):
+    import duckdb
+    from click.testing import CliRunner
+
+    spec, db = ablation_db
+    con = duckdb.connect(str(db), read_only=True)
+    before = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    con.close()
+    result = CliRunner().invoke(main, ["run", str(spec), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == before == 3
+    runs = con.execute("SELECT run_id, info, timings FROM runs WHERE status = 'ok' ORDER BY started_at").fetchall()
+    con.close()
+    assert len(runs) == 3
+    origins = {json.loads(info)["baseline_from"]["test"] for _, info, _ in runs}
+    assert origins == {runs[0][0]}  # the first run evaluated the base model; the others reused it
+    assert all(json.loads(t)["eval_base"] < json.loads(runs[0][2])["eval_base"] for _, _, t in runs[1:])
+
+
+def test_failed_variant_is_shown_as_failed(ablation_db, tmp_path):
+    from runner import store
+
+    spec, db = ablation_db
+    failed_db = tmp_path / "failed.duckdb"
+    shutil.copy(db, failed_db)
+    rec = store.RunRecord(
+        run_id="20991231-000000-ffffff",
+        experiment="tiny-ablation",
+        description="",
+        spec_path=str(spec),
+        spec_text="",
+        spec_json=json.dumps(json.loads(store.list_runs(db)[0]["run_id"] and "{}")),
+        spec_hash="x",
+        overrides=[],
+        versions={},
+        git_commit=None,
+        device="cpu",
+        host="h",
+        pid=1,
+        variant='negatives.mode="hard"',
+        changes={"negatives.mode": "hard"},
+    )
+    store.start_run(failed_db, rec)
+    store.end_run(failed_db, rec.run_id, "failed", "RuntimeError: out of memory <b>", {}, {})
+    html = build_report([failed_db])
+    assert 'class="failed"' in html and "RuntimeError: out of memory &lt;b&gt;" in html
+    assert "no result: the run failed" in html
+
+
+def test_report_cli_and_headless_chromium_render(ablation_db, tmp_path):
+    from click.testing import CliRunner
+
+    spec, db = ablation_db
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--db", str(db), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
+        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run([browser, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "<table" in dom.stdout and 'class="ablation"' in dom.stdout
+    assert dom.stdout.count("<svg") >= 3  # two factor charts and the training curves
+    shot = Path(os.environ.get("EMBX_SCREENSHOT_DIR", tmp_path)) / "report.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1300,2000", f"--screenshot={shot}", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
