@@ -30,8 +30,11 @@ set_option = click.option(
 
 
 def _setup_logging(verbose: bool) -> None:
+    import os
+
     from rich.logging import RichHandler
 
+    os.environ.setdefault("TQDM_DISABLE", "1")  # library tqdm bars; embx draws its own (rich)
     from runner.progress import console
 
     logging.basicConfig(
@@ -93,6 +96,7 @@ def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verb
     from runner.summary import print_experiment
 
     db = db or store.default_db()
+    store.reap_stale(db)
     try:
         result = run_experiment(loaded, db, force=force)
     except DataError as exc:
@@ -108,6 +112,53 @@ def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verb
     print_experiment(result, db)
     if result.failed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@db_option
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="Total trials (default: search.trials).")
+@click.option("--storage", default=None, help="Optuna storage: journal file path or RDB URL (postgresql://...).")
+@click.option("--study", "study_name", default=None, help="Study name (default: the spec's name).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
+@click.option("--worker-share", default=None, hidden=True, help="Internal: INDEX:TRIALS for one worker process.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def search(
+    spec: str,
+    overrides: tuple[str, ...],
+    db: str | None,
+    trials: int | None,
+    storage: str | None,
+    study_name: str | None,
+    workers: int,
+    worker_share: str | None,
+    verbose: bool,
+) -> None:
+    """Optuna search over SPEC's `search:` space: trials scored on dev, the best spec tested once."""
+    loaded = _load(spec, overrides)
+    _setup_logging(verbose)
+    from runner.search import SearchError, default_storage, run_search, run_worker
+    from runner.summary import print_search
+
+    db = db or store.default_db()
+    store.reap_stale(db)
+    try:
+        if worker_share:
+            index, share = (int(x) for x in worker_share.split(":"))
+            if loaded.spec.search is None:
+                raise SearchError(f"{spec}: no `search:` section")
+            loaded.spec.search.trials = trials or loaded.spec.search.trials
+            run_worker(loaded, db, storage or default_storage(db), study_name or loaded.spec.name, share, index)
+            return
+        result = run_search(loaded, db, trials, storage, study_name, workers, list(overrides))
+    except SearchError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    print_search(result, db)
 
 
 @main.command("ls")
@@ -165,6 +216,7 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
 def _read(fn, db: str | None):
     path = db or store.default_db()
     try:
+        store.reap_stale(path)
         return fn(path)
     except FileNotFoundError as exc:
         click.echo(f"error: {exc}", err=True)

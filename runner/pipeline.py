@@ -12,7 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -170,12 +170,25 @@ def baseline_key(spec: Spec) -> str:
     return _key(spec.model.model_dump(mode="json"), data_key(spec), spec.eval.model_dump(mode="json"))
 
 
+class RunPruned(Exception):
+    """Raised by an `on_dev` hook to stop a run early (a search trial the pruner gave up on)."""
+
+
+DevHook = Callable[[int, dict[str, float]], None]
+"""Called with (epoch, dev metrics) after every epoch's dev evaluation; may raise RunPruned."""
+
+
 def run_spec(
     loaded: LoadedSpec,
     db: str | Path,
     spec: Spec | None = None,
     variant: Variant | None = None,
     shared: Shared | None = None,
+    *,
+    evaluate_test: bool = True,
+    on_dev: DevHook | None = None,
+    study: str | None = None,
+    trial: int | None = None,
 ) -> RunResult:
     """Run one experiment and record it; a failure is recorded as failed (or interrupted) and re-raised.
 
@@ -185,6 +198,10 @@ def run_spec(
         spec: The spec to run, when it differs from ``loaded.spec`` (an ablation variant).
         variant: The ablation variant this run is, recorded with it.
         shared: Cache of work shared between the runs of one experiment.
+        evaluate_test: Score the test split. Search trials do not: they are chosen on dev only.
+        on_dev: Hook called after each epoch's dev evaluation (a search trial's pruner).
+        study: Search study this run is a trial of.
+        trial: Trial number in that study.
 
     Returns:
         The run's metrics and notes.
@@ -213,12 +230,20 @@ def run_spec(
         changes=variant.changes if variant else {},
         repeat=variant.repeat if variant else 0,
         baseline_key=baseline_key(spec),
+        study=study,
+        trial=trial,
     )
     store.start_run(db, record)
     timer, info = Timer(), {"device": record.device, "variant": record.variant}
+    dev_log: list[tuple[int, float, str, float]] = []
     try:
         with sigterm_as_interrupt(), timer("total"):
-            result, results = _execute(spec, record.run_id, device, timer, info, shared, db)
+            result, results = _execute(
+                spec, record.run_id, device, timer, info, shared, db, evaluate_test, on_dev, dev_log
+            )
+    except RunPruned as exc:
+        store.end_run(db, record.run_id, "pruned", f"pruned: {exc}", dict(timer), info, dev_log)
+        raise
     except KeyboardInterrupt as exc:
         store.end_run(db, record.run_id, "interrupted", f"interrupted ({exc or 'Ctrl-C'})", dict(timer), info)
         raise
@@ -274,7 +299,16 @@ def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> E
 
 
 def _execute(
-    spec: Spec, run_id: str, device: str, timer: Timer, info: dict, shared: Shared, db: str | Path
+    spec: Spec,
+    run_id: str,
+    device: str,
+    timer: Timer,
+    info: dict,
+    shared: Shared,
+    db: str | Path,
+    evaluate_test: bool,
+    on_dev: DevHook | None,
+    dev_log: list,
 ) -> tuple[RunResult, store.RunResults]:
     """The recipe. Returns the summary and the rows to store."""
     from runner.data import load_data
@@ -312,7 +346,7 @@ def _execute(
     info["model"] = {"base": m.base, "max_seq_length": m.max_seq_length}
     evals, bkey = {}, baseline_key(spec)
     with timer("eval_base"):
-        for role, qrels in (("test", test_qrels if spec.eval.baseline else None), ("dev", dev_qrels)):
+        for role, qrels in (("test", test_qrels if spec.eval.baseline and evaluate_test else None), ("dev", dev_qrels)):
             if qrels is None:
                 continue
             cached = shared.base_evals.get(f"{bkey}:{role}") or store.find_baseline(db, bkey, role)
@@ -341,9 +375,19 @@ def _execute(
     ]
 
     # 4. Train (the dev split is scored after every epoch; early stopping keeps the best epoch)
-    dev_eval = (lambda model_: score(model_, None, dev_qrels).metrics) if dev_qrels else None
+    epochs = iter(range(1, 10_000))
+
+    def dev_eval(model_) -> dict[str, float]:
+        scores = score(model_, None, dev_qrels).metrics
+        epoch = next(epochs)
+        dev_log.extend((0, float(epoch), f"dev_{k}", v) for k, v in scores.items())
+        if on_dev is not None:
+            on_dev(epoch, scores)
+        return scores
+
     with timer("train"), tempfile.TemporaryDirectory(prefix=f"embx-{run_id}-") as workdir:
-        outcome = get_backend(spec.train.backend).train(model, pairs, spec, dev_eval, Path(workdir))
+        backend = get_backend(spec.train.backend)
+        outcome = backend.train(model, pairs, spec, dev_eval if dev_qrels else None, Path(workdir))
     tuned = outcome.model
     info["train"] = {
         "epochs_run": outcome.epochs_run,
@@ -359,7 +403,8 @@ def _execute(
     # 5. Tuned model on the held-out split (its corpus embeddings are not shared: the model is this run's)
     with timer("eval_tuned"):
         index.embeddings.pop("tuned", None)
-        evals["test", "tuned"] = score(tuned, "tuned", test_qrels)
+        if evaluate_test:
+            evals["test", "tuned"] = score(tuned, "tuned", test_qrels)
         if dev_qrels:
             evals["dev", "tuned"] = score(tuned, "tuned", dev_qrels)
         index.embeddings.pop("tuned", None)
@@ -378,9 +423,12 @@ def _execute(
                 ranked = sorted(docs.items(), key=lambda x: -x[1])[:10]
                 results.rankings += [(split, stage, qid, r + 1, d, s) for r, (d, s) in enumerate(ranked)]
                 shown.update(d for d, _ in ranked)
-    shown.update(d for docs in test_qrels.values() for d in docs)
-    results.texts = [("query", q, data.queries[q]) for q in test_qrels] + [("doc", d, data.corpus[d]) for d in shown]
-    results.qrels = [("test", q, d, g) for q, docs in test_qrels.items() for d, g in docs.items()]
+    if evaluate_test:
+        shown.update(d for docs in test_qrels.values() for d in docs)
+        results.texts = [("query", q, data.queries[q]) for q in test_qrels] + [
+            ("doc", d, data.corpus[d]) for d in shown
+        ]
+        results.qrels = [("test", q, d, g) for q, docs in test_qrels.items() for d, g in docs.items()]
     results.dataset = dkey
     by = {split: {stage: ev.metrics for (s, stage), ev in evals.items() if s == split} for split in ("test", "dev")}
     result = RunResult(run_id, spec.name, "ok", spec.eval.main, by["test"], by["dev"], info=info)

@@ -237,6 +237,50 @@ class AblateSpec(_Model):
         return value
 
 
+class SearchParam(_Model):
+    """The range of one searched spec field: {low, high[, log][, step]} or {choices}."""
+
+    low: float | None = Field(None, description="Lower bound (inclusive).")
+    high: float | None = Field(None, description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale.")
+    step: float | None = Field(None, gt=0, description="Step between values (not with log).")
+    choices: list[Any] | None = Field(None, min_length=1, description="Explicit values to choose from.")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
+        if self.high < self.low:
+            raise ValueError(f"high {self.high} is below low {self.low}")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log ranges need low > 0 and no step")
+        return self
+
+
+class SearchSpec(_Model):
+    """An Optuna search over spec fields; every trial is an ordinary run, scored on the dev split."""
+
+    trials: int = Field(20, ge=1, description="Number of trials (finished or pruned) in the study.")
+    objective: str = Field("ndcg@10", description="Dev-split metric to optimise (never the test split).")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Optimisation direction.")
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="tpe (seeded), random (seeded) or grid (every combination of choices/steps)."
+    )
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: stop a trial whose per-epoch dev objective falls below the median of others."
+    )
+    seed: int = Field(42, description="Sampler seed.")
+    params: dict[str, SearchParam] = Field(
+        ..., min_length=1, description="Dotted spec path -> range, e.g. train.learning_rate: {low: 1e-6, high: 1e-4}."
+    )
+
+    _check = field_validator("objective")(classmethod(lambda cls, v: check_metric(v)))
+
+
 class Spec(_Model):
     """One experiment: a base model, data, negatives, training and evaluation."""
 
@@ -249,6 +293,13 @@ class Spec(_Model):
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs besides the store.")
     ablate: AblateSpec | None = Field(None, description="Ablation: variants run as separate runs; see below.")
+    search: SearchSpec | None = Field(None, description="Optuna search space for `embx search`; see below.")
+
+    @model_validator(mode="after")
+    def _search_needs_dev(self) -> Spec:
+        if self.search is not None and self.data.splits.dev is None:
+            raise ValueError("search scores trials on the dev split: set data.splits.dev")
+        return self
 
     @model_validator(mode="after")
     def _early_stopping_needs_dev(self) -> Spec:
@@ -267,7 +318,7 @@ class Spec(_Model):
             pydantic.ValidationError: If a change makes the spec invalid.
 
         """
-        data = self.model_dump(mode="json", exclude={"ablate"})
+        data = self.model_dump(mode="json", exclude={"ablate", "search"})
         for path, value in changes.items():
             apply_override(data, path.split("."), value)
         return Spec.model_validate(data)
@@ -535,6 +586,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
         raise SpecError(_problems(exc, positions, str(path.resolve()))) from None
     if spec.ablate is not None:
         _check_factors(spec, positions, str(path.resolve()))
+    if spec.search is not None:
+        _check_search(spec, positions, str(path.resolve()))
     return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides)
 
 
@@ -543,12 +596,9 @@ def _check_factors(spec: Spec, positions: dict[tuple, Position], main_file: str)
     problems = []
     for factor, values in spec.ablate.factors.items():
         file, line, col = positions.get(("ablate", "factors", factor), (main_file, None, None))
-        keys = factor.split(".")
-        if not _section_fields(tuple(keys[:-1])) or keys[-1] not in _section_fields(tuple(keys[:-1])):
-            valid = _section_fields(tuple(keys[:-1])) or list(Spec.model_fields)
-            close = difflib.get_close_matches(keys[-1], valid, n=1, cutoff=0.6)
-            hint = f"; did you mean {'.'.join([*keys[:-1], close[0]])!r}?" if close else ""
-            problems.append(Problem(file, line, col, f"ablate.factors.{factor}", f"unknown spec path{hint}"))
+        problem = _path_problem(factor.split("."))
+        if problem:
+            problems.append(Problem(file, line, col, f"ablate.factors.{factor}", problem))
             continue
         for value in values:
             try:
@@ -560,6 +610,51 @@ def _check_factors(spec: Spec, positions: dict[tuple, Position], main_file: str)
                 )
     if problems:
         raise SpecError(problems)
+
+
+def _path_problem(keys: list[str]) -> str | None:
+    """Why a dotted path is not a spec field (None if it is one)."""
+    fields = _section_fields(tuple(keys[:-1]))
+    if fields and keys[-1] in fields:
+        return None
+    valid = fields or list(Spec.model_fields)
+    close = difflib.get_close_matches(keys[-1], valid, n=1, cutoff=0.6)
+    return "unknown spec path" + (f"; did you mean {'.'.join([*keys[:-1], close[0]])!r}?" if close else "")
+
+
+def search_values(param: SearchParam) -> list[Any]:
+    """The values whose validity bounds a search range: its choices, or its two ends."""
+    return list(param.choices) if param.choices is not None else [param.low, param.high]
+
+
+def _check_search(spec: Spec, positions: dict[tuple, Position], main_file: str) -> None:
+    """Validate the search space before any trial runs: paths exist, both ends of every range are valid."""
+    problems = []
+    for name, param in spec.search.params.items():
+        file, line, col = positions.get(("search", "params", name), (main_file, None, None))
+        problem = _path_problem(name.split("."))
+        if problem:
+            problems.append(Problem(file, line, col, f"search.params.{name}", problem))
+            continue
+        for value in search_values(param):
+            if isinstance(value, float) and value.is_integer() and isinstance(_value_at(spec, name), int):
+                value = int(value)
+            try:
+                spec.variant({name: value})
+            except ValidationError as exc:
+                reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                problems.append(
+                    Problem(file, line, col, f"search.params.{name}", f"value {value!r} is invalid: {reasons}")
+                )
+    if problems:
+        raise SpecError(problems)
+
+
+def _value_at(spec: Spec, path: str) -> Any:
+    node: Any = spec
+    for key in path.split("."):
+        node = getattr(node, key, None)
+    return node
 
 
 def json_schema() -> dict[str, Any]:

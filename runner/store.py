@@ -32,7 +32,7 @@ MIGRATIONS: list[str] = [
     CREATE TABLE runs (
         run_id VARCHAR PRIMARY KEY,
         experiment VARCHAR NOT NULL,
-        status VARCHAR NOT NULL,          -- running | ok | failed | interrupted
+        status VARCHAR NOT NULL,          -- running | ok | failed | interrupted | pruned
         error VARCHAR,
         spec_path VARCHAR,
         spec_text VARCHAR,                -- the YAML as written
@@ -102,6 +102,24 @@ MIGRATIONS: list[str] = [
         doc_id VARCHAR NOT NULL,
         grade INTEGER,
         PRIMARY KEY (dataset, split, query_id, doc_id)
+    );
+    """,
+    # 3: Optuna searches: each trial is a run; a study's summary for the report.
+    """
+    ALTER TABLE runs ADD COLUMN study VARCHAR;
+    ALTER TABLE runs ADD COLUMN trial INTEGER;
+    CREATE TABLE studies (
+        study VARCHAR PRIMARY KEY,
+        experiment VARCHAR,
+        storage VARCHAR,                   -- where Optuna keeps the study (passwords removed)
+        objective VARCHAR,
+        direction VARCHAR,
+        best_trial INTEGER,
+        best_value DOUBLE,
+        best_params VARCHAR,               -- JSON
+        importances VARCHAR,               -- JSON: Optuna's parameter importances
+        best_run_id VARCHAR,               -- the run that evaluated the best spec on test
+        updated_at TIMESTAMP
     );
     """,
 ]
@@ -199,6 +217,8 @@ class RunRecord:
     changes: dict[str, Any] = field(default_factory=dict)
     repeat: int = 0
     baseline_key: str | None = None
+    study: str | None = None
+    trial: int | None = None
     started_at: datetime = field(default_factory=now)
 
 
@@ -233,8 +253,9 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
         )
         con.execute(
             "INSERT INTO runs (run_id, experiment, status, spec_path, spec_text, spec_json, spec_hash, overrides,"
-            " versions, git_commit, device, host, pid, started_at, variant, changes, repeat, baseline_key)"
-            " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " versions, git_commit, device, host, pid, started_at, variant, changes, repeat, baseline_key, study,"
+            " trial)"
+            " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 rec.run_id,
                 rec.experiment,
@@ -253,6 +274,8 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
                 json.dumps(rec.changes),
                 rec.repeat,
                 rec.baseline_key,
+                rec.study,
+                rec.trial,
             ],
         )
         con.execute("COMMIT")
@@ -308,14 +331,34 @@ def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
 
 
 def end_run(
-    db: str | Path, run_id: str, status: str, error: str, timings: dict[str, float], info: dict[str, Any]
+    db: str | Path,
+    run_id: str,
+    status: str,
+    error: str,
+    timings: dict[str, float],
+    info: dict[str, Any],
+    train_log: list[tuple[int, float, str, float]] | None = None,
 ) -> None:
-    """Mark a run failed or interrupted, with its error; no results are written."""
+    """Mark a run failed, interrupted or pruned, with its error; no metrics are written.
+
+    Args:
+        db: Store path.
+        run_id: The run.
+        status: failed | interrupted | pruned.
+        error: What happened.
+        timings: Seconds per stage so far.
+        info: Run facts gathered so far.
+        train_log: Rows logged before the run stopped (a pruned trial's dev curve), kept for reports.
+
+    """
     with connect(db) as con:
+        con.execute("BEGIN TRANSACTION")
+        _insert_rows(con, "train_log", run_id, train_log or [])
         con.execute(
             "UPDATE runs SET status = ?, error = ?, finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
             [status, error, now(), json.dumps(timings), json.dumps(info, default=str), run_id],
         )
+        con.execute("COMMIT")
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
@@ -341,6 +384,7 @@ def list_runs(db: str | Path, experiment: str | None = None) -> list[dict[str, A
         runs = _rows(
             con,
             "SELECT r.run_id, r.experiment, r.status, r.error, r.spec_hash, r.started_at, r.finished_at, r.device,"
+            " r.variant, r.study, r.trial,"
             f" r.spec_json FROM runs r {where} ORDER BY r.started_at DESC, r.run_id DESC",
             [experiment] if experiment else [],
         )
@@ -481,3 +525,91 @@ def load_experiment(db: str | Path, experiment: str) -> dict[str, Any]:
             "texts": select("SELECT * FROM texts WHERE dataset IN ({marks})", datasets),
             "qrels": select("SELECT * FROM qrels WHERE dataset IN ({marks})", datasets),
         }
+
+
+def reap_stale(db: str | Path) -> list[str]:
+    """Mark runs of this host left 'running' by a dead process (killed by SIGKILL, power loss) as interrupted.
+
+    Returns:
+        The run ids marked.
+
+    """
+    import platform
+
+    if not Path(db).exists():
+        return []
+    with connect(db, read_only=True) as con:
+        rows = con.execute(
+            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [platform.node()]
+        ).fetchall()
+    dead = [run_id for run_id, pid in rows if pid is not None and not _alive(pid)]
+    if dead:
+        with connect(db) as con:
+            for run_id in dead:
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE run_id = ? AND "
+                    "status = 'running'",
+                    [now(), "stale: its process is gone (killed without a chance to record it)", run_id],
+                )
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (zombies count as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def save_study(db: str | Path, summary: dict[str, Any]) -> None:
+    """Insert or replace a study's summary (best trial, parameter importances, final run)."""
+    cols = [
+        "study",
+        "experiment",
+        "storage",
+        "objective",
+        "direction",
+        "best_trial",
+        "best_value",
+        "best_params",
+        "importances",
+        "best_run_id",
+    ]
+    values = [json.dumps(summary.get(c)) if c in ("best_params", "importances") else summary.get(c) for c in cols]
+    with connect(db) as con:
+        con.execute(
+            f"INSERT OR REPLACE INTO studies ({', '.join(cols)}, updated_at) VALUES ({', '.join('?' * len(cols))}, ?)",
+            [*values, now()],
+        )
+
+
+def load_studies(db: str | Path, experiment: str) -> list[dict[str, Any]]:
+    """Searches of an experiment, each with its trials (run id, trial, status, dev objective per epoch)."""
+    with connect(db, read_only=True) as con:
+        studies = _rows(con, "SELECT * FROM studies WHERE experiment = ? ORDER BY updated_at", [experiment])
+        for study in studies:
+            study["best_params"] = json.loads(study["best_params"] or "{}")
+            study["importances"] = json.loads(study["importances"] or "{}")
+            study["trials"] = _rows(
+                con,
+                "SELECT r.run_id, r.trial, r.status, r.changes, m.value AS dev_objective FROM runs r"
+                " LEFT JOIN metrics m ON m.run_id = r.run_id AND m.split = 'dev' AND m.stage = 'tuned' AND m.name = ?"
+                " WHERE r.study = ? AND r.trial IS NOT NULL AND r.variant LIKE 'trial %' ORDER BY r.trial",
+                [study["objective"], study["study"]],
+            )
+            for trial in study["trials"]:
+                trial["changes"] = json.loads(trial["changes"] or "{}")
+                curve = con.execute(
+                    "SELECT epoch, value FROM train_log WHERE run_id = ? AND name = ? ORDER BY epoch",
+                    [trial["run_id"], f"dev_{study['objective']}"],
+                ).fetchall()
+                trial["curve"] = [list(row) for row in curve]
+    return studies

@@ -66,17 +66,21 @@ def print_result(result: Any, db: str) -> None:
 def print_runs(runs: list[dict[str, Any]]) -> None:
     """`embx ls` table."""
     table = Table()
-    for col in ("run_id", "experiment", "status", "started", "main", "base", "tuned", "delta"):
-        table.add_column(col)
+    for col in ("run_id", "experiment", "variant", "status", "started", "main", "base", "tuned", "delta"):
+        table.add_column(col, overflow="fold")
     for run in runs:
         main = run.get("main_metric")
         base = run["metrics"].get("base", {}).get(main)
         tuned = run["metrics"].get("tuned", {}).get(main)
         delta = "-" if base is None or tuned is None else f"{tuned - base:+.4f}"
         status = run["status"] if run["status"] == "ok" else f"[red]{run['status']}[/]"
+        variant = run.get("variant") or "base"
+        if run.get("study"):
+            variant = f"{variant} ({run['study']})"
         table.add_row(
             run["run_id"],
             run["experiment"],
+            variant,
             status,
             str(run["started_at"]),
             main or "-",
@@ -124,3 +128,15 @@ def print_experiment(result: Any, db: str) -> None:
         table.add_row(label, "", f"[red]failed: {error}[/]", "", "", "")
     out.print(table)
     out.print("report: embx report" + (f" --db {db}" if db != "results.duckdb" else ""))
+
+
+def print_search(result: Any, db: str) -> None:
+    """The end of `embx search`: trials, the best parameters and dev score, and the test metrics of the best spec."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trials.items()))
+    out.print(f"study [bold]{result.study}[/] ({result.storage}): {counts}")
+    out.print(f"best trial {result.best_trial}: dev {result.objective} = {result.best_value:.4f}")
+    for name, value in result.best_params.items():
+        out.print(f"  {name} = {value}")
+    out.print(f"best spec written to {result.best_yaml}")
+    if result.final is not None:
+        print_result(result.final, db)

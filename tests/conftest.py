@@ -41,7 +41,11 @@ def write_beir(root: Path) -> Path:
         for aspect, (formal, ask) in ASPECTS.items():
             did = f"{topic}-{aspect}"
             docs.append(
-                {"_id": did, "title": f"{clinical} {formal}", "text": f"The {formal} of {clinical} disease involve {extra}."}
+                {
+                    "_id": did,
+                    "title": f"{clinical} {formal}",
+                    "text": f"The {formal} of {clinical} disease involve {extra}.",
+                }
             )
             for k, text in enumerate((f"{ask} {lay} problems", f"{lay} {aspect} question about {extra}")):
                 qid = f"q-{did}-{k}"
@@ -119,8 +123,14 @@ def dump_yaml(data: dict, path: Path) -> Path:
     return path
 
 
-# Sections that make a pipeline run as short as possible: one epoch, no checkpoints (no early stopping).
-FAST = {"train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}}
+@pytest.fixture(scope="session")
+def make_spec(tiny_model, tiny_beir):
+    """Like `write_spec`, at a path of the caller's choosing, so module- and session-scoped fixtures can use it."""
+
+    def make(path: Path, **sections) -> Path:
+        return dump_yaml(spec_data(tiny_model, tiny_beir, **sections), path)
+
+    return make
 
 
 @pytest.fixture

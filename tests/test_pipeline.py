@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import duckdb
 import pytest
-from conftest import FAST, dump_yaml, spec_data
 
 from runner import store
 from runner.data.types import DataError
 from runner.pipeline import run_spec
 from runner.spec import load_spec
 
+# One epoch and no early stopping (so no checkpoints): the shortest run that still trains and scores dev.
+FAST = {"train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}}
 METRICS = {"recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"}
 TEST_QUERIES = 18  # of the tiny BEIR set (hash split of its 80 queries)
 DEV_QUERIES = 15
@@ -21,14 +21,14 @@ TRAIN_PAIRS = 47
 
 
 @pytest.fixture(scope="module")
-def mode_runs(tiny_model, tiny_beir, tmp_path_factory):
+def mode_runs(make_spec, tmp_path_factory):
     """One short run per negative mode, all in one store."""
     folder = tmp_path_factory.mktemp("modes")
     db = folder / "runs.duckdb"
     runs = {}
     for mode in ("in-batch", "random", "hard"):
         negatives = {"mode": mode, "per_query": 2, "mine_range": [2, 20]}
-        path = dump_yaml(spec_data(tiny_model, tiny_beir, negatives=negatives, **FAST), folder / f"{mode}.yaml")
+        path = make_spec(folder / f"{mode}.yaml", negatives=negatives, **FAST)
         result = run_spec(load_spec(path), db)
         runs[mode] = (result, store.get_run(db, result.run_id))
     return db, runs
@@ -137,7 +137,7 @@ def test_early_stopping_and_limit(tmp_path, write_spec):
     assert max(r["step"] for r in stored["train_log"]) == 4
 
 
-def test_jsonl_source_with_eval_path(tmp_path, tiny_model, tiny_beir):
+def test_jsonl_source_with_eval_path(tmp_path, tiny_beir, make_spec):
     from runner.data.beir import load_beir
 
     beir = load_beir(tiny_beir)
@@ -147,14 +147,13 @@ def test_jsonl_source_with_eval_path(tmp_path, tiny_model, tiny_beir):
     lines[0]["neg"] = [beir.corpus["skin-diet"]]
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    spec = spec_data(
-        tiny_model,
-        tiny_beir,
-        data={"source": "jsonl", "path": "train.jsonl", "eval_path": str(tiny_beir)},
+    path = make_spec(
+        tmp_path / "jsonl.yaml",
+        data={"source": "jsonl", "path": "train.jsonl", "eval_path": str(tiny_beir)},  # relative to the spec
         negatives={"mode": "hard", "per_query": 2, "mine_range": [0, 10]},
         **FAST,
     )
-    result = run_spec(load_spec(dump_yaml(spec, tmp_path / "jsonl.yaml")), tmp_path / "runs.duckdb")
+    result = run_spec(load_spec(path), tmp_path / "runs.duckdb")
     assert result.status == "ok"
     assert set(result.metrics) == {"base", "tuned"}
     data = result.info["data"]
@@ -164,20 +163,15 @@ def test_jsonl_source_with_eval_path(tmp_path, tiny_model, tiny_beir):
     assert negatives["mode"] == "hard" and negatives["candidates"] == 10 * len(lines)
 
 
-def bad_beir(tiny_beir, tmp_path):
-    root = shutil.copytree(tiny_beir, tmp_path / "bad")
-    with (root / "qrels" / "test.tsv").open("a") as f:
+def test_bad_data_is_recorded_as_failed(tmp_path, beir_copy, write_spec):
+    qrels = beir_copy / "qrels" / "test.tsv"
+    with qrels.open("a") as f:
         f.write("q-heart-symptoms-0\tno-such-doc\t1\n")
-    lines = (root / "qrels" / "test.tsv").read_text().splitlines()
-    return root, len(lines)
-
-
-def test_bad_data_is_recorded_as_failed(tmp_path, tiny_beir, write_spec):
-    root, line = bad_beir(tiny_beir, tmp_path)
+    line = len(qrels.read_text().splitlines())
     db = tmp_path / "runs.duckdb"
     with pytest.raises(DataError) as info:
-        run_spec(load_spec(write_spec(data={"path": str(root)})), db)
-    assert f"{root / 'qrels' / 'test.tsv'}:{line}: document 'no-such-doc'" in info.value.problems[0]
+        run_spec(load_spec(write_spec(data={"path": str(beir_copy)})), db)
+    assert info.value.problems == [f"{qrels}:{line}: document 'no-such-doc' is not in corpus.jsonl"]
     (run,) = store.list_runs(db)
     assert run["status"] == "failed"
     assert run["error"].startswith("DataError: 1 data problem:")

@@ -1,4 +1,4 @@
-"""BEIR folders: good data loads with the right counts; every kind of bad input is reported as file:line, all at once."""
+"""BEIR folders: good data loads with the right counts; each kind of bad input is reported as file:line."""
 
 from __future__ import annotations
 

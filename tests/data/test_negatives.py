@@ -168,7 +168,10 @@ def test_in_batch_leaves_negatives_empty():
     pairs = [Pair("a", "p", "qa", "da", negatives=["from file"]), Pair("b", "p2")]
     out, stats = attach_negatives(spec_for("in-batch"), pairs, None, None, None)
     assert [p.negatives for p in out] == [[], []]
-    assert [(p.query, p.positive, p.query_id, p.positive_id) for p in out] == [("a", "p", "qa", "da"), ("b", "p2", None, None)]
+    assert [(p.query, p.positive, p.query_id, p.positive_id) for p in out] == [
+        ("a", "p", "qa", "da"),
+        ("b", "p2", None, None),
+    ]
     assert stats.as_dict() == {
         "mode": "in-batch",
         "pairs": 2,

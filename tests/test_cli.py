@@ -1,0 +1,188 @@
+"""The embx command line, through click's CliRunner with a temporary store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from runner.cli import main
+
+FAST = {"train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}}
+
+
+@pytest.fixture
+def cli():
+    def invoke(*args: str):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+BAD_SPEC = """\
+name: bad
+data:
+  path: somewhere
+trian:
+  epochs: 2
+train:
+  epochs: many
+"""
+
+
+def test_validate_ok(cli, write_spec):
+    path = write_spec()
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{path}: ok (tiny, hash ")
+
+
+def test_validate_bad_spec_lists_every_problem(cli, write_spec):
+    path = write_spec(BAD_SPEC, name="bad.yaml")
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    err = result.stderr
+    assert "2 problems in spec:" in err
+    assert f"{path}:4:1: trian: unknown key 'trian'; did you mean 'train'?" in err
+    assert f"{path}:7:3: train.epochs: Input should be a valid integer" in err
+    assert result.stdout == ""
+
+
+def test_validate_with_set_and_missing_file(cli, write_spec, tmp_path):
+    path = write_spec()
+    result = cli("validate", path, "--set", "train.epochs=many")
+    assert result.exit_code == 2
+    assert "--set train.epochs=many: train.epochs:" in result.stderr
+    result = cli("validate", tmp_path / "missing.yaml")
+    assert result.exit_code == 2
+    assert "file not found" in result.stderr
+
+
+def test_schema_prints_json(cli):
+    result = cli("schema")
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert {"name", "data", "model", "train", "eval", "extends"} <= set(schema["properties"])
+    assert schema["$defs"]["TrainSpec"]["properties"]["learning_rate"]["description"]
+
+
+def test_run_ls_show(cli, write_spec, tmp_path):
+    db = tmp_path / "results.duckdb"
+    path = write_spec(**FAST)
+    result = cli("run", path, "--db", db, "--set", "eval.metrics=[recall@10, ndcg@10]")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for word in ("tiny: test", "metric", "base", "tuned", "delta", "recall@10", "ndcg@10"):
+        assert word in out, word
+    assert "training pairs" in out and "recorded in" in out
+
+    listed = cli("ls", "--db", db, "--json")
+    assert listed.exit_code == 0
+    (run,) = json.loads(listed.stdout)
+    assert run["status"] == "ok" and run["experiment"] == "tiny" and run["main_metric"] == "ndcg@10"
+    assert set(run["metrics"]) == {"base", "tuned"}
+    assert f"run {run['run_id']}" in " ".join(out.split())
+
+    shown = cli("show", run["run_id"][:-2], "--db", db, "--json")
+    assert shown.exit_code == 0
+    detail = json.loads(shown.stdout)
+    assert detail["run_id"] == run["run_id"]
+    assert detail["experiment"] == "tiny" and detail["status"] == "ok"
+    assert set(detail["metrics"]["base"]) == set(detail["metrics"]["tuned"]) == {"recall@10", "ndcg@10"}
+    assert detail["metrics"]["tuned"] == pytest.approx(run["metrics"]["tuned"])
+    assert detail["overrides"] == ["eval.metrics=[recall@10, ndcg@10]"]
+
+    # The human-readable form prints the same run.
+    text = cli("show", run["run_id"], "--db", db).stdout
+    assert run["run_id"] in text and "test (native)" in text
+
+    unknown = cli("show", "nope", "--db", db)
+    assert unknown.exit_code == 2 and "no run 'nope'" in unknown.stderr
+
+
+def test_run_with_bad_data_exits_2_and_is_recorded_failed(cli, write_spec, beir_copy, tmp_path):
+    qrels = beir_copy / "qrels" / "dev.tsv"
+    with qrels.open("a") as f:
+        f.write("q-heart-symptoms-0\tno-such-doc\t1\n")
+    line = len(qrels.read_text().splitlines())
+    db = tmp_path / "results.duckdb"
+    result = cli("run", write_spec(data={"path": str(beir_copy)}), "--db", db)
+    assert result.exit_code == 2
+    assert f"{qrels}:{line}: document 'no-such-doc' is not in corpus.jsonl" in result.stderr
+    assert "recorded as failed" in result.stderr
+    runs = json.loads(cli("ls", "--db", db, "--json").stdout)
+    assert [r["status"] for r in runs] == ["failed"]
+    assert not [r for r in runs if r["status"] == "running"]
+    assert f"dev.tsv:{line}" in runs[0]["error"]
+
+
+def test_run_bad_spec_exits_2_without_a_run(cli, write_spec, tmp_path):
+    db = tmp_path / "results.duckdb"
+    result = cli("run", write_spec(BAD_SPEC, name="bad.yaml"), "--db", db)
+    assert result.exit_code == 2 and "did you mean 'train'" in result.stderr
+    assert not db.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: summary.print_runs lets rich shrink the run_id column, so at 80 columns (and whenever stdout is "
+    "piped) `embx ls` prints '2025010…' instead of the id that `embx show` needs",
+)
+def test_ls_table_shows_whole_run_ids(cli, tmp_path):
+    from runner import store
+
+    db = tmp_path / "results.duckdb"
+    run_id = "20250101-120000-abcdef"
+    rec = store.RunRecord(
+        run_id=run_id,
+        experiment="a-rather-long-experiment-name",
+        description="",
+        spec_path="/x.yaml",
+        spec_text="",
+        spec_json='{"eval": {"main": "ndcg@10"}}',
+        spec_hash="h",
+        overrides=[],
+        versions={},
+        git_commit=None,
+        device="cpu",
+        host="h",
+        pid=1,
+    )
+    store.start_run(db, rec)
+    result = cli("ls", "--db", db)  # CliRunner output is not a terminal: rich uses 80 columns
+    assert result.exit_code == 0
+    assert run_id in result.stdout
+
+
+def test_ls_without_store(cli, tmp_path):
+    result = cli("ls", "--db", tmp_path / "none.duckdb")
+    assert result.exit_code == 2
+    assert "no results store" in result.stderr
+
+
+HEAVY = ("torch", "transformers", "sentence_transformers", "datasets")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["validate", "SPEC"], ["schema"]])
+def test_light_commands_do_not_import_torch(args, write_spec):
+    spec = str(write_spec())
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from click.testing import CliRunner
+        from runner.cli import main
+        args = [spec if a == "SPEC" else a for a in {args!r} for spec in [{spec!r}]]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        loaded = [m for m in {HEAVY!r} if m in sys.modules]
+        assert not loaded, loaded
+        print("clean")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "clean"
