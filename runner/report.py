@@ -216,10 +216,48 @@ def _examples(data: dict[str, Any], run: dict[str, Any], main: str, n: int = 3) 
     return {"gains": gains, "losses": losses}
 
 
+def _search_charts(study: dict[str, Any]) -> dict[str, str | None]:
+    """Objective by trial (pruned trials marked), best-so-far curve, and Optuna's parameter importances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = study["trials"]
+    maximize = study["direction"] == "maximize"
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    done = [(t["trial"], t["dev_objective"]) for t in trials if t["status"] == "ok" and t["dev_objective"] is not None]
+    pruned = [(t["trial"], t["curve"][-1][1]) for t in trials if t["status"] == "pruned" and t["curve"]]
+    if done:
+        ax.scatter(*zip(*done), color="#1f6feb", label="completed", zorder=3)
+        best, xs, ys = None, [], []
+        for number, value in sorted(done):
+            best = value if best is None else (max(best, value) if maximize else min(best, value))
+            xs.append(number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="#1a7f37", label="best so far")
+    if pruned:
+        ax.scatter(*zip(*pruned), color="#8c959f", marker="x", label="pruned (last dev value)", zorder=3)
+    ax.set_xlabel("trial", fontsize=8)
+    ax.set_ylabel(f"dev {study['objective']}", fontsize=8)
+    ax.legend(fontsize=7)
+    out: dict[str, str | None] = {"trials": _svg(fig), "importances": None}
+    if study["importances"]:
+        fig, ax = plt.subplots(figsize=(4.5, 0.5 + 0.4 * len(study["importances"])))
+        names = list(study["importances"])
+        ax.barh(names, [study["importances"][n] for n in names], color="#1f6feb")
+        ax.invert_yaxis()
+        ax.set_xlabel("importance (Optuna, fANOVA)", fontsize=8)
+        out["importances"] = _svg(fig)
+    return out
+
+
 def analyse(data: dict[str, Any]) -> dict[str, Any]:
-    """Turn one experiment's stored rows into the report's sections."""
-    runs = data["runs"]
-    spec0 = json.loads(runs[0]["spec_json"])
+    """Turn one experiment's stored rows into the report's sections (search trials go to the search part)."""
+    searches = [{**study, "charts": _search_charts(study)} for study in data.get("studies", [])]
+    all_runs = data["runs"]
+    runs = [r for r in all_runs if not r.get("study")] or all_runs[:0]
+    spec0 = json.loads((runs or all_runs)[0]["spec_json"])
     main = spec0["eval"]["main"]
     metric_names = spec0["eval"]["metrics"]
     stopping = spec0["train"].get("early_stopping") or {}
@@ -331,8 +369,9 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     ok_variants = [v for v in variants if v.status == "ok"]
     best = max(ok_variants, key=lambda v: v.tuned.get(main, float("-inf")), default=None)
     example_run = (best or reference).runs[0] if (best or reference) else None
-    first = runs[0]
+    first = (runs or all_runs)[0]
     return {
+        "searches": searches,
         "experiment": first["experiment"],
         "description": spec0.get("description", ""),
         "dataset": spec0["data"]["path"],
@@ -356,7 +395,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "curve_chart": _curve_chart(ok_variants, dev_metric),
         "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
         "example_variant": (best or reference).label if (best or reference) else None,
-        "n_runs": len(runs),
+        "n_runs": len(all_runs),
     }
 
 
@@ -412,6 +451,7 @@ def build_report(dbs: list[str | Path], experiments: list[str] | None = None) ->
                 continue
             for key, rows in part.items():
                 merged.setdefault(key, []).extend(rows)
+            merged.setdefault("studies", []).extend(store.load_studies(db, name))
         if not merged:
             raise KeyError(f"no experiment {name!r} in {', '.join(map(str, dbs))}")
         merged["runs"].sort(key=lambda r: r["started_at"] or "")

@@ -67,7 +67,7 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
     """`embx ls` table."""
     table = Table()
     for col in ("run_id", "experiment", "variant", "status", "started", "main", "base", "tuned", "delta"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, no_wrap=col == "run_id")
     for run in runs:
         main = run.get("main_metric")
         base = run["metrics"].get("base", {}).get(main)
