@@ -33,10 +33,12 @@ SPLITS = (("train", 0.65), ("dev", 0.77), ("test", 1.0))
 
 
 def md5_unit(text: str) -> float:
+    """Map text to a number in [0, 1) via its md5 digest."""
     return int(hashlib.md5(text.encode("utf-8")).hexdigest()[:12], 16) / float(16**12)
 
 
 def parse(passage_files, query_files):
+    """Read topics, passages and queries from the source files."""
     topics, passages, queries = {}, [], []
     topic = None
     for path in passage_files:
@@ -74,12 +76,14 @@ def parse(passage_files, query_files):
             if pos[0] not in topic_of:
                 sys.exit(f"{path.name}:{n}: unknown passage {pos[0]}")
             seen[pos[0]] = seen.get(pos[0], 0) + 1
-            queries.append({"_id": f"q-{pos[0]}-{seen[pos[0]]}", "text": text.strip(),
-                            "topic": topic_of[pos[0]], "pos": pos})
+            queries.append(
+                {"_id": f"q-{pos[0]}-{seen[pos[0]]}", "text": text.strip(), "topic": topic_of[pos[0]], "pos": pos}
+            )
     return topics, passages, queries
 
 
 def validate(passages, queries):
+    """Check ids, positives, passage length (40-110 words, 2-5 sentences) and duplicate queries."""
     ids = [p["_id"] for p in passages]
     assert len(ids) == len(set(ids)), "duplicate passage id"
     known = set(ids)
@@ -101,6 +105,7 @@ def validate(passages, queries):
 
 
 def assign_splits(queries):
+    """Set q["split"] per query, stratified by topic and ordered by md5 of the query id."""
     by_topic = {}
     for q in queries:
         by_topic.setdefault(q["topic"], []).append(q)
@@ -113,14 +118,15 @@ def assign_splits(queries):
 
 
 def main():
-    topics, passages, queries = parse(sorted((HERE / "source" / "passages").glob("*.txt")),
-                                      sorted((HERE / "source" / "queries").glob("*.txt")))
+    """Build the BEIR files and print counts."""
+    topics, passages, queries = parse(
+        sorted((HERE / "source" / "passages").glob("*.txt")), sorted((HERE / "source" / "queries").glob("*.txt"))
+    )
     validate(passages, queries)
     assign_splits(queries)
     with open(HERE / "corpus.jsonl", "w", encoding="utf-8", newline="\n") as f:
         for p in passages:
-            f.write(json.dumps({"_id": p["_id"], "title": p["title"], "text": p["text"]},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"_id": p["_id"], "title": p["title"], "text": p["text"]}, ensure_ascii=False) + "\n")
     with open(HERE / "queries.jsonl", "w", encoding="utf-8", newline="\n") as f:
         for q in queries:
             f.write(json.dumps({"_id": q["_id"], "text": q["text"]}, ensure_ascii=False) + "\n")
@@ -135,8 +141,7 @@ def main():
         split_qs = [q for q in queries if q["split"] == name]
         counts[name] = (len(split_qs), len(rows), len({q["topic"] for q in split_qs}))
     multi = sum(1 for q in queries if len(q["pos"]) > 1)
-    print(f"topics {len(topics)}  passages {len(passages)}  queries {len(queries)} "
-          f"({multi} with 2+ positives)")
+    print(f"topics {len(topics)}  passages {len(passages)}  queries {len(queries)} ({multi} with 2+ positives)")
     for name, (nq, nrel, nt) in counts.items():
         print(f"  {name:5s}: {nq} queries, {nrel} qrels, {nt}/{len(topics)} topics")
 
