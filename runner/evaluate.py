@@ -105,6 +105,11 @@ def trec_measures(metrics: list[str]) -> dict[str, str]:
     return out
 
 
+def ranked(docs: dict[str, float]) -> list[tuple[str, float]]:
+    """Documents in trec_eval's order: score descending, ties broken by document id descending."""
+    return sorted(docs.items(), key=lambda x: (x[1], x[0]), reverse=True)
+
+
 def score_run(
     qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], metrics: list[str]
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -141,7 +146,7 @@ def score_run(
         if measure != "recip_rank":
             continue
         k = int(key.split("@")[1])
-        cut = {q: dict(sorted(d.items(), key=lambda x: (-x[1], x[0]))[:k]) for q, d in run.items()}
+        cut = {q: dict(ranked(d)[:k]) for q, d in run.items()}
         result = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(cut)
         for qid in qrels:
             per_query[qid][key] = result.get(qid, {}).get("recip_rank", 0.0)

@@ -160,14 +160,39 @@ class Shared:
     negatives: dict[str, tuple[list, Any]] = field(default_factory=dict)
 
 
+def fingerprint(location: str | None) -> list:
+    """Names, sizes and modification times of the files at a local path (empty for a hub id).
+
+    Part of the cache keys, so editing a dataset or a model folder in place invalidates reused results.
+    """
+    if not location:
+        return []
+    path = Path(location)
+    if path.is_file():
+        stat = path.stat()
+        return [[path.name, stat.st_size, stat.st_mtime_ns]]
+    if not path.is_dir():
+        return []
+    files = sorted(p for p in path.rglob("*") if p.is_file())[:500]
+    return [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
 def data_key(spec: Spec) -> str:
-    """Identity of the dataset a spec reads (not of the training sample drawn from it)."""
-    return _key(spec.data.model_dump(mode="json", exclude={"limit", "seed"}))
+    """Identity of the dataset a spec reads, files included (not of the training sample drawn from it)."""
+    section = spec.data.model_dump(mode="json", exclude={"limit", "seed"})
+    return _key(section, fingerprint(spec.data.path), fingerprint(spec.data.eval_path))
 
 
 def baseline_key(spec: Spec) -> str:
-    """Identity of the base model's evaluation: model, data and evaluation settings."""
-    return _key(spec.model.model_dump(mode="json"), data_key(spec), spec.eval.model_dump(mode="json"))
+    """Identity of the base model's evaluation: model (files included), data and evaluation settings."""
+    from runner.models import resolve_model
+
+    try:
+        location = resolve_model(spec.model.base).location
+    except ValueError:
+        location = None
+    model = spec.model.model_dump(mode="json")
+    return _key(model, fingerprint(location), data_key(spec), spec.eval.model_dump(mode="json"))
 
 
 class RunPruned(Exception):
@@ -313,7 +338,7 @@ def _execute(
     """The recipe. Returns the summary and the rows to store."""
     from runner.data import load_data
     from runner.data.negatives import attach_negatives
-    from runner.evaluate import CorpusIndex, evaluate
+    from runner.evaluate import CorpusIndex, evaluate, ranked
     from runner.models import load_model
     from runner.train import get_backend
 
@@ -420,9 +445,9 @@ def _execute(
         if split == "test":
             results.query_scores += [(split, stage, q, k, v) for q, row in ev.per_query.items() for k, v in row.items()]
             for qid, docs in ev.run.items():
-                ranked = sorted(docs.items(), key=lambda x: -x[1])[:10]
-                results.rankings += [(split, stage, qid, r + 1, d, s) for r, (d, s) in enumerate(ranked)]
-                shown.update(d for d, _ in ranked)
+                top = ranked(docs)[:10]
+                results.rankings += [(split, stage, qid, r + 1, d, s) for r, (d, s) in enumerate(top)]
+                shown.update(d for d, _ in top)
     if evaluate_test:
         shown.update(d for docs in test_qrels.values() for d in docs)
         results.texts = [("query", q, data.queries[q]) for q in test_qrels] + [

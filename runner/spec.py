@@ -460,7 +460,7 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tupl
     data = _plain(doc)
     parent = data.pop("extends", None)
     if parent is None:
-        return _relativise(data, path.parent), positions, text
+        return _relativise(data, path.parent, _source(data, {})), positions, text
     if not isinstance(parent, str):
         file, line, col = positions[("extends",)]
         raise SpecError([Problem(file, line, col, "extends", "extends must be a path to another spec file")])
@@ -469,19 +469,34 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tupl
         file, line, col = positions[("extends",)]
         raise SpecError([Problem(file, line, col, "extends", f"file not found: {parent_path}")])
     base_data, base_positions, _ = _load_tree(parent_path, (*seen, path))
-    return _merge(base_data, _relativise(data, path.parent)), {**base_positions, **positions}, text
+    relative = _relativise(data, path.parent, _source(data, base_data))
+    return _merge(base_data, relative), {**base_positions, **positions}, text
 
 
-def _relativise(data: dict, folder: Path) -> dict:
-    """Resolve data paths relative to the spec file that names them (hub ids are left alone)."""
+def _source(data: dict, inherited: dict) -> str:
+    """The data source in effect for a spec file: its own, else the one it inherits, else beir."""
+    for mapping in (data, inherited):
+        section = mapping.get("data")
+        if isinstance(section, dict) and isinstance(section.get("source"), str):
+            return section["source"]
+    return "beir"
+
+
+def _relativise(data: dict, folder: Path, source: str) -> dict:
+    """Resolve data paths relative to the spec file that names them (hub ids of hf sources are left alone)."""
     section = data.get("data")
     if isinstance(section, dict):
         for key in ("path", "eval_path"):
             value = section.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute():
-                candidate = folder / value
-                if candidate.exists() or section.get("source", "beir") != "hf":
-                    section[key] = str(candidate.resolve())
+            if not isinstance(value, str):
+                continue
+            expanded = Path(value).expanduser()
+            if expanded.is_absolute():
+                section[key] = str(expanded)
+                continue
+            candidate = folder / expanded
+            if candidate.exists() or source != "hf" or key == "eval_path":
+                section[key] = str(candidate.resolve())
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str):
         candidate = folder / model["base"]
@@ -503,10 +518,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         SpecError: If there is no ``=`` or the key is empty.
 
     """
+    from ruamel.yaml.error import YAMLError
+
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise SpecError([Problem("--set", None, None, text, "expected dotted.key=value")])
-    value = _plain(_yaml().load(io.StringIO(raw))) if raw.strip() else ""
+    try:
+        value = _plain(_yaml().load(io.StringIO(raw))) if raw.strip() else ""
+    except YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(
+            [Problem(f"--set {text}", None, None, key.strip(), f"invalid value {raw!r}: {problem}")]
+        ) from None
     return key.strip().split("."), value
 
 

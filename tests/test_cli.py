@@ -127,11 +127,7 @@ def test_run_bad_spec_exits_2_without_a_run(cli, write_spec, tmp_path):
     assert not db.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: summary.print_runs lets rich shrink the run_id column, so at 80 columns (and whenever stdout is "
-    "piped) `embx ls` prints '2025010…' instead of the id that `embx show` needs",
-)
+# Regression: rich used to shrink the run_id column to '2025010…' at 80 columns (or when piped).
 def test_ls_table_shows_whole_run_ids(cli, tmp_path):
     from runner import store
 

@@ -249,11 +249,6 @@ def test_bad_override_reported_with_set(tmp_path, override, path, needle):
     assert str(problem).startswith(f"--set {override}: {path}: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_override does not catch ruamel YAML errors, so an unparseable --set value escapes as a "
-    "raw ParserError/ScannerError instead of a SpecError naming --set",
-)
 @pytest.mark.parametrize("override", ["eval.metrics=[ndcg@5", 'name="unterminated'])
 def test_unparseable_override_value_is_a_spec_error(tmp_path, override):
     spec = write(tmp_path / "s.yaml", MINIMAL)
@@ -342,11 +337,6 @@ def test_extends_errors(tmp_path):
     assert "extends must be a path" in problems_of(wrong)[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spec._relativise decides hub-id vs path per file from that file's own data.source; a child that "
-    "inherits source: hf and sets data.path to a hub id gets it rewritten into a local path",
-)
 def test_extends_child_hub_id_with_inherited_hf_source(tmp_path):
     write(tmp_path / "base.yaml", "name: b\ndata:\n  source: hf\n  path: org/one\n")
     child = write(tmp_path / "sub" / "child.yaml", "extends: ../base.yaml\nname: c\ndata:\n  path: org/two\n")
@@ -355,11 +345,6 @@ def test_extends_child_hub_id_with_inherited_hf_source(tmp_path):
     assert spec.data.path == "org/two"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: spec._relativise does not expand '~' in data.path/eval_path: '~/data' is not absolute, so it "
-    "becomes '<spec folder>/~/data'",
-)
 def test_data_path_with_home_directory(tmp_path):
     path = write(tmp_path / "s.yaml", "name: s\ndata:\n  path: ~/embx-data\n")
     assert load_spec(path).spec.data.path == str(Path("~/embx-data").expanduser())

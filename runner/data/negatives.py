@@ -125,6 +125,7 @@ def mine_hard_negatives(
     for row, (pair, banned) in enumerate(zip(pairs, excluded)):
         limit = (1.0 - spec.relative_margin) * pos_scores[row]
         kept: list[str] = []
+        too_close: set[str] = set()
         for score, j in zip(scores[row, low:].tolist(), indices[row, low:].tolist()):
             stats.candidates += 1
             text = pool[j]
@@ -132,6 +133,7 @@ def mine_hard_negatives(
                 stats.dropped_positive += 1
             elif score > limit:
                 stats.dropped_margin += 1
+                too_close.add(text)
             elif text not in kept:
                 kept.append(text)
         picked = rng.sample(kept, spec.per_query) if len(kept) >= spec.per_query else kept
@@ -141,7 +143,7 @@ def mine_hard_negatives(
             if tries > 1000 * spec.per_query:
                 raise ValueError("the pool holds too few passages that are not positives to fill the negatives")
             cand = pool[rng.randrange(len(pool))]
-            if cand not in banned and cand not in picked:
+            if cand not in banned and cand not in too_close and cand not in picked:
                 picked.append(cand)
                 stats.filled_random += 1
         out.append(Pair(pair.query, pair.positive, pair.query_id, pair.positive_id, picked))

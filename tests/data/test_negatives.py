@@ -127,11 +127,6 @@ def test_hard_fills_with_random_when_too_few_survive():
         assert (stats.candidates, stats.dropped_positive, stats.dropped_margin) == (4, 2, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: mine_hard_negatives' random fill draws from the whole pool and can re-pick candidates it has "
-    "just dropped as likely false negatives (score above (1 - margin) x positive)",
-)
 def test_hard_random_fill_never_reuses_margin_dropped_candidates():
     for seed in range(20):
         out, _ = mine(per_query=3, mine_range=(0, 4), seed=seed, pairs=[Pair("q", "pos")])
