@@ -51,7 +51,11 @@ def main() -> None:
 
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -66,8 +70,17 @@ def main() -> None:
     pairs = [(queries[q], corpus[d]) for q in sorted(train) for d in sorted(train[q])]
     test = qrels("test")
     evaluator = InformationRetrievalEvaluator(
-        {q: queries[q] for q in test}, corpus, test, name="test", batch_size=64, show_progress_bar=False,
-        ndcg_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[1, 10], mrr_at_k=[10], map_at_k=[100],
+        {q: queries[q] for q in test},
+        corpus,
+        test,
+        name="test",
+        batch_size=64,
+        show_progress_bar=False,
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10],
+        mrr_at_k=[10],
+        map_at_k=[100],
     )
     model = SentenceTransformer(args.model, device=device)
     model.max_seq_length = args.max_seq_length
@@ -107,8 +120,16 @@ def main() -> None:
     result = {
         "script": "bench/peer_st.py",
         "data": str(args.data),
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
-        "settings": {"batch_size": args.batch_size, "epochs": args.epochs, "lr": args.lr, "max_seq_length": args.max_seq_length, "bf16": args.bf16},
+        "device": torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "settings": {
+            "batch_size": args.batch_size,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "max_seq_length": args.max_seq_length,
+            "bf16": args.bf16,
+        },
         "train_pairs": len(pairs),
         "train_seconds": round(train_seconds, 1),
         "train_samples_per_s": round(len(pairs) * args.epochs / train_seconds, 2),
