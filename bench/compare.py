@@ -48,9 +48,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'metric':<10} {'peer base':>10} {'peer tuned':>11} {'embx base':>10} {'embx tuned':>11}")
     for r in rows:
-        print(
-            f"{r['metric']:<10} {r['peer_base']:>10.4f} {r['peer_tuned']:>11.4f} {r['embx_base']:>10.4f} {r['embx_tuned']:>11.4f}"
-        )
+        values = f"{r['peer_base']:>10.4f} {r['peer_tuned']:>11.4f} {r['embx_base']:>10.4f} {r['embx_tuned']:>11.4f}"
+        print(f"{r['metric']:<10} {values}")
     print(f"tuned ndcg@10 embx - peer: {result['ndcg@10_tuned_diff']:+.4f}")
     print(f"train seconds: peer {result['peer_train_seconds']}, embx {result['embx_train_seconds']}")
 
