@@ -1,3 +1,0 @@
-"""embx: declarative fine-tuning and evaluation of embedding models for retrieval."""
-
-from __future__ import annotations
