@@ -608,29 +608,35 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     except ValidationError as exc:
         raise SpecError(_problems(exc, positions, str(path.resolve()))) from None
     if spec.ablate is not None:
-        _check_factors(spec, positions, str(path.resolve()))
+        _check_paths("ablate.factors", spec.ablate.factors, spec, positions, str(path.resolve()))
     if spec.search is not None:
-        _check_search(spec, positions, str(path.resolve()))
+        ranges = {name: search_values(param) for name, param in spec.search.params.items()}
+        _check_paths("search.params", ranges, spec, positions, str(path.resolve()))
     return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides)
 
 
-def _check_factors(spec: Spec, positions: dict[tuple, Position], main_file: str) -> None:
-    """Validate every ablation value against the schema before anything runs; name the factor on failure."""
+def _check_paths(
+    section: str, values_by_path: dict[str, list[Any]], spec: Spec, positions: dict[tuple, Position], main_file: str
+) -> None:
+    """Check that every dotted path of `ablate.factors` or `search.params` exists and each value validates.
+
+    Runs before any variant or trial does, so a bad value fails at once, naming its factor and line.
+    """
     problems = []
-    for factor, values in spec.ablate.factors.items():
-        file, line, col = positions.get(("ablate", "factors", factor), (main_file, None, None))
-        problem = _path_problem(factor.split("."))
+    for path, values in values_by_path.items():
+        file, line, col = positions.get((*section.split("."), path), (main_file, None, None))
+        problem = _path_problem(path.split("."))
         if problem:
-            problems.append(Problem(file, line, col, f"ablate.factors.{factor}", problem))
+            problems.append(Problem(file, line, col, f"{section}.{path}", problem))
             continue
         for value in values:
+            if isinstance(value, float) and value.is_integer() and isinstance(_value_at(spec, path), int):
+                value = int(value)
             try:
-                spec.variant({factor: value})
+                spec.variant({path: value})
             except ValidationError as exc:
                 reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                problems.append(
-                    Problem(file, line, col, f"ablate.factors.{factor}", f"value {value!r} is invalid: {reasons}")
-                )
+                problems.append(Problem(file, line, col, f"{section}.{path}", f"value {value!r} is invalid: {reasons}"))
     if problems:
         raise SpecError(problems)
 
@@ -648,29 +654,6 @@ def _path_problem(keys: list[str]) -> str | None:
 def search_values(param: SearchParam) -> list[Any]:
     """The values whose validity bounds a search range: its choices, or its two ends."""
     return list(param.choices) if param.choices is not None else [param.low, param.high]
-
-
-def _check_search(spec: Spec, positions: dict[tuple, Position], main_file: str) -> None:
-    """Validate the search space before any trial runs: paths exist, both ends of every range are valid."""
-    problems = []
-    for name, param in spec.search.params.items():
-        file, line, col = positions.get(("search", "params", name), (main_file, None, None))
-        problem = _path_problem(name.split("."))
-        if problem:
-            problems.append(Problem(file, line, col, f"search.params.{name}", problem))
-            continue
-        for value in search_values(param):
-            if isinstance(value, float) and value.is_integer() and isinstance(_value_at(spec, name), int):
-                value = int(value)
-            try:
-                spec.variant({name: value})
-            except ValidationError as exc:
-                reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                problems.append(
-                    Problem(file, line, col, f"search.params.{name}", f"value {value!r} is invalid: {reasons}")
-                )
-    if problems:
-        raise SpecError(problems)
 
 
 def _value_at(spec: Spec, path: str) -> Any:

@@ -281,32 +281,32 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
         con.execute("COMMIT")
 
 
-def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: str, rows: list[tuple]) -> None:
-    """Bulk insert rows prefixed by run_id (through Arrow: executemany is slow in DuckDB)."""
+def _insert_rows(
+    con: duckdb.DuckDBPyConnection, table: str, key: str, rows: list[tuple], skip_existing: bool = False
+) -> None:
+    """Bulk insert rows whose first column is `key` (through Arrow: executemany is slow in DuckDB).
+
+    Args:
+        con: Open connection.
+        table: Target table.
+        key: Value of the first column (a run id, or a dataset key for texts and qrels).
+        rows: The other columns, in table order.
+        skip_existing: Leave rows whose primary key is already stored (texts and qrels shared by runs).
+
+    """
     if not rows:
         return
     import pyarrow as pa
 
     columns = [c[0] for c in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
-    data = {columns[0]: [run_id] * len(rows)}
+    data = {columns[0]: [key] * len(rows)}
     for i, name in enumerate(columns[1:]):
         data[name] = [row[i] for row in rows]
     staged = pa.table(data)  # noqa: F841 - read by DuckDB's replacement scan below
-    con.execute(f"INSERT INTO {table} SELECT * FROM staged")
-
-
-def _insert_dataset_rows(con: duckdb.DuckDBPyConnection, table: str, dataset: str, rows: list[tuple]) -> None:
-    """Add rows not yet stored for `dataset` (texts and qrels are shared by all runs on the same data)."""
-    if not rows:
-        return
-    import pyarrow as pa
-
-    columns = [c[0] for c in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
-    data = {columns[0]: [dataset] * len(rows)}
-    for i, name in enumerate(columns[1:]):
-        data[name] = [row[i] for row in rows]
-    staged = pa.table(data)  # noqa: F841 - read by DuckDB's replacement scan below
-    con.execute(f"INSERT INTO {table} SELECT DISTINCT * FROM staged ON CONFLICT DO NOTHING")
+    if skip_existing:
+        con.execute(f"INSERT INTO {table} SELECT DISTINCT * FROM staged ON CONFLICT DO NOTHING")
+    else:
+        con.execute(f"INSERT INTO {table} SELECT * FROM staged")
 
 
 def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
@@ -318,8 +318,8 @@ def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
             _insert_rows(con, "query_scores", run_id, results.query_scores)
             _insert_rows(con, "rankings", run_id, results.rankings)
             _insert_rows(con, "train_log", run_id, results.train_log)
-            _insert_dataset_rows(con, "texts", results.dataset, results.texts)
-            _insert_dataset_rows(con, "qrels", results.dataset, results.qrels)
+            _insert_rows(con, "texts", results.dataset, results.texts, skip_existing=True)
+            _insert_rows(con, "qrels", results.dataset, results.qrels, skip_existing=True)
             con.execute(
                 "UPDATE runs SET status = 'ok', finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
                 [now(), json.dumps(results.timings), json.dumps(results.info, default=str), run_id],
