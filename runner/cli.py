@@ -119,7 +119,12 @@ def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verb
 @set_option
 @db_option
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="Total trials (default: search.trials).")
-@click.option("--storage", default=None, help="Optuna storage: journal file path or RDB URL (postgresql://...).")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="EMBX_SEARCH_STORAGE",
+    help="Optuna storage: journal file path or RDB URL (postgresql://...); also $EMBX_SEARCH_STORAGE.",
+)
 @click.option("--study", "study_name", default=None, help="Study name (default: the spec's name).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Local worker processes.")
 @click.option("--worker-share", default=None, hidden=True, help="Internal: INDEX:TRIALS for one worker process.")

@@ -379,6 +379,8 @@ def _execute(
                 cached = (score(model, "base", qrels), run_id)
             shared.base_evals[f"{bkey}:{role}"] = cached
             evals[role, "base"] = cached[0]
+            if role == "dev":  # epoch 0 of the dev curve, kept even if the run is pruned
+                dev_log.extend((0, 0.0, f"dev_{k}", v) for k, v in cached[0].metrics.items())
             info.setdefault("baseline_from", {})[role] = cached[1]
 
     # 3. Negatives (mined once per experiment for the same model, data, sample and settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,10 @@ from runner import store
 from runner.spec import LoadedSpec, SearchParam, Spec
 
 log = logging.getLogger(__name__)
+
+
+STORAGE_ENV = "EMBX_SEARCH_STORAGE"
+"""Environment variable read by `embx search --storage` (how local workers get the URL)."""
 
 
 class SearchError(Exception):
@@ -67,6 +72,7 @@ def open_storage(url: str):
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
+    given, url = url, _with_driver(url)
     connect_args: dict[str, Any] = {}
     if url.startswith(("postgresql", "mysql")):
         connect_args["connect_timeout"] = 10
@@ -78,7 +84,22 @@ def open_storage(url: str):
             grace_period=180,
         )
     except Exception as exc:  # sqlalchemy's OperationalError, ImportError of a missing driver, ...
-        raise SearchError(f"cannot use search storage {redact(url)}: {type(exc).__name__}: {exc}") from exc
+        raise SearchError(f"cannot use search storage {redact(given)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _with_driver(url: str) -> str:
+    """Name an installed PostgreSQL driver in a bare ``postgresql://`` URL.
+
+    SQLAlchemy 2.1 maps a bare URL to psycopg 3; embx's `postgres` extra installs psycopg2. Use whichever
+    is installed, preferring psycopg 3.
+    """
+    import importlib.util
+
+    if not url.startswith("postgresql://") or importlib.util.find_spec("psycopg") is not None:
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def _kind(spec: Spec, path: str) -> type:
@@ -261,33 +282,20 @@ def run_search(
         if remaining:
             run_worker(loaded, db, storage_url, name, remaining, 0)
     else:
+        # The storage URL (it may hold a password) reaches the workers through the environment, not argv.
+        env = {**os.environ, STORAGE_ENV: storage_url}
         procs = []
         for index, share in enumerate(shares):
             if not share:
                 continue
-            cmd = [
-                sys.executable,
-                "-m",
-                "runner.cli",
-                "search",
-                str(loaded.path),
-                "--db",
-                str(db),
-                "--storage",
-                storage_url,
-                "--study",
-                name,
-                "--trials",
-                str(total),
-                "--worker-share",
-                f"{index}:{share}",
-            ]
+            cmd = [sys.executable, "-m", "runner.cli", "search", str(loaded.path), "--db", str(db)]
+            cmd += ["--study", name, "--trials", str(total), "--worker-share", f"{index}:{share}"]
             for item in overrides or []:
                 cmd += ["--set", item]
-            procs.append(subprocess.Popen(cmd))
+            procs.append(subprocess.Popen(cmd, env=env))
         codes = [p.wait() for p in procs]
         if any(codes):
-            log.error("worker exit codes: %s", codes)
+            raise SearchError(f"search worker(s) failed (exit codes {codes}); the study keeps their trials")
     study = make_study(spec, storage_url, name)
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:

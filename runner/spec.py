@@ -298,13 +298,15 @@ class Spec(_Model):
     @model_validator(mode="after")
     def _search_needs_dev(self) -> Spec:
         if self.search is not None and self.data.splits.dev is None:
-            raise ValueError("search scores trials on the dev split: set data.splits.dev")
+            raise ValueError("data.splits.dev: search scores trials on the dev split: set data.splits.dev")
         return self
 
     @model_validator(mode="after")
     def _early_stopping_needs_dev(self) -> Spec:
         if self.train.early_stopping is not None and self.data.splits.dev is None:
-            raise ValueError("train.early_stopping needs a dev split: set data.splits.dev or early_stopping: null")
+            raise ValueError(
+                "data.splits.dev: train.early_stopping needs a dev split: set data.splits.dev or early_stopping: null"
+            )
         return self
 
     def resolved_json(self) -> str:
@@ -566,6 +568,11 @@ def _problems(exc: ValidationError, positions: dict[tuple, Position], main_file:
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        # A cross-field rule names the field it blames as "dotted.path: message"; point at that field.
+        blamed = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message, flags=re.S)
+        if blamed:
+            loc = (*loc, *blamed.group(1).split("."))
+            message = blamed.group(2)
         if err["type"] == "extra_forbidden":
             valid = _section_fields(loc[:-1])
             close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)

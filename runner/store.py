@@ -148,6 +148,7 @@ def connect(db: str | Path, read_only: bool = False, attempts: int = 60) -> Iter
     path = Path(db)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no results store at {path} (run `embx run SPEC` first, or pass --db)")
+    _ensure_created(path, attempts, wait_only=read_only)
     if read_only and _version(path, attempts) < len(MIGRATIONS):
         with connect(path, read_only=False, attempts=attempts):
             pass  # a store written by an older embx: bring its schema up to date first
@@ -158,6 +159,41 @@ def connect(db: str | Path, read_only: bool = False, attempts: int = 60) -> Iter
         yield con
     finally:
         con.close()
+
+
+def _ensure_created(path: Path, attempts: int, wait_only: bool = False) -> None:
+    """Create (and migrate) a missing store under an exclusive lock on a sidecar file.
+
+    DuckDB leaves a new file empty and unlocked for a moment while creating it; a second process opening it
+    then fails ("not a valid DuckDB database file"). All creators go through `<db>.lock`, and an empty file
+    found there is a creation that died half-way: it is replaced.
+
+    Args:
+        path: The store.
+        attempts: Lock retries for the migration connection.
+        wait_only: Only wait for a creation in progress (readers).
+
+    """
+    if path.exists() and path.stat().st_size > 0:
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no sidecar lock
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if wait_only else fcntl.LOCK_EX)
+        try:
+            if wait_only or (path.exists() and path.stat().st_size > 0):
+                return
+            path.unlink(missing_ok=True)
+            con = _open(path, False, attempts)
+            try:
+                _migrate(con)
+            finally:
+                con.close()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open(path: Path, read_only: bool, attempts: int) -> duckdb.DuckDBPyConnection:

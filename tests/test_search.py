@@ -49,7 +49,7 @@ def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
 
 
 def search_spec(make_spec, path: Path, name: str, **search) -> Path:
-    return make_spec(path, name=name, train=FAST_TRAIN, data={"limit": 24}, eval=FAST_EVAL, search={**SPACE, **search})
+    return make_spec(path, name=name, train=FAST_TRAIN, data={"limit": 16}, eval=FAST_EVAL, search={**SPACE, **search})
 
 
 # ------------------------------------------------------------------------------- 1. search space validation
@@ -140,11 +140,6 @@ def test_search_without_dev_split_is_refused(write_spec, tiny_model, tiny_beir):
     assert "search scores trials on the dev split" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Spec._search_needs_dev is a model-level validator, so its error has loc () and spec._problems "
-    "finds no position: the message is '<file>: <spec>: ...' with no line (the design wants file:line:col)",
-)
 def test_search_without_dev_split_points_at_a_line(write_spec, tiny_model, tiny_beir):
     path = _no_dev_spec(write_spec, tiny_model, tiny_beir)
     with pytest.raises(SpecError) as info:
@@ -281,7 +276,7 @@ def test_median_pruner_records_pruned_trials_with_their_curve(make_spec, tmp_pat
         tmp_path / "prune.yaml",
         name="prune",
         train={"epochs": 2, "batch_size": 8, "early_stopping": None},
-        data={"limit": 24},
+        data={"limit": 16},
         eval=FAST_EVAL,
         search={
             "trials": 4,
@@ -310,14 +305,16 @@ def test_median_pruner_records_pruned_trials_with_their_curve(make_spec, tmp_pat
     otrials = {t.number: t for t in optuna.load_study(study_name="prune", storage=storage).get_trials()}
     for t in pruned:
         assert t["changes"] == {"train.learning_rate": 1e-9}
-        # Stopped after the first epoch's dev evaluation; that evaluation is kept (train_log dev_ndcg@10).
-        assert [e for e, _ in t["curve"]] == [1.0]
-        value = t["curve"][0][1]
+        # Stopped after the first epoch's dev evaluation; the base point (epoch 0) and that evaluation are kept.
+        assert [e for e, _ in t["curve"]] == [0.0, 1.0]
+        value = t["curve"][-1][1]
         assert value < min(good_epoch1)
         assert t["dev_objective"] is None  # no dev metrics: the run did not finish
         assert query(
-            db, "SELECT epoch, value FROM train_log WHERE run_id = ? AND name = 'dev_ndcg@10'", [t["run_id"]]
-        ) == [(1.0, value)]
+            db,
+            "SELECT epoch, value FROM train_log WHERE run_id = ? AND name = 'dev_ndcg@10' ORDER BY epoch",
+            [t["run_id"]],
+        ) == [(0.0, t["curve"][0][1]), (1.0, value)]
         (error,) = query(db, "SELECT error FROM runs WHERE run_id = ?", [t["run_id"]])[0]
         assert error.startswith("pruned: dev ndcg@10 ")
         assert otrials[t["trial"]].state == optuna.trial.TrialState.PRUNED
@@ -336,17 +333,10 @@ def test_redact_hides_passwords():
     assert redact("runs/results.optuna.journal") == "runs/results.optuna.journal"
 
 
-SQLALCHEMY_DEFAULT_PG = (
-    "BUG: SQLAlchemy 2.1 maps a bare postgresql:// URL to the psycopg (3) driver, but embx's postgres/test "
-    "extras install psycopg2-binary; runner.search.open_storage passes the URL through, so RDBStorage fails "
-    "with 'ImportError: Failed to import DB access module' instead of reaching (or failing to reach) the server"
-)
-
-
 @pytest.mark.parametrize(
     "scheme",
     [
-        pytest.param("postgresql", marks=pytest.mark.xfail(strict=True, reason=SQLALCHEMY_DEFAULT_PG)),
+        "postgresql",
         "postgresql+psycopg2",
     ],
 )
@@ -363,6 +353,32 @@ def test_unreachable_storage_fails_fast_without_the_password(scheme, make_spec, 
     assert f"error: cannot use search storage {scheme}://embx:***@127.0.0.1:1/db: " in result.stderr
     assert "Connection refused" in result.stderr  # says why: nothing listens there
     assert not db.exists()  # no trial started
+
+
+def test_worker_command_lines_do_not_carry_the_storage_password(monkeypatch, make_spec, tmp_path):
+    import runner.search as search
+
+    loaded = load_spec(search_spec(make_spec, tmp_path / "s.yaml", "argv"))
+    commands = []
+
+    class NoTrials:
+        def get_trials(self, deepcopy=True, states=None):
+            return []
+
+    class Worker:
+        def __init__(self, cmd, *args, **kwargs):
+            commands.append(list(cmd))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(search, "make_study", lambda *args, **kwargs: NoTrials())
+    monkeypatch.setattr(search.subprocess, "Popen", Worker)
+    url = f"postgresql+psycopg2://embx:{PG_PASSWORD}@db.internal:5432/optuna"
+    with pytest.raises(search.SearchError, match="no completed trial"):
+        search.run_search(loaded, tmp_path / "r.duckdb", trials=4, storage=url, workers=2)
+    assert len(commands) == 2  # both workers were started ...
+    assert [PG_PASSWORD in " ".join(cmd) for cmd in commands] == [False, False]  # ... without the password
 
 
 # ------------------------------------------------------------------------------------------ 5. PostgreSQL
