@@ -420,7 +420,10 @@ def _execute(
         "epochs_run": outcome.epochs_run,
         "best_epoch": outcome.best_epoch,
         "samples": outcome.samples,
-        "samples_per_s": round(outcome.samples / outcome.seconds, 2) if outcome.seconds else None,
+        "samples_per_s": round(outcome.samples / (outcome.seconds - outcome.eval_seconds), 2)
+        if outcome.seconds > outcome.eval_seconds
+        else None,
+        "dev_eval_seconds": round(outcome.eval_seconds, 2),
         "precision": outcome.precision,
     }
     results.train_log = list(outcome.log)

@@ -27,6 +27,7 @@ class TrainOutcome:
         epochs_run: Epochs actually trained (early stopping may cut them short).
         best_epoch: Epoch whose weights were kept.
         seconds: Wall time of training (evaluation during training included).
+        eval_seconds: Part of `seconds` spent scoring the dev split.
         samples: Training examples seen.
         precision: The autocast precision used.
 
@@ -37,6 +38,7 @@ class TrainOutcome:
     epochs_run: int = 0
     best_epoch: int | None = None
     seconds: float = 0.0
+    eval_seconds: float = 0.0
     samples: int = 0
     precision: str = "fp32"
 

@@ -95,9 +95,13 @@ class SentenceTransformersBackend:
                 super().__init__()
                 self.name = DEV_NAME
                 self.primary_metric = dev_metric
+                self.seconds = 0.0
 
             def __call__(self, model, output_path=None, epoch=-1, steps=-1):
-                return self.prefix_name_to_metrics(dev(model), self.name)
+                started = time.perf_counter()
+                metrics = dev(model)
+                self.seconds += time.perf_counter() - started
+                return self.prefix_name_to_metrics(metrics, self.name)
 
         if spec.train.loss == "cached-mnrl":
             loss = losses.CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=32)
@@ -136,12 +140,13 @@ class SentenceTransformersBackend:
         callbacks = _callbacks(log_rows, dev_metric if evaluate else None)
         if keep_best:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=stopping.patience))
+        evaluator = DevEvaluator() if evaluate else None
         trainer = SentenceTransformerTrainer(
             model=model,
             args=args,
             train_dataset=_dataset(pairs),
             loss=loss,
-            evaluator=DevEvaluator() if evaluate else None,
+            evaluator=evaluator,
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)  # our callback keeps the log; no dict dumps on stdout
@@ -161,6 +166,7 @@ class SentenceTransformersBackend:
             epochs_run=epochs_run,
             best_epoch=best_epoch,
             seconds=seconds,
+            eval_seconds=evaluator.seconds if evaluator else 0.0,
             samples=round(len(pairs) * (state.epoch or 0.0)),
             precision=precision,
         )
