@@ -55,7 +55,8 @@ def print_result(result: Any, db: str) -> None:
     )
     out.print(
         f"train: {train.get('epochs_run')} epoch(s), best epoch {train.get('best_epoch')}, "
-        f"{train.get('samples_per_s')} training samples/s (dev scoring excluded), {train.get('precision')} on {info.get('device')}; "
+        f"{train.get('samples_per_s')} training samples/s (dev scoring excluded), "
+        f"{train.get('precision')} on {info.get('device')}; "
         f"total {result.timings.get('total', 0):.1f} s"
     )
     for warning in result.warnings:
