@@ -160,7 +160,11 @@ def _curve_chart(variants: list[VariantStats], dev_metric: str) -> str | None:
     left.set_xlabel("epoch", fontsize=8)
     right.set_title(f"dev {dev_metric} (epoch 0 = base model)", fontsize=9)
     right.set_xlabel("epoch", fontsize=8)
-    right.legend(fontsize=7)
+    if right.lines:
+        right.legend(fontsize=7)
+    else:
+        left.legend(fontsize=7)
+        right.text(0.5, 0.5, "no dev split", ha="center", va="center", transform=right.transAxes, fontsize=8)
     return _svg(fig)
 
 
