@@ -284,6 +284,10 @@ def run_search(
     else:
         # The storage URL (it may hold a password) reaches the workers through the environment, not argv.
         env = {**os.environ, STORAGE_ENV: storage_url}
+        # Workers on one machine share its cores: give each its share of CPU threads (unless set by the user).
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, threads)
         procs = []
         for index, share in enumerate(shares):
             if not share:
