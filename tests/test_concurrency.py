@@ -12,10 +12,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from click.testing import CliRunner
+from helpers import cli, query
 
 from runner import store
-from runner.cli import main
 
 PROCESSES, RUNS_EACH = 4, 25
 METRICS = ["recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"]
@@ -56,19 +55,6 @@ for i in range(runs):
         dataset="tiny",
     ))
 """
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
-    """Read the store directly (read-only, no stale-run reaping)."""
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def record(run_id: str) -> store.RunRecord:

@@ -13,12 +13,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import duckdb
 import pytest
-from click.testing import CliRunner
+from helpers import cli, query
 
 from runner import store
-from runner.cli import main
 from runner.search import redact
 from runner.spec import SpecError, load_spec
 
@@ -34,18 +32,6 @@ SPACE = {
     },
 }
 PG_PASSWORD = "hunter2-secret-pw"
-
-
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def search_spec(make_spec, path: Path, name: str, **search) -> Path:
