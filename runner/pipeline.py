@@ -363,7 +363,9 @@ def _execute(
         if not pairs:
             raise ValueError(f"no training pairs in split {splits.train!r}")
         info["data"] = {**data.stats(), "train_pairs": len(pairs)}
-        index = shared.index.setdefault(ikey, CorpusIndex(data.corpus))
+        if ikey not in shared.index:
+            shared.index[ikey] = CorpusIndex(data.corpus)
+        index = shared.index[ikey]
 
     # 2. Base model, and its scores (once per experiment, or reused from an earlier run in the store)
     with timer("load_model"):

@@ -232,8 +232,7 @@ def _best_yaml(loaded: LoadedSpec, best: Spec, study_name: str, trial: int, valu
         data["model"]["base"] = os.path.relpath(base, target.parent)
     with target.open("w", encoding="utf-8") as handle:
         handle.write(
-            f"# embx run {target.name}\n"
-            f"# Best trial {trial} of study {study_name}: dev {objective} = {value:.4f}.\n"
+            f"# embx run {target.name}\n# Best trial {trial} of study {study_name}: dev {objective} = {value:.4f}.\n"
         )
         YAML(typ="safe", pure=True).dump(data, handle)
     return target

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 from click.testing import CliRunner
 
+from runner import store
 from runner.cli import main
 
 
@@ -22,3 +23,23 @@ def query(db: Path, sql: str, params: list | None = None) -> list[tuple]:
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def run_record(run_id: str, **fields) -> store.RunRecord:
+    """A minimal RunRecord for store-level tests; keyword arguments override its fields."""
+    base = {
+        "run_id": run_id,
+        "experiment": "tests",
+        "description": "",
+        "spec_path": "/x.yaml",
+        "spec_text": "",
+        "spec_json": "{}",
+        "spec_hash": run_id,
+        "overrides": [],
+        "versions": {},
+        "git_commit": None,
+        "device": "cpu",
+        "host": "h",
+        "pid": 1,
+    }
+    return store.RunRecord(**{**base, **fields})

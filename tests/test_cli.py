@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 from click.testing import CliRunner
+from helpers import run_record
 
 from runner.cli import main
 
@@ -133,21 +134,7 @@ def test_ls_table_shows_whole_run_ids(cli, tmp_path):
 
     db = tmp_path / "results.duckdb"
     run_id = "20250101-120000-abcdef"
-    rec = store.RunRecord(
-        run_id=run_id,
-        experiment="a-rather-long-experiment-name",
-        description="",
-        spec_path="/x.yaml",
-        spec_text="",
-        spec_json='{"eval": {"main": "ndcg@10"}}',
-        spec_hash="h",
-        overrides=[],
-        versions={},
-        git_commit=None,
-        device="cpu",
-        host="h",
-        pid=1,
-    )
+    rec = run_record(run_id, experiment="a-rather-long-experiment-name", spec_json='{"eval": {"main": "ndcg@10"}}')
     store.start_run(db, rec)
     result = cli("ls", "--db", db)  # CliRunner output is not a terminal: rich uses 80 columns
     assert result.exit_code == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from helpers import cli, query
+from helpers import cli, query, run_record
 
 from runner import store
 
@@ -58,20 +58,8 @@ for i in range(runs):
 
 
 def record(run_id: str) -> store.RunRecord:
-    return store.RunRecord(
-        run_id=run_id,
-        experiment="locks",
-        description="",
-        spec_path="/x/locks.yaml",
-        spec_text="name: locks\n",
-        spec_json="{}",
-        spec_hash=run_id,
-        overrides=[],
-        versions={},
-        git_commit=None,
-        device="cpu",
-        host="elsewhere",
-        pid=1,
+    return run_record(
+        run_id, experiment="locks", spec_path="/x/locks.yaml", spec_text="name: locks\n", host="elsewhere"
     )
 
 

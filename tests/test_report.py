@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import run_record
 
 from runner.cli import main
 from runner.report import build_report, conclude, paired_test
@@ -120,20 +121,11 @@ def test_failed_variant_is_shown_as_failed(ablation_db, tmp_path):
     spec, db = ablation_db
     failed_db = tmp_path / "failed.duckdb"
     shutil.copy(db, failed_db)
-    rec = store.RunRecord(
-        run_id="20991231-000000-ffffff",
+    rec = run_record(
+        "20991231-000000-ffffff",
         experiment="tiny-ablation",
-        description="",
         spec_path=str(spec),
-        spec_text="",
-        spec_json=json.dumps(json.loads(store.list_runs(db)[0]["run_id"] and "{}")),
         spec_hash="x",
-        overrides=[],
-        versions={},
-        git_commit=None,
-        device="cpu",
-        host="h",
-        pid=1,
         variant='negatives.mode="hard"',
         changes={"negatives.mode": "hard"},
     )
