@@ -384,6 +384,14 @@ def _execute(
             if role == "dev":  # epoch 0 of the dev curve, kept even if the run is pruned
                 dev_log.extend((0, 0.0, f"dev_{k}", v) for k, v in cached[0].metrics.items())
             info.setdefault("baseline_from", {})[role] = cached[1]
+    with timer("mteb"):
+        if evaluate_test and spec.eval.baseline:
+            mkey = f"{bkey}:mteb"
+            if mkey not in shared.base_evals:
+                shared.base_evals[mkey] = (_mteb_scores(spec, model, data, test_qrels), run_id)
+            mteb_scores = {("base", split): v for split, v in shared.base_evals[mkey][0].items()}
+        else:
+            mteb_scores = {}
 
     # 3. Negatives (mined once per experiment for the same model, data, sample and settings)
     with timer("negatives"):
@@ -392,16 +400,6 @@ def _execute(
             shared.negatives[nkey] = attach_negatives(spec, pairs, data, model, index)
         pairs, neg_stats = shared.negatives[nkey]
     info["negatives"] = neg_stats.as_dict()
-    pairs = [
-        p.__class__(
-            m.query_prefix + p.query,
-            m.passage_prefix + p.positive,
-            p.query_id,
-            p.positive_id,
-            [m.passage_prefix + n for n in p.negatives],
-        )
-        for p in pairs
-    ]
 
     # 4. Train (the dev split is scored after every epoch; early stopping keeps the best epoch)
     epochs = iter(range(1, 10_000))
@@ -427,6 +425,8 @@ def _execute(
         else None,
         "dev_eval_seconds": round(outcome.eval_seconds, 2),
         "precision": outcome.precision,
+        "backend": spec.train.backend,
+        **outcome.details,
     }
     results.train_log = list(outcome.log)
     if ("dev", "base") in evals:
@@ -440,6 +440,11 @@ def _execute(
         if dev_qrels:
             evals["dev", "tuned"] = score(tuned, "tuned", dev_qrels)
         index.embeddings.pop("tuned", None)
+    with timer("mteb"):
+        if evaluate_test:
+            mteb_scores.update(
+                {("tuned", split): v for split, v in _mteb_scores(spec, tuned, data, test_qrels).items()}
+            )
     if spec.output.save_model:
         target = Path(spec.output.dir) / run_id
         tuned.save(str(target))
@@ -447,6 +452,8 @@ def _execute(
 
     # 6. Rows for the store, and the summary
     shown: set[str] = set()
+    for (stage, split), scores in mteb_scores.items():
+        results.metrics += [(split, stage, "mteb", k, v) for k, v in scores.items()]
     for (split, stage), ev in evals.items():
         results.metrics += [(split, stage, "native", k, v) for k, v in ev.metrics.items()]
         if split == "test":
@@ -464,10 +471,32 @@ def _execute(
     results.dataset = dkey
     by = {split: {stage: ev.metrics for (s, stage), ev in evals.items() if s == split} for split in ("test", "dev")}
     result = RunResult(run_id, spec.name, "ok", spec.eval.main, by["test"], by["dev"], info=info)
-    result.warnings = _warnings(spec, by)
+    result.warnings = outcome.notes + _warnings(spec, by)
     info["warnings"] = result.warnings
     info["dataset"] = dkey
     return result, results
+
+
+def _mteb_scores(spec: Spec, model, data, test_qrels) -> dict[str, dict[str, float]]:
+    """Scores of `model` by mteb's evaluation: the run's test split (``eval.mteb_local``) and hub tasks (``eval.mteb``).
+
+    Returns:
+        Split name ("test", or "mteb:<task>") -> flat metric key -> value; empty when mteb is not asked for.
+
+    """
+    cfg, out = spec.eval, {}
+    if not (cfg.mteb_local or cfg.mteb):
+        return out
+    from runner import mteb_eval
+
+    if cfg.mteb_local:
+        out["test"] = mteb_eval.mteb_local_scores(
+            model, spec.model, data.corpus, data.queries, test_qrels, cfg.metrics, cfg.batch_size
+        )
+    if cfg.mteb:
+        for task, scores in mteb_eval.mteb_hub_scores(model, spec.model, cfg.mteb, cfg.metrics, cfg.batch_size).items():
+            out[f"mteb:{task}"] = scores
+    return out
 
 
 def _warnings(spec: Spec, by: dict[str, dict[str, dict[str, float]]]) -> list[str]:

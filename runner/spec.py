@@ -143,8 +143,12 @@ class EarlyStopping(_Model):
 class TrainSpec(_Model):
     """Fine-tuning hyperparameters."""
 
-    backend: Literal["sentence-transformers"] = Field(
-        "sentence-transformers", description="Training backend: sentence-transformers."
+    backend: Literal["sentence-transformers", "flagembedding"] = Field(
+        "sentence-transformers",
+        description="Training backend. sentence-transformers: SentenceTransformerTrainer with `loss`. "
+        "flagembedding: FlagEmbedding's encoder-only embedder fine-tuning (its runner, model and trainer; "
+        "train_group_size = 1 + negatives.per_query, temperature = 1 / scale, pooling = model.pooling or the "
+        "model's own).",
     )
     loss: Literal["mnrl", "cached-mnrl"] = Field(
         "mnrl",
@@ -167,6 +171,12 @@ class TrainSpec(_Model):
         default_factory=EarlyStopping,
         description="Early stopping on the dev split; null trains all epochs and keeps the last.",
     )
+    flagembedding: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More FlagEmbedding arguments (backend flagembedding only), e.g. {sub_batch_size: 32, "
+        "query_max_len: 64, gradient_checkpointing: true}: names and values are checked by FlagEmbedding's own "
+        "argument parser when the spec is validated. Arguments that a spec field sets are refused here.",
+    )
 
 
 class EvalSpec(_Model):
@@ -180,6 +190,17 @@ class EvalSpec(_Model):
     main: str = Field("ndcg@10", description="The metric that summaries, reports and searches rank on.")
     baseline: bool = Field(True, description="Also evaluate the untuned base model on the test split.")
     batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
+    mteb_local: bool = Field(
+        False,
+        description="Also score the test split with mteb's own retrieval evaluation (the split wrapped as a "
+        "custom mteb task, offline); stored beside the native metrics with source mteb.",
+    )
+    mteb: list[str] = Field(
+        default_factory=list,
+        description="mteb retrieval task names (e.g. NFCorpus, FiQA2018) on which base and tuned models are also "
+        "scored; mteb downloads their data from the Hugging Face hub (needs internet). Stored as split "
+        "mteb:<task>, source mteb.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -191,6 +212,15 @@ class EvalSpec(_Model):
     @classmethod
     def _main(cls, value: str) -> str:
         return check_metric(value)
+
+    @field_validator("mteb")
+    @classmethod
+    def _mteb_tasks(cls, value: list[str]) -> list[str]:
+        if value:
+            from runner.mteb_eval import check_task_names
+
+            check_task_names(value)
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _main_listed(self) -> EvalSpec:
@@ -299,6 +329,22 @@ class Spec(_Model):
     def _search_needs_dev(self) -> Spec:
         if self.search is not None and self.data.splits.dev is None:
             raise ValueError("data.splits.dev: search scores trials on the dev split: set data.splits.dev")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_arguments(self) -> Spec:
+        if self.train.backend != "flagembedding":
+            if self.train.flagembedding:
+                raise ValueError("train.flagembedding: only used with train.backend: flagembedding")
+            return self
+        if self.train.loss != "mnrl":
+            raise ValueError(
+                f"train.loss: {self.train.loss} is a sentence-transformers loss; FlagEmbedding trains with its "
+                "own InfoNCE (mnrl); for large batches in little memory set train.flagembedding.sub_batch_size"
+            )
+        from runner.train.flagembedding import check_arguments
+
+        check_arguments(self)
         return self
 
     @model_validator(mode="after")

@@ -98,11 +98,11 @@ def tiny_beir(tmp_path_factory) -> Path:
     return write_beir(tmp_path_factory.mktemp("beir") / "tiny")
 
 
-def spec_data(model: Path, beir: Path, **sections) -> dict:
+def spec_data(model_dir: Path, beir: Path, **sections) -> dict:
     """A spec mapping for the tiny model and data; keyword sections are merged into (or replace) the defaults."""
     spec = {
         "name": "tiny",
-        "model": {"base": str(model), "max_seq_length": 32},
+        "model": {"base": str(model_dir), "max_seq_length": 32},
         "data": {"path": str(beir)},
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": {"patience": 1}},
         "eval": {"batch_size": 16},

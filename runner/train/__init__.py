@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from runner.data.types import Pair
     from runner.spec import Spec
+
+log = logging.getLogger(__name__)
 
 DevEval = Callable[["SentenceTransformer"], dict[str, float]]
 """Scores a model on the dev split: returns flat metric keys -> values."""
@@ -30,6 +33,8 @@ class TrainOutcome:
         eval_seconds: Part of `seconds` spent scoring the dev split.
         samples: Training examples seen.
         precision: The autocast precision used.
+        notes: Things the user must know about how the backend trained (shown as run warnings).
+        details: Backend-specific settings actually used (recorded with the run).
 
     """
 
@@ -41,6 +46,8 @@ class TrainOutcome:
     eval_seconds: float = 0.0
     samples: int = 0
     precision: str = "fp32"
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainBackend(Protocol):
@@ -51,7 +58,11 @@ class TrainBackend(Protocol):
     def train(
         self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
     ) -> TrainOutcome:
-        """Fine-tune `model` on `pairs` (each with 0 or `per_query` negatives) as `spec.train` says."""
+        """Fine-tune `model` on `pairs` (each with 0 or `per_query` negatives) as `spec.train` says.
+
+        Pairs come without the model's query/passage prefixes: each backend applies `spec.model`'s prefixes
+        in its own way (sentence-transformers in the dataset, FlagEmbedding through its instruction arguments).
+        """
         ...
 
 
@@ -61,6 +72,10 @@ def get_backend(name: str) -> TrainBackend:
         from runner.train.sentence_transformers import SentenceTransformersBackend
 
         return SentenceTransformersBackend()
+    if name == "flagembedding":
+        from runner.train.flagembedding import FlagEmbeddingBackend
+
+        return FlagEmbeddingBackend()
     raise ValueError(f"unknown training backend {name!r}")
 
 
@@ -75,3 +90,44 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
+
+
+DEV_NAME = "dev"
+
+
+def log_callback(outcome_log: list, dev_metric: str | None):
+    """A transformers TrainerCallback that keeps the training log and drives a rich progress bar.
+
+    Args:
+        outcome_log: Rows (step, epoch, name, value) are appended here: loss, learning rate, grad norm and the
+            trainer's own dev evaluation (``eval_dev_*``) when it runs one.
+        dev_metric: Dev metric to log at INFO level after each trainer evaluation (None: none).
+
+    """
+    from transformers import TrainerCallback
+
+    from runner.progress import console
+
+    class LogAndProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            from rich.progress import Progress
+
+            self.progress = Progress(console=console, transient=True, disable=not console.is_terminal)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.progress.update(self.task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.progress.stop()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key, value in (logs or {}).items():
+                if key in ("loss", "learning_rate", "grad_norm") or key.startswith(f"eval_{DEV_NAME}_"):
+                    name = key.removeprefix("eval_")
+                    outcome_log.append((state.global_step, float(state.epoch or 0.0), name, float(value)))
+                    if dev_metric and name == f"{DEV_NAME}_{dev_metric}":
+                        log.info("epoch %.2f: dev %s = %.4f", state.epoch or 0.0, dev_metric, value)
+
+    return LogAndProgress()

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.train import DevEval, TrainOutcome, resolve_precision
+from runner.train import DEV_NAME, DevEval, TrainOutcome, log_callback, resolve_precision
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -18,52 +18,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEV_NAME = "dev"
 
-
-def _dataset(pairs: list[Pair]):
-    """Columns anchor, positive[, negative_1..n]: the layout MNRL expects."""
+def _dataset(pairs: list[Pair], query_prefix: str, passage_prefix: str):
+    """Columns anchor, positive[, negative_1..n], prefixes applied: the layout MNRL expects."""
     from datasets import Dataset
 
     columns: dict[str, list[str]] = {
-        "anchor": [p.query for p in pairs],
-        "positive": [p.positive for p in pairs],
+        "anchor": [query_prefix + p.query for p in pairs],
+        "positive": [passage_prefix + p.positive for p in pairs],
     }
     width = min((len(p.negatives) for p in pairs), default=0)
     for i in range(width):
-        columns[f"negative_{i + 1}"] = [p.negatives[i] for p in pairs]
+        columns[f"negative_{i + 1}"] = [passage_prefix + p.negatives[i] for p in pairs]
     return Dataset.from_dict(columns)
-
-
-def _callbacks(outcome_log: list, dev_metric: str | None):
-    """A TrainerCallback that keeps the training log and drives a rich progress bar."""
-    from transformers import TrainerCallback
-
-    from runner.progress import console
-
-    class LogAndProgress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            from rich.progress import Progress
-
-            self.progress = Progress(console=console, transient=True, disable=not console.is_terminal)
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.progress.update(self.task, completed=state.global_step)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.progress.stop()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            for key, value in (logs or {}).items():
-                if key in ("loss", "learning_rate", "grad_norm") or key.startswith(f"eval_{DEV_NAME}_"):
-                    name = key.removeprefix("eval_")
-                    outcome_log.append((state.global_step, float(state.epoch or 0.0), name, float(value)))
-                    if dev_metric and name == f"{DEV_NAME}_{dev_metric}":
-                        log.info("epoch %.2f: dev %s = %.4f", state.epoch or 0.0, dev_metric, value)
-
-    return [LogAndProgress()]
 
 
 class SentenceTransformersBackend:
@@ -137,14 +104,14 @@ class SentenceTransformersBackend:
             dataloader_num_workers=0,
         )
         log_rows: list[tuple[int, float, str, float]] = []
-        callbacks = _callbacks(log_rows, dev_metric if evaluate else None)
+        callbacks = [log_callback(log_rows, dev_metric if evaluate else None)]
         if keep_best:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=stopping.patience))
         evaluator = DevEvaluator() if evaluate else None
         trainer = SentenceTransformerTrainer(
             model=model,
             args=args,
-            train_dataset=_dataset(pairs),
+            train_dataset=_dataset(pairs, spec.model.query_prefix, spec.model.passage_prefix),
             loss=loss,
             evaluator=evaluator,
             callbacks=callbacks,

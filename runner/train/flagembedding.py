@@ -1,0 +1,373 @@
+"""The FlagEmbedding backend: BAAI's own encoder-only embedder fine-tuning (runner, model and trainer classes).
+
+embx writes the run's training pairs (negatives included) as FlagEmbedding JSONL ({query, pos, neg}), maps the
+spec onto FlagEmbedding's three argument classes, parses them with the same ``HfArgumentParser`` its command
+line uses (so types, choices and value checks are FlagEmbedding's own), and trains in-process with
+:class:`EncoderOnlyEmbedderRunner`. The trained transformer is put back into the run's SentenceTransformer with
+the pooling it was trained with, so embx evaluates it exactly like a model of the other backend.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.train import DevEval, TrainOutcome, log_callback, resolve_precision
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from runner.data.types import Pair
+    from runner.spec import Spec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOLING = "cls"
+"""FlagEmbedding's default ``sentence_pooling_method`` (the bge models' pooling)."""
+
+MANAGED: dict[str, str] = {
+    "model_name_or_path": "model.base",
+    "tokenizer_name": "model.base",
+    "config_name": "model.base",
+    "train_data": "data (embx writes the JSONL)",
+    "cache_path": "nothing: embx keeps FlagEmbedding's data cache in the run's temporary folder",
+    "train_group_size": "negatives.per_query (train_group_size = 1 + per_query)",
+    "passage_max_len": "model.max_seq_length",
+    "query_instruction_for_retrieval": "model.query_prefix",
+    "query_instruction_format": "model.query_prefix (prefixes are prepended as plain text)",
+    "passage_instruction_for_retrieval": "model.passage_prefix",
+    "passage_instruction_format": "model.passage_prefix (prefixes are prepended as plain text)",
+    "knowledge_distillation": "nothing: embx writes no teacher scores",
+    "temperature": "train.scale (temperature = 1 / scale)",
+    "sentence_pooling_method": "model.pooling",
+    "normalize_embeddings": "model.normalize",
+    "output_dir": "output.save_model / output.dir",
+    "overwrite_output_dir": "output.dir",
+    "learning_rate": "train.learning_rate",
+    "num_train_epochs": "train.epochs",
+    "max_steps": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "warmup_ratio": "train.warmup_ratio",
+    "weight_decay": "train.weight_decay",
+    "seed": "train.seed",
+    "data_seed": "train.seed",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    "use_cpu": "nothing: embx picks the device",
+    "do_train": "nothing: embx always trains",
+    "eval_strategy": "train.early_stopping (embx scores the dev split itself after every epoch)",
+    "save_strategy": "train.early_stopping",
+    "load_best_model_at_end": "train.early_stopping",
+    "metric_for_best_model": "train.early_stopping.metric",
+    "report_to": "nothing: results go to the embx store",
+}
+"""FlagEmbedding arguments that a spec field sets; `train.flagembedding` may not set them."""
+
+
+def _argument_classes() -> tuple[type, type, type]:
+    from FlagEmbedding.finetune.embedder.encoder_only.base import (
+        EncoderOnlyEmbedderDataArguments,
+        EncoderOnlyEmbedderModelArguments,
+        EncoderOnlyEmbedderTrainingArguments,
+    )
+
+    return EncoderOnlyEmbedderModelArguments, EncoderOnlyEmbedderDataArguments, EncoderOnlyEmbedderTrainingArguments
+
+
+def argument_names() -> list[str]:
+    """Every argument FlagEmbedding's encoder-only fine-tuning accepts (its three dataclasses)."""
+    import dataclasses
+
+    return [f.name for cls in _argument_classes() for f in dataclasses.fields(cls) if f.init]
+
+
+def _argv(values: dict[str, Any]) -> list[str]:
+    """Command-line form of argument values, as FlagEmbedding's own entry point would receive them."""
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{key}", "true" if value else "false"]
+        elif isinstance(value, list | tuple):
+            argv += [f"--{key}", *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_arguments(values: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Parse argument values into FlagEmbedding's (model, data, training) argument dataclasses.
+
+    The values go through the ``HfArgumentParser`` that ``python -m FlagEmbedding.finetune.embedder.encoder_only.base``
+    uses: types are converted and checked, choices enforced and each class's own ``__post_init__`` checks run.
+
+    Raises:
+        ValueError: Naming the argument where it can ("train.flagembedding.<name>: ...").
+
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(_argument_classes())
+    parser.allow_abbrev = False  # `--temp` must not silently mean `--temperature`
+
+    def error(message: str):
+        raise ValueError(message)
+
+    parser.error = error  # argparse would print and exit
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=_argv(values), return_remaining_strings=False))
+    except ValueError as exc:
+        text = str(exc)
+        unused = re.search(r"not used by the HfArgumentParser: \[(.*)\]", text)
+        if unused:
+            names = re.findall(r"'--([^']+)'", unused.group(1))
+            name = names[0] if names else "?"
+            close = difflib.get_close_matches(name, argument_names(), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"train.flagembedding.{name}: not a FlagEmbedding argument{hint}") from None
+        named = re.search(r"argument --([A-Za-z0-9_]+)", text)
+        if named:
+            raise ValueError(f"train.flagembedding.{named.group(1)}: {text.split(': ', 1)[-1]}") from None
+        raise ValueError(f"train.flagembedding: FlagEmbedding rejects the arguments: {text}") from None
+
+
+def spec_values(spec: Spec) -> dict[str, Any]:
+    """FlagEmbedding argument values that the spec's own fields set (device, paths and pooling aside)."""
+    cfg, model = spec.train, spec.model
+    return {
+        "passage_max_len": model.max_seq_length,
+        "query_max_len": model.max_seq_length,
+        "query_instruction_for_retrieval": model.query_prefix or None,
+        "passage_instruction_for_retrieval": model.passage_prefix or None,
+        "temperature": 1.0 / cfg.scale,
+        "normalize_embeddings": model.normalize,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "warmup_ratio": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+
+
+def check_arguments(spec: Spec) -> None:
+    """Validate `train.flagembedding` against FlagEmbedding's argument classes, before anything runs.
+
+    Raises:
+        ValueError: "train.flagembedding.<name>: why" for a key that a spec field sets, that FlagEmbedding
+            does not know, or whose value it rejects.
+
+    """
+    passed = spec.train.flagembedding
+    for key in passed:
+        if key in MANAGED:
+            raise ValueError(f"train.flagembedding.{key}: set by the spec, not here: use {MANAGED[key]}")
+    values = {
+        "model_name_or_path": spec.model.base,
+        "train_data": [__file__],  # FlagEmbedding checks that the files exist; the real JSONL is written later
+        **spec_values(spec),
+        "sentence_pooling_method": spec.model.pooling or DEFAULT_POOLING,
+        "output_dir": "embx-flagembedding-check",
+        **passed,
+    }
+    parse_arguments(values)
+
+
+def _write_jsonl(pairs: list[Pair], path: Path) -> int:
+    """Write pairs as FlagEmbedding training JSONL; returns the train_group_size they support."""
+    width = min((len(p.negatives) for p in pairs), default=0)
+    with path.open("w", encoding="utf-8") as f:
+        for p in pairs:
+            row = {"query": p.query, "pos": [p.positive], "neg": list(p.negatives[:width])}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return 1 + width
+
+
+def _check_modules(model: SentenceTransformer) -> None:
+    """FlagEmbedding trains a transformer with pooling: refuse models whose modules it would ignore."""
+    kinds = [type(module).__name__ for module in model]
+    extra = [k for k in kinds if k not in ("Transformer", "Pooling", "Normalize")]
+    if extra:
+        raise ValueError(
+            f"train.backend flagembedding trains a transformer with pooling only; this model also has "
+            f"{', '.join(extra)} module(s), which it would not train: use train.backend: sentence-transformers"
+        )
+
+
+class FlagEmbeddingBackend:
+    """Fine-tuning with FlagEmbedding's EncoderOnlyEmbedderRunner (its model, loss and trainer)."""
+
+    name = "flagembedding"
+
+    def train(
+        self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
+    ) -> TrainOutcome:
+        """Fine-tune `model` on `pairs`; see :class:`runner.train.TrainBackend`."""
+        from FlagEmbedding.finetune.embedder.encoder_only.base import EncoderOnlyEmbedderRunner
+        from transformers.trainer_callback import PrinterCallback
+
+        from runner.models import pooling_of
+
+        _check_modules(model)
+        cfg = spec.train
+        device = model.device.type
+        precision = resolve_precision(cfg.precision, device)
+        pooling = spec.model.pooling or pooling_of(model) or "mean"
+        notes = []
+        if pooling != DEFAULT_POOLING:
+            origin = "as model.pooling asks" if spec.model.pooling else "the model's own pooling"
+            notes.append(
+                f"FlagEmbedding trains with {pooling} pooling ({origin}), not its default {DEFAULT_POOLING}: "
+                "set model.pooling to change it"
+            )
+            log.warning(notes[-1])
+
+        base_dir, out_dir = workdir / "base", workdir / "flagembedding"
+        model[0].auto_model.save_pretrained(str(base_dir))
+        model.tokenizer.save_pretrained(str(base_dir))
+        group_size = _write_jsonl(pairs, workdir / "train.jsonl")
+        steps_per_epoch = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        values = {
+            "model_name_or_path": str(base_dir),
+            "train_data": [str(workdir / "train.jsonl")],
+            "cache_path": str(workdir / "cache"),
+            "train_group_size": group_size,
+            **spec_values(spec),
+            "sentence_pooling_method": pooling,
+            "output_dir": str(out_dir),
+            "bf16": precision == "bf16",
+            "fp16": precision == "fp16",
+            "use_cpu": device == "cpu",
+            "logging_steps": max(1, steps_per_epoch // 10),
+            **cfg.flagembedding,
+        }
+        model_args, data_args, training_args = parse_arguments(values)
+        with _quiet():
+            runner = EncoderOnlyEmbedderRunner(model_args=model_args, data_args=data_args, training_args=training_args)
+        # One copy of the weights: the run's SentenceTransformer now wraps the transformer FlagEmbedding trains,
+        # so the dev split is scored on the live weights with embx's own evaluation.
+        model[0].model = runner.model.model
+        _set_pooling(model, pooling)
+
+        log_rows: list[tuple[int, float, str, float]] = []
+        tracker = _EpochDev(model, runner.model, dev, spec, log_rows)
+        trainer = runner.trainer
+        trainer.remove_callback(PrinterCallback)
+        for callback in (log_callback(log_rows, None), tracker.callback()):
+            trainer.add_callback(callback)
+        started = time.perf_counter()
+        with _quiet():
+            trainer.train()
+        seconds = time.perf_counter() - started
+        tracker.restore_best()
+        state = trainer.state
+        epochs_run = math.ceil(state.epoch or 0)
+        tuned = model.float().eval()
+        return TrainOutcome(
+            model=tuned,
+            log=log_rows,
+            epochs_run=epochs_run,
+            best_epoch=tracker.best_epoch if tracker.patience is not None else epochs_run,
+            seconds=seconds,
+            eval_seconds=tracker.seconds,
+            samples=round(len(pairs) * (state.epoch or 0.0)),
+            precision=precision,
+            notes=notes,
+            details={"pooling": pooling, "train_group_size": group_size, "temperature": 1.0 / cfg.scale},
+        )
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence FlagEmbedding's start-up banner, the datasets progress bar and a per-batch tokenizer warning.
+
+    Its real warnings and errors still come through; embx's own log and progress bar report the training.
+    """
+    import datasets
+
+    runner_log = logging.getLogger("FlagEmbedding.abc.finetune.embedder.AbsRunner")
+    level, bars = runner_log.level, datasets.is_progress_bar_enabled()
+    runner_log.setLevel(logging.ERROR)  # "Process rank: ..." and a dump of every argument
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`max_length` is ignored when `padding`")
+            yield
+    finally:
+        runner_log.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _set_pooling(model: SentenceTransformer, pooling: str) -> None:
+    from runner.models import _POOLING_NAMES, _pooling_module
+
+    module = _pooling_module(model)
+    if module is not None:
+        module.pooling_mode = _POOLING_NAMES[pooling]
+
+
+class _EpochDev:
+    """Scores the dev split after every epoch, keeps the best epoch's weights and stops after `patience`."""
+
+    def __init__(self, st_model, fe_model, dev: DevEval | None, spec: Spec, log_rows: list) -> None:
+        self.st_model, self.fe_model, self.dev, self.log_rows = st_model, fe_model, dev, log_rows
+        stopping = spec.train.early_stopping
+        self.metric = stopping.metric if stopping else spec.eval.main
+        self.patience = stopping.patience if stopping and dev else None
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict | None = None
+        self.seconds = 0.0
+
+    def callback(self):
+        """A TrainerCallback calling :meth:`epoch_end`."""
+        from transformers import TrainerCallback
+
+        tracker = self
+
+        class EpochDev(TrainerCallback):
+            def on_epoch_end(self, args, state, control, **kwargs):
+                tracker.epoch_end(round(state.epoch or 0), state.global_step, control)
+
+        return EpochDev()
+
+    def epoch_end(self, epoch: int, step: int, control) -> None:
+        """Score dev, remember the best weights, and ask the trainer to stop when patience runs out."""
+        if self.dev is None:
+            return
+        started = time.perf_counter()
+        scores = self.dev(self.st_model)
+        self.seconds += time.perf_counter() - started
+        self.log_rows += [(step, float(epoch), f"dev_{k}", float(v)) for k, v in scores.items()]
+        value = scores[self.metric]
+        log.info("epoch %d: dev %s = %.4f", epoch, self.metric, value)
+        if self.best is None or value > self.best:
+            self.best, self.best_epoch = value, epoch
+            if self.patience is not None:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.fe_model.state_dict().items()}
+        elif self.patience is not None and epoch - self.best_epoch >= self.patience:
+            log.info("early stopping: no dev improvement for %d epochs", self.patience)
+            control.should_training_stop = True
+
+    def restore_best(self) -> None:
+        """Load the best epoch's weights back (when early stopping kept a copy)."""
+        if self.best_state is not None:
+            self.fe_model.load_state_dict(self.best_state)
