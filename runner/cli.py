@@ -87,10 +87,25 @@ def schema(markdown: bool) -> None:
 @db_option
 @click.option("--force", is_flag=True, help="Rerun ablation variants that already have an ok run.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verbose: bool) -> None:
-    """Fine-tune and evaluate as SPEC says (every ablation variant); record each run in the store."""
+@click.option("--nproc-per-node", type=click.IntRange(min=1), help="Training processes on this machine (torchrun).")
+@click.option("--nnodes", type=click.IntRange(min=1), help="Machines taking part in training.")
+@click.option("--node-rank", type=click.IntRange(min=0), help="This machine's rank (0: the one that records).")
+@click.option("--master-addr", help="Address of the node-rank 0 machine.")
+@click.option("--master-port", type=click.IntRange(1, 65535), help="Free TCP port on the node-rank 0 machine.")
+def run(
+    spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verbose: bool, **distributed: object
+) -> None:
+    """Fine-tune and evaluate as SPEC says (every ablation variant); record each run in the store.
+
+    With --nproc-per-node/--nnodes (or train.distributed in the spec) training runs through torchrun; on
+    machines with --node-rank > 0 embx only trains, following node 0's jobs.
+    """
+    overrides += tuple(f"train.distributed.{k}={v}" for k, v in distributed.items() if v is not None)
     loaded = _load(spec, overrides)
     _setup_logging(verbose)
+    if loaded.spec.train.distributed.node_rank > 0:
+        _follow(loaded.spec)
+        return
     from runner.data.types import DataError
     from runner.pipeline import run_experiment
     from runner.summary import print_experiment
@@ -112,6 +127,19 @@ def run(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verb
     print_experiment(result, db)
     if result.failed:
         sys.exit(1)
+
+
+def _follow(spec) -> None:
+    """A follower node: train in node 0's jobs until it is done; node 0 records the runs."""
+    from runner.train.launch import follow
+
+    cfg = spec.train.distributed
+    click.echo(f"node {cfg.node_rank} of {cfg.nnodes}: following the jobs of node 0 in {cfg.workdir}")
+    try:
+        jobs = follow(cfg)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    click.echo(f"node {cfg.node_rank}: node 0 is done; took part in {jobs} training job(s)")
 
 
 @main.command()
@@ -149,6 +177,8 @@ def search(
     db = db or store.default_db()
     store.reap_stale(db)
     try:
+        if loaded.spec.train.distributed.world_size > 1:
+            raise SearchError("search trials train in one process each: train.distributed is for `embx run`")
         if worker_share:
             index, share = (int(x) for x in worker_share.split(":"))
             if loaded.spec.search is None:

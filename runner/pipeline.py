@@ -306,6 +306,29 @@ def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> E
 
     variants = expand(loaded.spec)
     out, shared = ExperimentResult(), Shared()
+    with _follower_session(loaded.spec):
+        _run_variants(variants, loaded, db, force, out, shared)
+    return out
+
+
+@contextmanager
+def _follower_session(spec: Spec) -> Iterator[None]:
+    """On a multi-node leader, open a session of training jobs for the follower nodes and close it at the end."""
+    cfg = spec.train.distributed
+    if cfg.nnodes == 1:
+        yield
+        return
+    from runner.train.launch import finish, start_session
+
+    start_session(Path(cfg.workdir))
+    try:
+        yield
+    finally:
+        finish(Path(cfg.workdir))
+
+
+def _run_variants(variants: list, loaded: LoadedSpec, db: str | Path, force: bool, out, shared: Shared) -> None:
+    """Run (or skip) each variant in order, collecting results in `out`."""
     for variant in variants:
         done = None if force else store.find_ok_run(db, variant.spec.spec_hash())
         if done:
@@ -320,7 +343,6 @@ def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> E
                 raise
             out.failed.append((variant.label, f"{type(exc).__name__}: {exc}"))
             log.error("variant %s failed: %s", variant.label, exc)
-    return out
 
 
 def _execute(
@@ -413,8 +435,21 @@ def _execute(
         return scores
 
     with timer("train"), tempfile.TemporaryDirectory(prefix=f"embx-{run_id}-") as workdir:
-        backend = get_backend(spec.train.backend)
-        outcome = backend.train(model, pairs, spec, dev_eval if dev_qrels else None, Path(workdir))
+        distributed = spec.train.distributed
+        if distributed.world_size > 1:
+            from runner.train.launch import launch
+
+            if on_dev is not None:
+                raise ValueError("search trials train in one process: train.distributed is not supported in search")
+            dev = None
+            if dev_qrels:
+                dev = {"corpus": data.corpus, "queries": {q: data.queries[q] for q in dev_qrels}, "qrels": dev_qrels}
+            # Kept when training fails (its logs), removed when it succeeds.
+            job = Path(distributed.workdir or Path(spec.output.dir) / "jobs") / run_id
+            outcome = launch(model, pairs, spec, dev, job)
+        else:
+            backend = get_backend(spec.train.backend)
+            outcome = backend.train(model, pairs, spec, dev_eval if dev_qrels else None, Path(workdir))
     tuned = outcome.model
     info["train"] = {
         "epochs_run": outcome.epochs_run,
@@ -426,6 +461,9 @@ def _execute(
         "dev_eval_seconds": round(outcome.eval_seconds, 2),
         "precision": outcome.precision,
         "backend": spec.train.backend,
+        "world_size": 1,
+        "per_device_batch": spec.train.batch_size,
+        "global_batch": spec.train.batch_size,
         **outcome.details,
     }
     results.train_log = list(outcome.log)

@@ -140,6 +140,45 @@ class EarlyStopping(_Model):
     _check = field_validator("metric")(classmethod(lambda cls, v: check_metric(v)))
 
 
+class DistributedSpec(_Model):
+    """Training on several processes (GPUs) and machines through torchrun (torch.distributed.run).
+
+    Data, negative mining and evaluation happen once, in the `embx run` process of node_rank 0, which alone
+    writes the store; the training processes receive the prepared pairs. `train.batch_size` is per process.
+    """
+
+    nproc_per_node: int = Field(
+        1, ge=1, le=256, description="Training processes on this machine (one per GPU). 1 on 1 node: no launcher."
+    )
+    nnodes: int = Field(1, ge=1, le=4096, description="Machines taking part.")
+    node_rank: int = Field(
+        0, ge=0, description="This machine's rank. 0 prepares data, evaluates and records; others only train."
+    )
+    master_addr: str = Field("127.0.0.1", description="Address of the node_rank 0 machine, reachable from all.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Free TCP port on the node_rank 0 machine.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend. auto: nccl on CUDA GPUs, gloo on CPU."
+    )
+    workdir: str | None = Field(
+        None,
+        description="Folder through which node 0 hands the prepared data to the training processes; with "
+        "nnodes > 1 a folder every machine reads and writes (shared filesystem). null: a temporary folder.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all."""
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _ranks(self) -> DistributedSpec:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.workdir:
+            raise ValueError("nnodes > 1 needs workdir: a folder on a filesystem every machine shares")
+        return self
+
+
 class TrainSpec(_Model):
     """Fine-tuning hyperparameters."""
 
@@ -170,6 +209,15 @@ class TrainSpec(_Model):
     early_stopping: EarlyStopping | None = Field(
         default_factory=EarlyStopping,
         description="Early stopping on the dev split; null trains all epochs and keeps the last.",
+    )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="Multi-process / multi-node training through torchrun."
+    )
+    cross_device_negatives: bool = Field(
+        False,
+        description="With several training processes, gather embeddings across all of them so every query is "
+        "scored against the positives and negatives of the whole global batch (sentence-transformers: MNRL "
+        "gather_across_devices; FlagEmbedding: negatives_cross_device). No effect in a single process.",
     )
     flagembedding: dict[str, Any] = Field(
         default_factory=dict,

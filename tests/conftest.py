@@ -62,9 +62,8 @@ def write_beir(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer, 32-dim BERT with the bundled MiniLM tokenizer, saved as a sentence-transformers folder."""
+def build_tiny_model(root: Path, seed: int = 0, dropout: float = 0.1, max_seq_length: int = 64) -> Path:
+    """A 2-layer, 32-dim BERT with the bundled MiniLM tokenizer, saved as a sentence-transformers folder in `root`."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -72,8 +71,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
     from runner.models import resolve_model
 
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(seed)
     hf_dir = root / "hf"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
     config = BertConfig(
@@ -83,13 +81,21 @@ def tiny_model(tmp_path_factory) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     st_dir = root / "st"
-    transformer = Transformer(str(hf_dir), max_seq_length=64)
+    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
     SentenceTransformer(modules=[transformer, Pooling(32, "mean"), Normalize()], device="cpu").save(str(st_dir))
     return st_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny model (dropout 0.1), built once per session."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ class TrainOutcome:
         best_epoch: Epoch whose weights were kept.
         seconds: Wall time of training (evaluation during training included).
         eval_seconds: Part of `seconds` spent scoring the dev split.
-        samples: Training examples seen.
+        samples: Training examples seen (by all processes together).
+        steps: Optimizer steps taken.
         precision: The autocast precision used.
         notes: Things the user must know about how the backend trained (shown as run warnings).
         details: Backend-specific settings actually used (recorded with the run).
@@ -45,6 +46,7 @@ class TrainOutcome:
     seconds: float = 0.0
     eval_seconds: float = 0.0
     samples: int = 0
+    steps: int = 0
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +79,28 @@ def get_backend(name: str) -> TrainBackend:
 
         return FlagEmbeddingBackend()
     raise ValueError(f"unknown training backend {name!r}")
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, local rank, world size) of this process as torchrun sets them; (0, 0, 1) outside torchrun."""
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def ddp_backend(spec: Spec, device: str) -> str | None:
+    """The torch.distributed backend for this run's training processes (None outside torchrun)."""
+    if dist_env()[2] == 1:
+        return None
+    choice = spec.train.distributed.backend
+    if choice == "auto":
+        return "nccl" if device == "cuda" else "gloo"
+    return choice
+
+
+def cross_device(spec: Spec) -> bool:
+    """Gather embeddings across training processes: asked for, and there is more than one process."""
+    return spec.train.cross_device_negatives and dist_env()[2] > 1
 
 
 def resolve_precision(precision: str, device: str) -> str:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.train import DevEval, TrainOutcome, log_callback, resolve_precision
+from runner.train import DevEval, TrainOutcome, cross_device, ddp_backend, dist_env, log_callback, resolve_precision
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -69,6 +69,8 @@ MANAGED: dict[str, str] = {
     "load_best_model_at_end": "train.early_stopping",
     "metric_for_best_model": "train.early_stopping.metric",
     "report_to": "nothing: results go to the embx store",
+    "negatives_cross_device": "train.cross_device_negatives",
+    "ddp_backend": "train.distributed.backend",
 }
 """FlagEmbedding arguments that a spec field sets; `train.flagembedding` may not set them."""
 
@@ -239,11 +241,14 @@ class FlagEmbeddingBackend:
             )
             log.warning(notes[-1])
 
-        base_dir, out_dir = workdir / "base", workdir / "flagembedding"
+        rank, _, world = dist_env()
+        workdir = workdir / f"flagembedding-rank{rank}"  # each training process prepares its own files
+        workdir.mkdir(parents=True, exist_ok=True)
+        base_dir, out_dir = workdir / "base", workdir / "output"
         model[0].auto_model.save_pretrained(str(base_dir))
         model.tokenizer.save_pretrained(str(base_dir))
         group_size = _write_jsonl(pairs, workdir / "train.jsonl")
-        steps_per_epoch = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         values = {
             "model_name_or_path": str(base_dir),
             "train_data": [str(workdir / "train.jsonl")],
@@ -255,6 +260,8 @@ class FlagEmbeddingBackend:
             "bf16": precision == "bf16",
             "fp16": precision == "fp16",
             "use_cpu": device == "cpu",
+            "negatives_cross_device": cross_device(spec),
+            "ddp_backend": ddp_backend(spec, device),
             "logging_steps": max(1, steps_per_epoch // 10),
             **cfg.flagembedding,
         }
@@ -288,6 +295,7 @@ class FlagEmbeddingBackend:
             seconds=seconds,
             eval_seconds=tracker.seconds,
             samples=round(len(pairs) * (state.epoch or 0.0)),
+            steps=state.global_step,
             precision=precision,
             notes=notes,
             details={"pooling": pooling, "train_group_size": group_size, "temperature": 1.0 / cfg.scale},

@@ -8,7 +8,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.train import DEV_NAME, DevEval, TrainOutcome, log_callback, resolve_precision
+from runner.train import (
+    DEV_NAME,
+    DevEval,
+    TrainOutcome,
+    cross_device,
+    ddp_backend,
+    dist_env,
+    log_callback,
+    resolve_precision,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -71,11 +80,14 @@ class SentenceTransformersBackend:
                 return self.prefix_name_to_metrics(metrics, self.name)
 
         if spec.train.loss == "cached-mnrl":
-            loss = losses.CachedMultipleNegativesRankingLoss(model, scale=cfg.scale, mini_batch_size=32)
+            loss = losses.CachedMultipleNegativesRankingLoss(
+                model, scale=cfg.scale, mini_batch_size=32, gather_across_devices=cross_device(spec)
+            )
         else:
-            loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale)
+            loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=cross_device(spec))
 
-        steps_per_epoch = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        world = dist_env()[2]
+        steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         evaluate = dev is not None
         keep_best = evaluate and stopping is not None
         args = SentenceTransformerTrainingArguments(
@@ -90,6 +102,7 @@ class SentenceTransformersBackend:
             bf16=precision == "bf16",
             fp16=precision == "fp16",
             use_cpu=device == "cpu",
+            ddp_backend=ddp_backend(spec, device),
             batch_sampler=BatchSamplers.NO_DUPLICATES,
             eval_strategy="epoch" if evaluate else "no",
             save_strategy="epoch" if keep_best else "no",
@@ -135,5 +148,6 @@ class SentenceTransformersBackend:
             seconds=seconds,
             eval_seconds=evaluator.seconds if evaluator else 0.0,
             samples=round(len(pairs) * (state.epoch or 0.0)),
+            steps=state.global_step,
             precision=precision,
         )

@@ -1,0 +1,127 @@
+"""One training process of a torchrun job: ``python -m torch.distributed.run ... -m runner.train.worker JOB``.
+
+Every rank loads the base model and the pairs from the job folder and runs the spec's backend; the trainer
+(transformers' Trainer under both backends) sets up DistributedDataParallel from torchrun's environment. The
+dev split is scored on rank 0 and the metrics are broadcast, so early stopping decides the same on every rank.
+Rank 0 saves the tuned model and the outcome; a failing rank writes its traceback to ``error-rank<R>.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+log = logging.getLogger("runner.train.worker")
+
+
+def _dev_scorer(job: Path, spec, rank: int):
+    """Dev scoring for the trainer: computed on rank 0 with embx's evaluation, broadcast to every rank."""
+    if not (job / "dev.json").exists():
+        return None
+    import torch.distributed as dist
+
+    from runner.evaluate import CorpusIndex, evaluate
+
+    dev = json.loads((job / "dev.json").read_text())
+    index = CorpusIndex(dev["corpus"]) if rank == 0 else None
+
+    def score(model) -> dict[str, float]:
+        metrics = None
+        if rank == 0:
+            metrics = evaluate(
+                model,
+                None,
+                index,
+                dev["queries"],
+                dev["qrels"],
+                spec.model,
+                spec.eval.metrics,
+                spec.eval.depth,
+                spec.eval.batch_size,
+            ).metrics
+        if dist.is_available() and dist.is_initialized():
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    return score
+
+
+def _gather(obj):
+    """Every rank's `obj`, in rank order (just [obj] without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def train(job: Path) -> None:
+    """Run this rank's part of the job; rank 0 writes ``tuned/`` and ``outcome.json``."""
+    import torch
+
+    from runner.data.types import Pair
+    from runner.models import load_model
+    from runner.spec import Spec
+    from runner.train import dist_env, get_backend
+
+    rank, local_rank, world = dist_env()
+    if os.environ.get("EMBX_FAULT_RANK") == str(rank):
+        os.kill(os.getpid(), signal.SIGKILL)  # a drill: this rank dies as if killed by the OOM killer
+    spec = Spec.model_validate_json((job / "spec.json").read_text())
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+    model = load_model(spec.model, device, location=str(job / "base"))
+    with (job / "pairs.jsonl").open(encoding="utf-8") as f:
+        pairs = [Pair(**json.loads(line)) for line in f]
+    backend = get_backend(spec.train.backend)
+    outcome = backend.train(model, pairs, spec, _dev_scorer(job, spec, rank), job / "work")
+    ranks = _gather({"rank": rank, "steps": outcome.steps, "device": str(outcome.model.device)})
+    if rank != 0:
+        return
+    outcome.model.save(str(job / "tuned"))
+    record = asdict(outcome)
+    record.pop("model")
+    per_device = spec.train.batch_size
+    record["details"] = {
+        **record["details"],
+        "world_size": world,
+        "per_device_batch": per_device,
+        "global_batch": per_device * world,
+        "cross_device_negatives": spec.train.cross_device_negatives and world > 1,
+        "ranks": ranks,
+    }
+    tmp = job / "outcome.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.rename(job / "outcome.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``runner.train.worker JOB``."""
+    args = sys.argv[1:] if argv is None else argv
+    job = Path(args[0])
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.WARNING, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("runner").setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        train(job)
+    except BaseException as exc:
+        (job / f"error-rank{rank}.txt").write_text(
+            "".join(traceback.format_exception(exc)) + f"{type(exc).__name__}: {exc}\n"
+        )
+        raise
+
+
+if __name__ == "__main__":
+    main()
