@@ -43,7 +43,7 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
     )
     logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("transformers", "sentence_transformers", "datasets", "accelerate"):
+    for noisy in ("transformers", "sentence_transformers", "datasets", "accelerate", "bm25s", "httpx", "openai"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -127,6 +127,35 @@ def run(
     print_experiment(result, db)
     if result.failed:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@click.option(
+    "-o", "--output", default=None, type=click.Path(file_okay=False), help="Folder (default: prepared/<spec name>)."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: bool) -> None:
+    """Run only the data stage: write train.jsonl (FlagEmbedding), a BEIR folder and a data card."""
+    loaded = _load(spec, overrides)
+    _setup_logging(verbose)
+    from runner.data.types import DataError
+    from runner.pipeline import prepare_data
+
+    out = Path(output or Path("prepared") / loaded.spec.name)
+    try:
+        card = prepare_data(loaded, out)
+    except DataError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    counts = card["counts"]
+    click.echo(
+        f"wrote {out}/train.jsonl ({counts['train_pairs']} pairs), {out}/beir ({counts['corpus']} passages, "
+        f"{counts['queries']} queries), {out}/data_card.md and .json; {len(card['skipped'])} item(s) skipped"
+    )
+    for note in card["checks"].get("notes", []):
+        click.echo(f"check: {note}")
 
 
 def _follow(spec) -> None:

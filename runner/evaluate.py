@@ -88,6 +88,9 @@ def top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, chunk: int = 1024
 
     k = min(k, corpus.shape[0])
     scores, indices = [], []
+    if k == 0:
+        empty = torch.empty((queries.shape[0], 0))
+        return empty, empty.long()
     for start in range(0, queries.shape[0], chunk):
         sim = queries[start : start + chunk] @ corpus.T
         s, i = torch.topk(sim, k, dim=1)
@@ -183,8 +186,9 @@ def evaluate(
     metrics: list[str],
     depth: int,
     batch_size: int,
+    allowed: set[str] | None = None,
 ) -> EvalResult:
-    """Retrieve for every judged query over the whole corpus and score the ranking.
+    """Retrieve for every judged query over the whole corpus (or its `allowed` part) and score the ranking.
 
     Args:
         model: The model to evaluate.
@@ -196,9 +200,12 @@ def evaluate(
         metrics: Flat metric keys.
         depth: Results retrieved per query.
         batch_size: Encoding batch size.
+        allowed: Only these document ids are retrieved (a metadata filter); None: all.
 
     """
     import time
+
+    import torch
 
     started = time.perf_counter()
     corpus_emb = index.embed(label, model, spec, batch_size)
@@ -210,9 +217,14 @@ def evaluate(
         spec.normalize,
         f"encode queries ({label or 'dev'})",
     )
+    ids = index.ids
+    if allowed is not None:
+        keep = [i for i, d in enumerate(index.ids) if d in allowed]
+        corpus_emb = corpus_emb[torch.as_tensor(keep, dtype=torch.long, device=corpus_emb.device)]
+        ids = [index.ids[i] for i in keep]
     scores, indices = top_k(q_emb.to(corpus_emb.device), corpus_emb, depth)
     run = {
-        qid: {index.ids[j]: float(s) for s, j in zip(scores[row].tolist(), indices[row].tolist())}
+        qid: {ids[j]: float(s) for s, j in zip(scores[row].tolist(), indices[row].tolist())}
         for row, qid in enumerate(qids)
     }
     means, per_query = score_run(qrels, run, metrics)

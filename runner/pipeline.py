@@ -52,6 +52,7 @@ class RunResult:
         warnings: Things the user must see (e.g. tuned worse than base).
         info: Data counts, negative statistics, epochs, device.
         timings: Seconds per stage.
+        other: Test metrics by source besides dense (bm25, hybrid, two-stage, mteb), then by stage.
 
     """
 
@@ -64,6 +65,7 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    other: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -158,6 +160,8 @@ class Shared:
     index: dict[str, Any] = field(default_factory=dict)
     base_evals: dict[str, tuple[Any, str]] = field(default_factory=dict)
     negatives: dict[str, tuple[list, Any]] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    others: dict[str, Any] = field(default_factory=dict)
 
 
 def fingerprint(location: str | None) -> list:
@@ -179,8 +183,11 @@ def fingerprint(location: str | None) -> list:
 
 def data_key(spec: Spec) -> str:
     """Identity of the dataset a spec reads, files included (not of the training sample drawn from it)."""
-    section = spec.data.model_dump(mode="json", exclude={"limit", "seed"})
-    return _key(section, fingerprint(spec.data.path), fingerprint(spec.data.eval_path))
+    section = spec.data.model_dump(mode="json", exclude={"limit", "seed", "on_leak", "leak_similarity", "min_chars"})
+    parts = [section, fingerprint(spec.data.path), fingerprint(spec.data.eval_path)]
+    if spec.data.source == "documents":  # chunks are sized by the model's tokenizer; queries made as `queries:` says
+        parts += [spec.chunking.model_dump(mode="json"), spec.queries.model_dump(mode="json"), spec.model.base]
+    return _key(*parts)
 
 
 def baseline_key(spec: Spec) -> str:
@@ -345,6 +352,39 @@ def _run_variants(variants: list, loaded: LoadedSpec, db: str | Path, force: boo
             log.error("variant %s failed: %s", variant.label, exc)
 
 
+def prepare_data(loaded: LoadedSpec, out: Path) -> dict[str, Any]:
+    """`embx prepare`: the data stage alone; writes train.jsonl, a BEIR folder and the data card under `out`.
+
+    Runs what `embx run` runs before training (loading or building the data, the checks with `data.on_leak`,
+    the negatives), so the files are what a run would train and evaluate on.
+
+    Returns:
+        The data card.
+
+    """
+    from runner.data import load_data
+    from runner.data.checks import apply_leak_policy
+    from runner.data.export import card_markdown, data_card, write_beir, write_training_jsonl
+    from runner.data.negatives import attach_negatives
+    from runner.evaluate import CorpusIndex
+    from runner.models import load_model, pick_device
+
+    spec = loaded.spec
+    model = load_model(spec.model, pick_device())
+    data = load_data(spec, model, Path(spec.output.dir) / "llm-cache")
+    pairs = data.pairs(spec.data.splits.train, spec.data.limit, spec.data.seed)
+    report = _check(spec, data, pairs, model)
+    pairs = apply_leak_policy(report, pairs, spec.data.on_leak)
+    pairs, stats = attach_negatives(spec, pairs, data, model, CorpusIndex(data.corpus))
+    out.mkdir(parents=True, exist_ok=True)
+    write_training_jsonl(pairs, out / "train.jsonl")
+    write_beir(data, out / "beir")
+    card = data_card(data, pairs, report.as_dict(), stats.as_dict(), model.tokenizer)
+    (out / "data_card.json").write_text(json.dumps(card, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "data_card.md").write_text(card_markdown(card), encoding="utf-8")
+    return card
+
+
 def _execute(
     spec: Spec,
     run_id: str,
@@ -359,6 +399,7 @@ def _execute(
 ) -> tuple[RunResult, store.RunResults]:
     """The recipe. Returns the summary and the rows to store."""
     from runner.data import load_data
+    from runner.data.checks import apply_leak_policy
     from runner.data.negatives import attach_negatives
     from runner.evaluate import CorpusIndex, evaluate, ranked
     from runner.models import load_model
@@ -371,28 +412,50 @@ def _execute(
 
     def score(model, label, split_qrels):
         return evaluate(
-            model, label, index, data.queries, split_qrels, m, metrics, spec.eval.depth, spec.eval.batch_size
+            model,
+            label,
+            index,
+            data.queries,
+            split_qrels,
+            m,
+            metrics,
+            spec.eval.depth,
+            spec.eval.batch_size,
+            allowed=allowed,
         )
 
-    # 1. Data (loaded and checked once per experiment)
+    # 1. Base model (its tokenizer sizes document chunks; it embeds for semantic chunking and the checks)
+    with timer("load_model"):
+        model = load_model(m, device)
+    info["model"] = {"base": m.base, "max_seq_length": m.max_seq_length}
+
+    # 2. Data: loaded (documents: chunked, queries generated, split by document) and checked once per experiment
     with timer("data"):
         if dkey not in shared.data:
-            shared.data[dkey] = load_data(spec)
+            shared.data[dkey] = load_data(spec, model, Path(spec.output.dir) / "llm-cache")
         data = shared.data[dkey]
         test_qrels = data.split(splits.test)
         dev_qrels = data.split(splits.dev) if splits.dev else None
         pairs = data.pairs(splits.train, spec.data.limit, spec.data.seed)
         if not pairs:
             raise ValueError(f"no training pairs in split {splits.train!r}")
-        info["data"] = {**data.stats(), "train_pairs": len(pairs)}
+        allowed = _filtered(spec, data)
         if ikey not in shared.index:
             shared.index[ikey] = CorpusIndex(data.corpus)
         index = shared.index[ikey]
+    with timer("checks"):
+        ckey = _key(ikey, spec.data.model_dump(mode="json"), spec.negatives.mode, spec.negatives.per_query)
+        if ckey not in shared.checks:
+            shared.checks[ckey] = _check(spec, data, pairs, model)
+        report = shared.checks[ckey]
+        pairs = apply_leak_policy(report, pairs, spec.data.on_leak)
+        info["data"] = {**data.stats(), "train_pairs": len(pairs)}
+        info["checks"] = report.as_dict()
+        if data.notes or data.skipped:
+            info["data"]["preparation"] = data.notes
+            info["data"]["skipped"] = [{"item": x.item, "reason": x.reason} for x in data.skipped]
 
-    # 2. Base model, and its scores (once per experiment, or reused from an earlier run in the store)
-    with timer("load_model"):
-        model = load_model(m, device)
-    info["model"] = {"base": m.base, "max_seq_length": m.max_seq_length}
+    # 3. The base model's scores (once per experiment, or reused from an earlier run in the store)
     evals, bkey = {}, baseline_key(spec)
     with timer("eval_base"):
         for role, qrels in (("test", test_qrels if spec.eval.baseline and evaluate_test else None), ("dev", dev_qrels)):
@@ -406,6 +469,15 @@ def _execute(
             if role == "dev":  # epoch 0 of the dev curve, kept even if the run is pruned
                 dev_log.extend((0, 0.0, f"dev_{k}", v) for k, v in cached[0].metrics.items())
             info.setdefault("baseline_from", {})[role] = cached[1]
+    with timer("retrievers"):
+        others: dict[tuple[str, str], dict[str, float]] = {}
+        if evaluate_test and spec.eval.baseline:
+            okey = f"{bkey}:others"
+            if okey not in shared.others:
+                shared.others[okey] = _other_retrievers(
+                    spec, data, lambda: score(model, "base", test_qrels).run, model, index, test_qrels, allowed, shared
+                )
+            others.update({(source, "base"): v for source, v in shared.others[okey].items()})
     with timer("mteb"):
         if evaluate_test and spec.eval.baseline:
             mkey = f"{bkey}:mteb"
@@ -415,15 +487,15 @@ def _execute(
         else:
             mteb_scores = {}
 
-    # 3. Negatives (mined once per experiment for the same model, data, sample and settings)
+    # 4. Negatives (mined once per experiment for the same model, data, sample and settings)
     with timer("negatives"):
-        nkey = _key(ikey, spec.negatives.model_dump(mode="json"), spec.data.limit, spec.data.seed, splits.train)
+        nkey = _key(ikey, ckey, spec.negatives.model_dump(mode="json"), spec.data.limit, spec.data.seed, splits.train)
         if nkey not in shared.negatives:
             shared.negatives[nkey] = attach_negatives(spec, pairs, data, model, index)
         pairs, neg_stats = shared.negatives[nkey]
     info["negatives"] = neg_stats.as_dict()
 
-    # 4. Train (the dev split is scored after every epoch; early stopping keeps the best epoch)
+    # 5. Train (the dev split is scored after every epoch; early stopping keeps the best epoch)
     epochs = iter(range(1, 10_000))
 
     def dev_eval(model_) -> dict[str, float]:
@@ -470,7 +542,7 @@ def _execute(
     if ("dev", "base") in evals:
         results.train_log += [(0, 0.0, f"dev_{k}", v) for k, v in evals["dev", "base"].metrics.items()]
 
-    # 5. Tuned model on the held-out split (its corpus embeddings are not shared: the model is this run's)
+    # 6. Tuned model on the held-out split (its corpus embeddings are not shared: the model is this run's)
     with timer("eval_tuned"):
         index.embeddings.pop("tuned", None)
         if evaluate_test:
@@ -478,6 +550,11 @@ def _execute(
         if dev_qrels:
             evals["dev", "tuned"] = score(tuned, "tuned", dev_qrels)
         index.embeddings.pop("tuned", None)
+    with timer("retrievers"):
+        if evaluate_test and (len(spec.eval.retrievers) > 1 or spec.eval.two_stage):
+            tuned_run = evals["test", "tuned"].run
+            found = _other_retrievers(spec, data, lambda: tuned_run, tuned, index, test_qrels, allowed, shared)
+            others.update({(source, "tuned"): v for source, v in found.items() if source != "bm25"})
     with timer("mteb"):
         if evaluate_test:
             mteb_scores.update(
@@ -488,10 +565,12 @@ def _execute(
         tuned.save(str(target))
         info["saved_model"] = str(target.resolve())
 
-    # 6. Rows for the store, and the summary
+    # 7. Rows for the store, and the summary
     shown: set[str] = set()
     for (stage, split), scores in mteb_scores.items():
         results.metrics += [(split, stage, "mteb", k, v) for k, v in scores.items()]
+    for (source, stage), scores in others.items():
+        results.metrics += [("test", stage, source, k, v) for k, v in scores.items()]
     for (split, stage), ev in evals.items():
         results.metrics += [(split, stage, "native", k, v) for k, v in ev.metrics.items()]
         if split == "test":
@@ -509,10 +588,102 @@ def _execute(
     results.dataset = dkey
     by = {split: {stage: ev.metrics for (s, stage), ev in evals.items() if s == split} for split in ("test", "dev")}
     result = RunResult(run_id, spec.name, "ok", spec.eval.main, by["test"], by["dev"], info=info)
+    for (source, stage), scores in others.items():
+        result.other.setdefault(source, {})[stage] = scores
+    for (stage, split), scores in mteb_scores.items():
+        result.other.setdefault("mteb" if split == "test" else split, {})[stage] = scores
     result.warnings = outcome.notes + _warnings(spec, by)
     info["warnings"] = result.warnings
     info["dataset"] = dkey
     return result, results
+
+
+def _other_retrievers(spec: Spec, data, dense_run, model, index, qrels, allowed, shared: Shared) -> dict:
+    """Test metrics of the retrievers besides dense: bm25, hybrid (RRF of dense and bm25) and two-stage.
+
+    Args:
+        spec: The run's spec (eval.retrievers, eval.two_stage).
+        data: The run's data (corpus, queries, coarse chunks and parent links).
+        dense_run: Returns the model's dense run of the test queries at full depth (for hybrid).
+        model: The model (base or tuned) for hybrid and two-stage.
+        index: The corpus index (fine chunks).
+        qrels: Test judgements.
+        allowed: Passage ids `eval.filter` lets through, or None.
+        shared: The experiment's cache (the BM25 run is model-free and computed once).
+
+    Returns:
+        Source name -> flat metric key -> value.
+
+    """
+    from runner.evaluate import encode, score_run
+
+    cfg, out = spec.eval, {}
+    depth = cfg.depth
+    queries = {q: data.queries[q] for q in qrels}
+    if "bm25" in cfg.retrievers or "hybrid" in cfg.retrievers:
+        from runner.retrieval import bm25_run
+
+        bkey = _key(data_key(spec), sorted(allowed or []), depth, sorted(qrels))
+        if bkey not in shared.others:
+            shared.others[bkey] = bm25_run(data.corpus, queries, depth, allowed)
+        bm25 = shared.others[bkey]
+        if "bm25" in cfg.retrievers:
+            out["bm25"] = score_run(qrels, bm25, cfg.metrics)[0]
+        if "hybrid" in cfg.retrievers:
+            from runner.retrieval import fuse_rrf
+
+            out["hybrid"] = score_run(qrels, fuse_rrf([dense_run(), bm25], depth), cfg.metrics)[0]
+    if cfg.two_stage:
+        from runner.retrieval import two_stage_run
+
+        m = spec.model
+        fine_emb = index.embed(None, model, m, cfg.batch_size)
+        coarse_ids = list(data.coarse)
+        coarse_texts = [m.passage_prefix + data.coarse[c] for c in coarse_ids]
+        coarse_emb = encode(model, coarse_texts, cfg.batch_size, m.normalize, "encode coarse chunks")
+        qids = list(qrels)
+        q_texts = [m.query_prefix + queries[q] for q in qids]
+        q_emb = encode(model, q_texts, cfg.batch_size, m.normalize, "encode queries (two-stage)")
+        run = two_stage_run(
+            q_emb, coarse_ids, coarse_emb, index.ids, fine_emb, data.parents, qids, cfg.two_stage, depth, allowed
+        )
+        out["two-stage"] = score_run(qrels, run, cfg.metrics)[0]
+    return out
+
+
+def _filtered(spec: Spec, data) -> set[str] | None:
+    """The passage ids `eval.filter` lets through (None: no filter)."""
+    if not spec.eval.filter:
+        return None
+    from runner.retrieval import filter_ids
+
+    allowed = filter_ids(data.meta, spec.eval.filter)
+    if not allowed:
+        raise ValueError(f"eval.filter {spec.eval.filter} matches no passage of {data.source}")
+    return allowed
+
+
+def _check(spec: Spec, data, pairs, model):
+    """Run the data checks (leakage, duplicates, short texts, queries without positives, negative ratio)."""
+    from runner.data.checks import check_data
+    from runner.data.prepare import embedder
+
+    splits = spec.data.splits
+    report = check_data(
+        data,
+        splits.train,
+        [s for s in (splits.dev, splits.test) if s],
+        pairs,
+        spec.negatives.mode,
+        spec.negatives.per_query,
+        spec.data.min_chars,
+        spec.data.leak_similarity,
+        embedder(model, spec.eval.batch_size),
+        positives_are_leaks=spec.data.source == "documents",
+    )
+    for note in report.notes:
+        log.info("data check: %s", note)
+    return report
 
 
 def _mteb_scores(spec: Spec, model, data, test_qrels) -> dict[str, dict[str, float]]:

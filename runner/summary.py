@@ -42,6 +42,15 @@ def print_result(result: Any, db: str) -> None:
         dev_b, dev_t = result.dev.get("base", {}), result.dev.get("tuned", {})
         if result.main in dev_t:
             out.print(f"dev {result.main}: base {_fmt(dev_b.get(result.main))} -> tuned {_fmt(dev_t[result.main])}")
+    if result.other:
+        table = Table(title=f"test {result.main} by retriever / evaluator")
+        for col in ("source", "base", "tuned", "delta"):
+            table.add_column(col, justify="left" if col == "source" else "right")
+        dense = result.metrics
+        for source, stages in {"dense": dense, **result.other}.items():
+            b, t = stages.get("base", {}).get(result.main), stages.get("tuned", {}).get(result.main)
+            table.add_row(source, _fmt(b), _fmt(t), "-" if b is None or t is None else f"{t - b:+.4f}")
+        out.print(table)
     info = result.info
     data, neg, train = info.get("data", {}), info.get("negatives", {}), info.get("train", {})
     out.print(

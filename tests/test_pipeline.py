@@ -183,7 +183,7 @@ def test_bad_data_is_recorded_as_failed(tmp_path, beir_copy, write_spec):
 def test_interrupted_run_is_recorded(tmp_path, write_spec, monkeypatch):
     import runner.data
 
-    def interrupt(spec):
+    def interrupt(*args):
         raise KeyboardInterrupt("signal 15")
 
     monkeypatch.setattr(runner.data, "load_data", interrupt)

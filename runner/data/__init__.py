@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runner.data.types import DataError, Pair, RetrievalData
 
 __all__ = ["DataError", "Pair", "RetrievalData", "load_data"]
 
 
-def load_data(spec) -> RetrievalData:
+def load_data(spec, model=None, cache_dir: Path | None = None) -> RetrievalData:
     """Load the data a spec names, checked.
 
     Args:
         spec: The validated :class:`runner.spec.Spec`.
+        model: The base model (documents source: its tokenizer sizes the chunks).
+        cache_dir: Where the LLM query cache goes unless the spec names one (documents source).
 
     Returns:
         Corpus, queries, qrels per split and (for JSONL sources) explicit training pairs.
@@ -21,6 +25,12 @@ def load_data(spec) -> RetrievalData:
 
     """
     data = spec.data
+    if data.source == "documents":
+        from runner.data.prepare import prepare_documents
+
+        if model is None:
+            raise ValueError("data.source documents needs the base model (its tokenizer sizes the chunks)")
+        return prepare_documents(spec, model, cache_dir or Path("runs") / "llm-cache")
     if data.source == "beir":
         from runner.data.beir import load_beir
 

@@ -201,5 +201,9 @@ def attach_negatives(spec, pairs: list[Pair], data, model, index) -> tuple[list[
     q_emb = encode(model, [m.query_prefix + q for q in queries], spec.eval.batch_size, m.normalize, "mine negatives")
     q_row = {q: i for i, q in enumerate(queries)}
     query_emb = q_emb[[q_row[p.query] for p in pairs]]
-    positive_emb = pool_emb[[row[p.positive] for p in pairs]]
+    if pool_label is not None:  # the corpus: find positives by id (a training positive may differ, e.g. ICT)
+        id_row = {doc_id: i for i, doc_id in enumerate(index.ids)}
+        positive_emb = pool_emb[[id_row[p.positive_id] for p in pairs]]
+    else:
+        positive_emb = pool_emb[[row[p.positive] for p in pairs]]
     return mine_hard_negatives(pairs, pool, query_emb, positive_emb, pool_emb, cfg, spec.data.seed, known)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -40,6 +41,14 @@ class RetrievalData:
         qrels: Split -> query id -> {document id: relevance grade}; only grades > 0 count as positives.
         train_pairs: Explicit training pairs (JSONL sources); None means "derive them from the train qrels".
         source: Human-readable origin, for the store.
+        positives: Query id -> the positive text to train on when it differs from the corpus passage (ICT
+            queries: the chunk without the sentence that became the query).
+        meta: Document id -> metadata (documents source: source file, title, heading path, front matter),
+            used by `eval.filter`.
+        coarse: Coarse chunk id -> text (chunking levels [coarse, fine]).
+        parents: Fine chunk id -> its coarse chunk id.
+        skipped: Inputs left out while preparing the data, with reasons (for the data card).
+        notes: Preparation statistics (documents, chunks, query generation counts) for the data card.
 
     """
 
@@ -48,6 +57,12 @@ class RetrievalData:
     qrels: dict[str, dict[str, dict[str, int]]]
     train_pairs: list[Pair] | None = None
     source: str = ""
+    positives: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    coarse: dict[str, str] = field(default_factory=dict)
+    parents: dict[str, str] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> dict[str, dict[str, int]]:
         """Relevance judgements of one split.
@@ -77,7 +92,7 @@ class RetrievalData:
             pairs = list(self.train_pairs)
         else:
             pairs = [
-                Pair(self.queries[q], self.corpus[d], query_id=q, positive_id=d)
+                Pair(self.queries[q], self.positives.get(q, self.corpus[d]), query_id=q, positive_id=d)
                 for q, docs in sorted(self.split(split).items())
                 for d, grade in sorted(docs.items())
                 if grade > 0
@@ -96,3 +111,91 @@ class RetrievalData:
         if self.train_pairs is not None:
             out["jsonl_pairs"] = len(self.train_pairs)
         return out
+
+
+@dataclass
+class Section:
+    """A run of a document's text under one heading path (e.g. ["Asthma", "Treatment"])."""
+
+    heading_path: list[str]
+    text: str
+
+
+@dataclass
+class Document:
+    """One source document, read into plain text with its structure.
+
+    Attributes:
+        doc_id: Stable id: the file's path relative to the documents folder (POSIX separators).
+        path: Absolute path of the file.
+        title: Front-matter title, else the first heading, else the file name without suffix.
+        sections: The text in reading order, split at headings (one section with an empty path when there are none).
+        meta: Front-matter fields (Markdown YAML front matter; HTML <meta name=... content=...>), JSON-able values.
+
+    """
+
+    doc_id: str
+    path: str
+    title: str
+    sections: list[Section]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """All section texts joined by blank lines."""
+        return "\n\n".join(s.text for s in self.sections if s.text.strip())
+
+
+@dataclass
+class Chunk:
+    """A piece of a document that becomes one corpus passage.
+
+    Attributes:
+        chunk_id: Unique id, ``<doc_id>#<level>-<position>``.
+        doc_id: The document it comes from.
+        text: The passage text.
+        level: "fine" (the retrieval unit) or "coarse" (a parent of fine chunks, for two-stage retrieval).
+        position: 0-based order of the chunk within its document and level.
+        heading_path: Headings the chunk sits under.
+        parent_id: For a fine chunk when coarse chunks are built: the coarse chunk containing it.
+        meta: The document's front-matter fields plus ``source`` (the doc_id).
+
+    """
+
+    chunk_id: str
+    doc_id: str
+    text: str
+    level: str = "fine"
+    position: int = 0
+    heading_path: list[str] = field(default_factory=list)
+    parent_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Skipped:
+    """An input left out, and why (an unreadable file, an empty document, a failed LLM call...)."""
+
+    item: str
+    reason: str
+
+
+@dataclass
+class GeneratedQuery:
+    """A training/evaluation query made for a chunk (by an LLM, ICT, a heading, or an existing QA pair).
+
+    Attributes:
+        text: The query.
+        chunk_id: The chunk that answers it (its positive).
+        doc_id: That chunk's document (splits are made by document).
+        generator: llm, ict, heading or qa_pairs.
+        masked: ICT only: the sentence taken out of the chunk as the query; it is removed from the positive
+            passage (in training pairs and in the evaluation corpus), so the query is not found verbatim.
+
+    """
+
+    text: str
+    chunk_id: str
+    doc_id: str
+    generator: str
+    masked: str | None = None
