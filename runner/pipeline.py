@@ -439,6 +439,7 @@ def _execute(
         pairs = data.pairs(splits.train, spec.data.limit, spec.data.seed)
         if not pairs:
             raise ValueError(f"no training pairs in split {splits.train!r}")
+        mixed = _mix_pairs(spec, len(pairs), shared)
         allowed = _filtered(spec, data)
         if ikey not in shared.index:
             shared.index[ikey] = CorpusIndex(data.corpus)
@@ -446,9 +447,13 @@ def _execute(
     with timer("checks"):
         ckey = _key(ikey, spec.data.model_dump(mode="json"), spec.negatives.mode, spec.negatives.per_query)
         if ckey not in shared.checks:
-            shared.checks[ckey] = _check(spec, data, pairs, model)
+            shared.checks[ckey] = _check(spec, data, pairs + [p for _, p in mixed], model)
         report = shared.checks[ckey]
-        pairs = apply_leak_policy(report, pairs, spec.data.on_leak)
+        mix_ids = {id(p) for _, p in mixed}
+        checked = apply_leak_policy(report, pairs + [p for _, p in mixed], spec.data.on_leak)
+        kept = {id(p) for p in checked}
+        pairs = [p for p in checked if id(p) not in mix_ids]
+        mixed = [(source, p) for source, p in mixed if id(p) in kept]
         info["data"] = {**data.stats(), "train_pairs": len(pairs)}
         info["checks"] = report.as_dict()
         if data.notes or data.skipped:
@@ -478,6 +483,12 @@ def _execute(
                     spec, data, lambda: score(model, "base", test_qrels).run, model, index, test_qrels, allowed, shared
                 )
             others.update({(source, "base"): v for source, v in shared.others[okey].items()})
+            skey = f"{bkey}:sets"
+            if skey not in shared.others:
+                shared.others[skey] = _set_scores(spec, model, "base", shared)
+            set_scores = {(name, "base"): v for name, v in shared.others[skey].items()}
+        else:
+            set_scores = {}
     with timer("mteb"):
         if evaluate_test and spec.eval.baseline:
             mkey = f"{bkey}:mteb"
@@ -494,6 +505,11 @@ def _execute(
             shared.negatives[nkey] = attach_negatives(spec, pairs, data, model, index)
         pairs, neg_stats = shared.negatives[nkey]
     info["negatives"] = neg_stats.as_dict()
+    if mixed:
+        with timer("negatives"):
+            pairs = pairs + _mix_negatives(spec, mixed, model, shared)
+        info["data"]["mix"] = {str(src.path): sum(1 for s, _ in mixed if s is src) for src in spec.data.mix}
+        info["data"]["train_pairs"] = len(pairs)
 
     # 5. Train (the dev split is scored after every epoch; early stopping keeps the best epoch)
     epochs = iter(range(1, 10_000))
@@ -555,6 +571,8 @@ def _execute(
             tuned_run = evals["test", "tuned"].run
             found = _other_retrievers(spec, data, lambda: tuned_run, tuned, index, test_qrels, allowed, shared)
             others.update({(source, "tuned"): v for source, v in found.items() if source != "bm25"})
+        if evaluate_test:
+            set_scores.update({(name, "tuned"): v for name, v in _set_scores(spec, tuned, None, shared).items()})
     with timer("mteb"):
         if evaluate_test:
             mteb_scores.update(
@@ -571,6 +589,8 @@ def _execute(
         results.metrics += [(split, stage, "mteb", k, v) for k, v in scores.items()]
     for (source, stage), scores in others.items():
         results.metrics += [("test", stage, source, k, v) for k, v in scores.items()]
+    for (name, stage), scores in set_scores.items():
+        results.metrics += [(f"set:{name}", stage, "native", k, v) for k, v in scores.items()]
     for (split, stage), ev in evals.items():
         results.metrics += [(split, stage, "native", k, v) for k, v in ev.metrics.items()]
         if split == "test":
@@ -592,6 +612,8 @@ def _execute(
         result.other.setdefault(source, {})[stage] = scores
     for (stage, split), scores in mteb_scores.items():
         result.other.setdefault("mteb" if split == "test" else split, {})[stage] = scores
+    for (name, stage), scores in set_scores.items():
+        result.other.setdefault(f"set:{name}", {})[stage] = scores
     result.warnings = outcome.notes + _warnings(spec, by)
     info["warnings"] = result.warnings
     info["dataset"] = dkey
@@ -648,6 +670,76 @@ def _other_retrievers(spec: Spec, data, dense_run, model, index, qrels, allowed,
             q_emb, coarse_ids, coarse_emb, index.ids, fine_emb, data.parents, qids, cfg.two_stage, depth, allowed
         )
         out["two-stage"] = score_run(qrels, run, cfg.metrics)[0]
+    return out
+
+
+def _mix_pairs(spec: Spec, n_main: int, shared: Shared) -> list[tuple[Any, Any]]:
+    """Training pairs drawn from the `data.mix` sources: round(weight x n_main) from each (seeded)."""
+    from runner.data import load_source
+
+    out = []
+    for src in spec.data.mix:
+        key = _key("mix", src.model_dump(mode="json"), fingerprint(src.path))
+        if key not in shared.data:
+            shared.data[key] = load_source(src.source, src.path)
+        want = max(1, round(src.weight * n_main))
+        drawn = shared.data[key].pairs(src.split, want, spec.data.seed)
+        if len(drawn) < want:
+            log.warning("data.mix %s: %d pairs asked, %d available", src.path, want, len(drawn))
+        out += [(src, p) for p in drawn]
+    return out
+
+
+def _mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, shared: Shared) -> list:
+    """Negatives for the mixed-in pairs, from each source's own corpus (or pos/neg pool), as negatives.mode says."""
+    from runner.data.negatives import attach_negatives
+    from runner.evaluate import CorpusIndex
+
+    out = []
+    for src in spec.data.mix:
+        pairs = [p for s, p in mixed if s is src]
+        if not pairs:
+            continue
+        data = shared.data[_key("mix", src.model_dump(mode="json"), fingerprint(src.path))]
+        spec_for = spec.model_copy(
+            update={
+                "data": spec.data.model_copy(
+                    update={"splits": spec.data.splits.model_copy(update={"train": src.split})}
+                )
+            }
+        )
+        out += attach_negatives(spec_for, pairs, data, model, CorpusIndex(data.corpus))[0]
+    return out
+
+
+def _set_scores(spec: Spec, model, label: str | None, shared: Shared) -> dict[str, dict[str, float]]:
+    """Dense-retrieval metrics of `model` on each `eval.sets` entry, over that set's own corpus."""
+    from runner.data import load_source
+    from runner.evaluate import CorpusIndex, evaluate
+
+    out = {}
+    for entry in spec.eval.sets:
+        key = _key("set", entry.model_dump(mode="json"), fingerprint(entry.path))
+        if key not in shared.data:
+            shared.data[key] = load_source(entry.source, entry.path, [entry.split])
+        data = shared.data[key]
+        ikey = _key(key, spec.model.model_dump(mode="json"), spec.eval.batch_size)
+        if ikey not in shared.index:
+            shared.index[ikey] = CorpusIndex(data.corpus)
+        cfg = spec.eval
+        result = evaluate(
+            model,
+            label,
+            shared.index[ikey],
+            data.queries,
+            data.split(entry.split),
+            spec.model,
+            cfg.metrics,
+            cfg.depth,
+            cfg.batch_size,
+        )
+        out[entry.name] = result.metrics
+        log.info("eval set %s (%s): %s %.4f", entry.name, label or "tuned", cfg.main, result.metrics[cfg.main])
     return out
 
 

@@ -74,6 +74,24 @@ class Splits(_Model):
     test: str = Field("test", description="Held-out split on which base and tuned models are compared.")
 
 
+class MixSource(_Model):
+    """Another source whose training pairs are mixed into the training set.
+
+    For example general English pairs kept while tuning on Chinese data, so English retrieval does not degrade.
+    """
+
+    source: Literal["beir", "jsonl", "hf"] = Field("beir", description="Format, as data.source.")
+    path: str = Field(..., description="Location, as data.path (relative to the spec).")
+    split: str = Field("train", description="Split whose pairs are drawn (beir, hf).")
+    weight: float = Field(
+        ...,
+        gt=0,
+        le=100,
+        description="Pairs drawn from this source per pair of the main source (0.25: one per four main pairs); "
+        "a seeded sample, all of them when there are fewer.",
+    )
+
+
 class DataSpec(_Model):
     """Where the training and evaluation data come from."""
 
@@ -111,6 +129,11 @@ class DataSpec(_Model):
         description="Cosine similarity (base model) at or above which two texts count as near-identical.",
     )
     min_chars: int = Field(10, ge=0, description="Texts shorter than this are reported as very short.")
+    mix: list[MixSource] = Field(
+        default_factory=list,
+        description="Other sources mixed into the training pairs with weights; evaluation stays on this source "
+        "(see eval.sets to score others). Their pairs get negatives from their own corpus.",
+    )
 
     @model_validator(mode="after")
     def _shares(self) -> DataSpec:
@@ -359,6 +382,15 @@ class TrainSpec(_Model):
     )
 
 
+class EvalSet(_Model):
+    """Another evaluation set, scored for the base and the tuned model and reported separately."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Label in reports and the store.")
+    source: Literal["beir", "hf"] = Field("beir", description="Format, as data.source.")
+    path: str = Field(..., description="Location (relative to the spec).")
+    split: str = Field("test", description="Split to score.")
+
+
 class EvalSpec(_Model):
     """Evaluation of base and tuned models on the held-out split."""
 
@@ -386,6 +418,12 @@ class EvalSpec(_Model):
         default_factory=dict,
         description="Metadata filter applied before ranking, e.g. {specialty: cardiology}: only passages whose "
         "metadata has these values are retrieved (documents source).",
+    )
+    sets: list[EvalSet] = Field(
+        default_factory=list,
+        description="Further evaluation sets (e.g. the general-domain set the base model was good at), each "
+        "scored with dense retrieval over its own corpus and stored as split set:<name>, so a gain on one and a "
+        "loss on another are both visible.",
     )
     mteb_local: bool = Field(
         False,
@@ -752,6 +790,14 @@ def _relativise(data: dict, folder: Path, source: str) -> dict:
             candidate = folder / expanded
             if candidate.exists() or source != "hf" or key == "eval_path":
                 section[key] = str(candidate.resolve())
+    for section, key in (("data", "mix"), ("eval", "sets")):
+        node = data.get(section)
+        items = node.get(key) if isinstance(node, dict) else None
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                candidate = folder / Path(item["path"]).expanduser()
+                if candidate.exists() or item.get("source") != "hf":
+                    item["path"] = str(candidate.resolve())
     queries = data.get("queries")
     if isinstance(queries, dict):
         for section, key in (("llm", "prompt"), ("llm", "cache"), ("qa_pairs", "path")):

@@ -193,3 +193,24 @@ def test_interrupted_run_is_recorded(tmp_path, write_spec, monkeypatch):
     (run,) = store.list_runs(db)
     assert run["status"] == "interrupted"
     assert "signal 15" in run["error"]
+
+
+def test_mix_sources_and_extra_eval_sets(tmp_path, write_spec, beir_copy):
+    db = tmp_path / "runs.duckdb"
+    path = write_spec(
+        data={"mix": [{"path": str(beir_copy), "weight": 0.5}]},
+        negatives={"mode": "random", "per_query": 1},
+        eval={"batch_size": 16, "sets": [{"name": "other", "path": str(beir_copy)}]},
+        **FAST,
+    )
+    result = run_spec(load_spec(path), db)
+    data = result.info["data"]
+    assert data["mix"] == {str(beir_copy): 24}  # round(0.5 x 47) pairs drawn from the mixed-in source
+    assert data["train_pairs"] == TRAIN_PAIRS + 24
+    assert result.info["train"]["samples"] == TRAIN_PAIRS + 24
+    assert set(result.other["set:other"]) == {"base", "tuned"}
+    stored = store.get_run(db, result.run_id)["metrics_by_split"]
+    assert stored["set:other"]["native"]["tuned"] == pytest.approx(result.other["set:other"]["tuned"])
+    # The extra set is the same data: its base scores equal the main test split's only if the splits match;
+    # here both score their own test split over their own corpus, so they are equal.
+    assert result.other["set:other"]["base"]["ndcg@10"] == pytest.approx(result.metrics["base"]["ndcg@10"])

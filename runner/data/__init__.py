@@ -6,7 +6,7 @@ from pathlib import Path
 
 from runner.data.types import DataError, Pair, RetrievalData
 
-__all__ = ["DataError", "Pair", "RetrievalData", "load_data"]
+__all__ = ["DataError", "Pair", "RetrievalData", "load_data", "load_source"]
 
 
 def load_data(spec, model=None, cache_dir: Path | None = None) -> RetrievalData:
@@ -45,3 +45,25 @@ def load_data(spec, model=None, cache_dir: Path | None = None) -> RetrievalData:
     from runner.data.hf import load_hf
 
     return load_hf(data.path, revision=data.revision)
+
+
+def load_source(source: str, path: str, required_splits: list[str] | None = None) -> RetrievalData:
+    """Load one more source (a `data.mix` entry or an `eval.sets` entry) by its format.
+
+    Args:
+        source: beir, jsonl (FlagEmbedding pairs only) or hf.
+        path: Its location.
+        required_splits: Splits that must exist (beir).
+
+    """
+    if source == "beir":
+        from runner.data.beir import load_beir
+
+        return load_beir(path, required_splits=required_splits)
+    if source == "jsonl":
+        from runner.data.jsonl import load_pairs_jsonl
+
+        return RetrievalData(corpus={}, queries={}, qrels={}, train_pairs=load_pairs_jsonl(path), source=str(path))
+    from runner.data.hf import load_hf
+
+    return load_hf(path)
