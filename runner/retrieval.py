@@ -48,6 +48,7 @@ def bm25_run(corpus: dict[str, str], queries: dict[str, str], k: int, allowed: s
     """
     import bm25s
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets its own logger to DEBUG when imported
     started = time.perf_counter()
     ids = [d for d in corpus if allowed is None or d in allowed]
     qids = list(queries)
