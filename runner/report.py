@@ -268,9 +268,14 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     dev_metric = stopping.get("metric", main)
 
     metrics: dict[str, dict[str, dict[str, float]]] = {}
+    # Retrievers and evaluators besides dense on test (bm25, hybrid, two-stage, mteb) and extra evaluation sets.
+    others: dict[str, dict[str, dict[str, float]]] = {}
     for m in data["metrics"]:
         if m["split"] == "test" and m["source"] == "native":
             metrics.setdefault(m["run_id"], {}).setdefault(m["stage"], {})[m["name"]] = m["value"]
+        elif m["split"] != "dev" and m["name"] == main:
+            where = m["source"] if m["split"] == "test" else m["split"]
+            others.setdefault(m["run_id"], {}).setdefault(where, {})[m["stage"]] = m["value"]
     per_query: dict[str, dict[str, dict[str, float]]] = {}
     for q in data["query_scores"]:
         if q["name"] == main:
@@ -400,6 +405,11 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
         "example_variant": (best or reference).label if (best or reference) else None,
         "n_runs": len(all_runs),
+        "others": [
+            {"label": v.label, "source": where, "base": stages.get("base"), "tuned": stages.get("tuned")}
+            for v in ok_variants
+            for where, stages in sorted(others.get(v.runs[-1]["run_id"], {}).items())
+        ],
     }
 
 

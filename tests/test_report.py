@@ -42,7 +42,7 @@ def ablation_db(tmp_path_factory, tiny_model, tiny_beir):
 model: {{base: {tiny_model}, max_seq_length: 32}}
 data: {{path: {data}}}
 train: {{epochs: 2, batch_size: 8, learning_rate: 1.0e-3, early_stopping: {{patience: 2}}}}
-eval: {{batch_size: 16}}
+eval: {{batch_size: 16, retrievers: [dense, bm25, hybrid]}}
 ablate:
   factors:
     train.learning_rate: [1.0e-4]
@@ -87,6 +87,9 @@ def test_report_has_table_charts_examples_and_escapes_dataset_text(ablation_db, 
     assert html.count('<tr class="variant">') == 2 and html.count('<tr class="reference">') == 1
     assert "train.learning_rate" in html and "data.limit" in html
     assert "<svg" in html and html.count('class="chart factor"') == 2 and 'class="chart curves"' in html
+    # bm25 and hybrid beside dense, for each of the 3 variants
+    others = html[html.index('<table class="others">') :].split("</table>")[0]
+    assert others.count(">bm25<") == 3 and others.count(">hybrid<") == 3
     # dataset text is shown as text, never as markup
     assert "<script>alert" not in html and 'onerror="alert' not in html
     assert "&lt;script&gt;" in html or "&lt;img" in html
