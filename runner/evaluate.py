@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -158,21 +161,54 @@ def score_run(
 
 
 class CorpusIndex:
-    """Document ids and texts of a corpus, with embeddings cached per model label."""
+    """Document ids and texts of a corpus, with embeddings cached per model label.
 
-    def __init__(self, corpus: dict[str, str]):
+    With `disk` set, the base model's embeddings are also kept on disk as ``<disk>/<key>.pt``, where the key
+    (given by the caller) identifies the model's files and settings; the corpus text is hashed into it here.
+    """
+
+    def __init__(self, corpus: dict[str, str], disk: Path | None = None, base_key: str | None = None):
         self.ids = list(corpus)
         self.texts = [corpus[i] for i in self.ids]
         self.embeddings: dict[str, torch.Tensor] = {}
+        self.disk = disk
+        self.base_key = base_key
+
+    def _disk_path(self, spec: ModelSpec, device: str) -> Path | None:
+        if self.disk is None or self.base_key is None:
+            return None
+        digest = hashlib.sha256()
+        for key in (self.base_key, device, spec.passage_prefix, str(spec.normalize), str(spec.max_seq_length)):
+            digest.update(key.encode() + b"\0")
+        for doc_id, text in zip(self.ids, self.texts):
+            digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
+        return self.disk / f"{digest.hexdigest()[:24]}.pt"
 
     def embed(self, label: str | None, model: SentenceTransformer, spec: ModelSpec, batch_size: int) -> torch.Tensor:
         """Corpus embeddings of `model`, computed once per label ("base", "tuned"); label None: no caching."""
+        import torch
+
         if label is not None and label in self.embeddings:
             return self.embeddings[label]
+        path = self._disk_path(spec, model.device.type) if label == "base" else None
+        if path is not None and path.exists():
+            try:
+                emb = torch.load(path, map_location=model.device, weights_only=True)
+                if emb.shape[0] == len(self.texts):
+                    log.info("corpus embeddings of the base model read from %s", path)
+                    self.embeddings[label] = emb
+                    return emb
+            except Exception as exc:  # a damaged cache file (torch raises many kinds) is encoded again
+                log.warning("ignoring unreadable embedding cache %s: %s: %s", path, type(exc).__name__, exc)
         texts = [spec.passage_prefix + t for t in self.texts]
         emb = encode(model, texts, batch_size, spec.normalize, f"encode corpus ({label or 'dev'})")
         if label is not None:
             self.embeddings[label] = emb
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(emb.cpu(), tmp)
+            tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
         return emb
 
 

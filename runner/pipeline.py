@@ -190,6 +190,23 @@ def data_key(spec: Spec) -> str:
     return _key(*parts)
 
 
+def model_key(spec: Spec) -> str | None:
+    """Identity of the base model as loaded: the model section and the files behind it.
+
+    None for a hub id without `model.revision`: what it names can change upstream, so nothing is cached for it.
+    """
+    from runner.models import resolve_model
+
+    try:
+        resolved = resolve_model(spec.model.base)
+    except ValueError:
+        return None
+    if resolved.kind == "hub" and not spec.model.revision:
+        return None
+    location = None if resolved.kind == "hub" else resolved.location
+    return _key(spec.model.model_dump(mode="json"), fingerprint(location))
+
+
 def baseline_key(spec: Spec) -> str:
     """Identity of the base model's evaluation: model (files included), data and evaluation settings."""
     from runner.models import resolve_model
@@ -375,7 +392,8 @@ def prepare_data(loaded: LoadedSpec, out: Path) -> dict[str, Any]:
     pairs = data.pairs(spec.data.splits.train, spec.data.limit, spec.data.seed)
     report = _check(spec, data, pairs, model)
     pairs = apply_leak_policy(report, pairs, spec.data.on_leak)
-    pairs, stats = attach_negatives(spec, pairs, data, model, CorpusIndex(data.corpus))
+    disk = Path(spec.output.dir) / "embeddings" if spec.output.embedding_cache else None
+    pairs, stats = attach_negatives(spec, pairs, data, model, CorpusIndex(data.corpus, disk, model_key(spec)))
     out.mkdir(parents=True, exist_ok=True)
     write_training_jsonl(pairs, out / "train.jsonl")
     write_beir(data, out / "beir")
@@ -442,7 +460,8 @@ def _execute(
         mixed = _mix_pairs(spec, len(pairs), shared)
         allowed = _filtered(spec, data)
         if ikey not in shared.index:
-            shared.index[ikey] = CorpusIndex(data.corpus)
+            disk = Path(spec.output.dir) / "embeddings" if spec.output.embedding_cache else None
+            shared.index[ikey] = CorpusIndex(data.corpus, disk, model_key(spec))
         index = shared.index[ikey]
     with timer("checks"):
         ckey = _key(ikey, spec.data.model_dump(mode="json"), spec.negatives.mode, spec.negatives.per_query)

@@ -474,6 +474,12 @@ class OutputSpec(_Model):
 
     save_model: bool = Field(False, description="Keep the tuned model under `dir`/<run_id>.")
     dir: str = Field("runs", description="Folder for saved models and checkpoints (relative: to the cwd).")
+    embedding_cache: bool = Field(
+        True,
+        description="Keep the base model's corpus embeddings under `dir`/embeddings, keyed by the model's files, "
+        "the corpus text and the encoding settings, so later runs, variants and search workers on the same "
+        "model and data do not encode the corpus again.",
+    )
 
 
 class AblateSpec(_Model):

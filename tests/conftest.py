@@ -112,6 +112,7 @@ def spec_data(model_dir: Path, beir: Path, **sections) -> dict:
         "data": {"path": str(beir)},
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": {"patience": 1}},
         "eval": {"batch_size": 16},
+        "output": {"embedding_cache": False},  # hermetic tests: no corpus embeddings shared through ./runs
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):

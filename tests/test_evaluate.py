@@ -150,3 +150,37 @@ def test_evaluate_end_to_end(tiny_model, tiny_beir):
     assert all(-1.0001 <= s <= 1.0001 for docs in result.run.values() for s in docs.values())
     # Re-scoring the stored run gives the same metrics.
     assert score_run(qrels, result.run, metrics)[0] == pytest.approx(result.metrics)
+
+
+def test_base_corpus_embeddings_are_cached_on_disk(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    import runner.evaluate as ev
+    from runner.models import load_model
+    from runner.spec import ModelSpec
+
+    spec = ModelSpec(base=str(tiny_model), max_seq_length=32)
+    model = load_model(spec, "cpu")
+    corpus = {"a": "the heart pumps blood", "b": "the lungs move air", "c": "bones hold calcium"}
+    calls = []
+    real = ev.encode
+    monkeypatch.setattr(ev, "encode", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+
+    first = ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
+    again = ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
+    assert calls == ["encode corpus (base)"]  # the second index read the file
+    assert torch.equal(first.cpu(), again.cpu()) and len(list((tmp_path / "emb").glob("*.pt"))) == 1
+    # Another corpus text, another model key, another prefix or the tuned model: encoded, never read from disk.
+    ev.CorpusIndex({**corpus, "c": "bones hold iron"}, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
+    ev.CorpusIndex(corpus, tmp_path / "emb", "other-model").embed("base", model, spec, 8)
+    prefixed = ModelSpec(base=str(tiny_model), max_seq_length=32, passage_prefix="passage: ")
+    ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, prefixed, 8)
+    ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("tuned", model, spec, 8)
+    assert len(calls) == 5 and len(list((tmp_path / "emb").glob("*.pt"))) == 4
+    # A broken file is ignored (encoded again) and rewritten.
+    index = ev.CorpusIndex(corpus, tmp_path / "emb", "model-key")
+    index._disk_path(spec, "cpu").write_bytes(b"broken")
+    index.embed("base", model, spec, 8)
+    assert len(calls) == 6
+    ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
+    assert len(calls) == 6

@@ -214,3 +214,18 @@ def test_mix_sources_and_extra_eval_sets(tmp_path, write_spec, beir_copy):
     # The extra set is the same data: its base scores equal the main test split's only if the splits match;
     # here both score their own test split over their own corpus, so they are equal.
     assert result.other["set:other"]["base"]["ndcg@10"] == pytest.approx(result.metrics["base"]["ndcg@10"])
+
+
+def test_a_second_run_reads_the_base_corpus_embeddings_from_disk(tmp_path, write_spec, caplog):
+    import logging
+
+    output = {"dir": str(tmp_path / "out"), "embedding_cache": True}
+    path = write_spec(negatives={"mode": "hard", "per_query": 2, "mine_range": [2, 20]}, output=output, **FAST)
+    caplog.set_level(logging.INFO, logger="runner")
+    first = run_spec(load_spec(path), tmp_path / "a.duckdb")
+    assert "read from" not in caplog.text
+    second = run_spec(load_spec(path), tmp_path / "b.duckdb")  # another store: the base model is scored again
+    assert "corpus embeddings of the base model read from" in caplog.text
+    assert second.metrics["base"] == first.metrics["base"]
+    assert second.info["negatives"] == first.info["negatives"]
+    assert len(list((tmp_path / "out" / "embeddings").glob("*.pt"))) == 1
