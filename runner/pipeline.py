@@ -143,7 +143,7 @@ class Timer(dict):
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
-def _key(*parts: Any) -> str:
+def content_key(*parts: Any) -> str:
     """Content hash of JSON-able parts: the cache and baseline keys."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -187,7 +187,7 @@ def data_key(spec: Spec) -> str:
     parts = [section, fingerprint(spec.data.path), fingerprint(spec.data.eval_path)]
     if spec.data.source == "documents":  # chunks are sized by the model's tokenizer; queries made as `queries:` says
         parts += [spec.chunking.model_dump(mode="json"), spec.queries.model_dump(mode="json"), spec.model.base]
-    return _key(*parts)
+    return content_key(*parts)
 
 
 def model_key(spec: Spec) -> str | None:
@@ -204,7 +204,7 @@ def model_key(spec: Spec) -> str | None:
     if resolved.kind == "hub" and not spec.model.revision:
         return None
     location = None if resolved.kind == "hub" else resolved.location
-    return _key(spec.model.model_dump(mode="json"), fingerprint(location))
+    return content_key(spec.model.model_dump(mode="json"), fingerprint(location))
 
 
 def baseline_key(spec: Spec) -> str:
@@ -216,7 +216,7 @@ def baseline_key(spec: Spec) -> str:
     except ValueError:
         location = None
     model = spec.model.model_dump(mode="json")
-    return _key(model, fingerprint(location), data_key(spec), spec.eval.model_dump(mode="json"))
+    return content_key(model, fingerprint(location), data_key(spec), spec.eval.model_dump(mode="json"))
 
 
 class RunPruned(Exception):
@@ -418,15 +418,17 @@ def _execute(
     """The recipe. Returns the summary and the rows to store."""
     from runner.data import load_data
     from runner.data.checks import apply_leak_policy
+    from runner.data.mix import mix_negatives, mix_pairs
     from runner.data.negatives import attach_negatives
     from runner.evaluate import CorpusIndex, evaluate, ranked
+    from runner.evaluate_more import filtered_ids, mteb_metrics, other_retrievers, set_metrics
     from runner.models import load_model
     from runner.train import get_backend
 
     splits, metrics, m = spec.data.splits, spec.eval.metrics, spec.model
     results = store.RunResults(info=info)
     dkey = data_key(spec)
-    ikey = _key(dkey, m.model_dump(mode="json"), spec.eval.batch_size)
+    ikey = content_key(dkey, m.model_dump(mode="json"), spec.eval.batch_size)
 
     def score(model, label, split_qrels):
         return evaluate(
@@ -457,14 +459,14 @@ def _execute(
         pairs = data.pairs(splits.train, spec.data.limit, spec.data.seed)
         if not pairs:
             raise ValueError(f"no training pairs in split {splits.train!r}")
-        mixed = _mix_pairs(spec, len(pairs), shared)
-        allowed = _filtered(spec, data)
+        mixed = mix_pairs(spec, len(pairs), shared)
+        allowed = filtered_ids(spec, data)
         if ikey not in shared.index:
             disk = Path(spec.output.dir) / "embeddings" if spec.output.embedding_cache else None
             shared.index[ikey] = CorpusIndex(data.corpus, disk, model_key(spec))
         index = shared.index[ikey]
     with timer("checks"):
-        ckey = _key(ikey, spec.data.model_dump(mode="json"), spec.negatives.mode, spec.negatives.per_query)
+        ckey = content_key(ikey, spec.data.model_dump(mode="json"), spec.negatives.mode, spec.negatives.per_query)
         if ckey not in shared.checks:
             shared.checks[ckey] = _check(spec, data, pairs + [p for _, p in mixed], model)
         report = shared.checks[ckey]
@@ -498,13 +500,13 @@ def _execute(
         if evaluate_test and spec.eval.baseline:
             okey = f"{bkey}:others"
             if okey not in shared.others:
-                shared.others[okey] = _other_retrievers(
+                shared.others[okey] = other_retrievers(
                     spec, data, lambda: score(model, "base", test_qrels).run, model, index, test_qrels, allowed, shared
                 )
             others.update({(source, "base"): v for source, v in shared.others[okey].items()})
             skey = f"{bkey}:sets"
             if skey not in shared.others:
-                shared.others[skey] = _set_scores(spec, model, "base", shared)
+                shared.others[skey] = set_metrics(spec, model, "base", shared)
             set_scores = {(name, "base"): v for name, v in shared.others[skey].items()}
         else:
             set_scores = {}
@@ -512,21 +514,23 @@ def _execute(
         if evaluate_test and spec.eval.baseline:
             mkey = f"{bkey}:mteb"
             if mkey not in shared.base_evals:
-                shared.base_evals[mkey] = (_mteb_scores(spec, model, data, test_qrels), run_id)
+                shared.base_evals[mkey] = (mteb_metrics(spec, model, data, test_qrels), run_id)
             mteb_scores = {("base", split): v for split, v in shared.base_evals[mkey][0].items()}
         else:
             mteb_scores = {}
 
     # 4. Negatives (mined once per experiment for the same model, data, sample and settings)
     with timer("negatives"):
-        nkey = _key(ikey, ckey, spec.negatives.model_dump(mode="json"), spec.data.limit, spec.data.seed, splits.train)
+        nkey = content_key(
+            ikey, ckey, spec.negatives.model_dump(mode="json"), spec.data.limit, spec.data.seed, splits.train
+        )
         if nkey not in shared.negatives:
             shared.negatives[nkey] = attach_negatives(spec, pairs, data, model, index)
         pairs, neg_stats = shared.negatives[nkey]
     info["negatives"] = neg_stats.as_dict()
     if mixed:
         with timer("negatives"):
-            pairs = pairs + _mix_negatives(spec, mixed, model, shared)
+            pairs = pairs + mix_negatives(spec, mixed, model, shared)
         info["data"]["mix"] = {str(src.path): sum(1 for s, _ in mixed if s is src) for src in spec.data.mix}
         info["data"]["train_pairs"] = len(pairs)
 
@@ -588,14 +592,14 @@ def _execute(
     with timer("retrievers"):
         if evaluate_test and (len(spec.eval.retrievers) > 1 or spec.eval.two_stage):
             tuned_run = evals["test", "tuned"].run
-            found = _other_retrievers(spec, data, lambda: tuned_run, tuned, index, test_qrels, allowed, shared)
+            found = other_retrievers(spec, data, lambda: tuned_run, tuned, index, test_qrels, allowed, shared)
             others.update({(source, "tuned"): v for source, v in found.items() if source != "bm25"})
         if evaluate_test:
-            set_scores.update({(name, "tuned"): v for name, v in _set_scores(spec, tuned, None, shared).items()})
+            set_scores.update({(name, "tuned"): v for name, v in set_metrics(spec, tuned, None, shared).items()})
     with timer("mteb"):
         if evaluate_test:
             mteb_scores.update(
-                {("tuned", split): v for split, v in _mteb_scores(spec, tuned, data, test_qrels).items()}
+                {("tuned", split): v for split, v in mteb_metrics(spec, tuned, data, test_qrels).items()}
             )
     if spec.output.save_model:
         target = Path(spec.output.dir) / run_id
@@ -639,141 +643,6 @@ def _execute(
     return result, results
 
 
-def _other_retrievers(spec: Spec, data, dense_run, model, index, qrels, allowed, shared: Shared) -> dict:
-    """Test metrics of the retrievers besides dense: bm25, hybrid (RRF of dense and bm25) and two-stage.
-
-    Args:
-        spec: The run's spec (eval.retrievers, eval.two_stage).
-        data: The run's data (corpus, queries, coarse chunks and parent links).
-        dense_run: Returns the model's dense run of the test queries at full depth (for hybrid).
-        model: The model (base or tuned) for hybrid and two-stage.
-        index: The corpus index (fine chunks).
-        qrels: Test judgements.
-        allowed: Passage ids `eval.filter` lets through, or None.
-        shared: The experiment's cache (the BM25 run is model-free and computed once).
-
-    Returns:
-        Source name -> flat metric key -> value.
-
-    """
-    from runner.evaluate import encode, score_run
-
-    cfg, out = spec.eval, {}
-    depth = cfg.depth
-    queries = {q: data.queries[q] for q in qrels}
-    if "bm25" in cfg.retrievers or "hybrid" in cfg.retrievers:
-        from runner.retrieval import bm25_run
-
-        bkey = _key(data_key(spec), sorted(allowed or []), depth, sorted(qrels))
-        if bkey not in shared.others:
-            shared.others[bkey] = bm25_run(data.corpus, queries, depth, allowed)
-        bm25 = shared.others[bkey]
-        if "bm25" in cfg.retrievers:
-            out["bm25"] = score_run(qrels, bm25, cfg.metrics)[0]
-        if "hybrid" in cfg.retrievers:
-            from runner.retrieval import fuse_rrf
-
-            out["hybrid"] = score_run(qrels, fuse_rrf([dense_run(), bm25], depth), cfg.metrics)[0]
-    if cfg.two_stage:
-        from runner.retrieval import two_stage_run
-
-        m = spec.model
-        fine_emb = index.embed(None, model, m, cfg.batch_size)
-        coarse_ids = list(data.coarse)
-        coarse_texts = [m.passage_prefix + data.coarse[c] for c in coarse_ids]
-        coarse_emb = encode(model, coarse_texts, cfg.batch_size, m.normalize, "encode coarse chunks")
-        qids = list(qrels)
-        q_texts = [m.query_prefix + queries[q] for q in qids]
-        q_emb = encode(model, q_texts, cfg.batch_size, m.normalize, "encode queries (two-stage)")
-        run = two_stage_run(
-            q_emb, coarse_ids, coarse_emb, index.ids, fine_emb, data.parents, qids, cfg.two_stage, depth, allowed
-        )
-        out["two-stage"] = score_run(qrels, run, cfg.metrics)[0]
-    return out
-
-
-def _mix_pairs(spec: Spec, n_main: int, shared: Shared) -> list[tuple[Any, Any]]:
-    """Training pairs drawn from the `data.mix` sources: round(weight x n_main) from each (seeded)."""
-    from runner.data import load_source
-
-    out = []
-    for src in spec.data.mix:
-        key = _key("mix", src.model_dump(mode="json"), fingerprint(src.path))
-        if key not in shared.data:
-            shared.data[key] = load_source(src.source, src.path)
-        want = max(1, round(src.weight * n_main))
-        drawn = shared.data[key].pairs(src.split, want, spec.data.seed)
-        if len(drawn) < want:
-            log.warning("data.mix %s: %d pairs asked, %d available", src.path, want, len(drawn))
-        out += [(src, p) for p in drawn]
-    return out
-
-
-def _mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, shared: Shared) -> list:
-    """Negatives for the mixed-in pairs, from each source's own corpus (or pos/neg pool), as negatives.mode says."""
-    from runner.data.negatives import attach_negatives
-    from runner.evaluate import CorpusIndex
-
-    out = []
-    for src in spec.data.mix:
-        pairs = [p for s, p in mixed if s is src]
-        if not pairs:
-            continue
-        data = shared.data[_key("mix", src.model_dump(mode="json"), fingerprint(src.path))]
-        spec_for = spec.model_copy(
-            update={
-                "data": spec.data.model_copy(
-                    update={"splits": spec.data.splits.model_copy(update={"train": src.split})}
-                )
-            }
-        )
-        out += attach_negatives(spec_for, pairs, data, model, CorpusIndex(data.corpus))[0]
-    return out
-
-
-def _set_scores(spec: Spec, model, label: str | None, shared: Shared) -> dict[str, dict[str, float]]:
-    """Dense-retrieval metrics of `model` on each `eval.sets` entry, over that set's own corpus."""
-    from runner.data import load_source
-    from runner.evaluate import CorpusIndex, evaluate
-
-    out = {}
-    for entry in spec.eval.sets:
-        key = _key("set", entry.model_dump(mode="json"), fingerprint(entry.path))
-        if key not in shared.data:
-            shared.data[key] = load_source(entry.source, entry.path, [entry.split])
-        data = shared.data[key]
-        ikey = _key(key, spec.model.model_dump(mode="json"), spec.eval.batch_size)
-        if ikey not in shared.index:
-            shared.index[ikey] = CorpusIndex(data.corpus)
-        cfg = spec.eval
-        result = evaluate(
-            model,
-            label,
-            shared.index[ikey],
-            data.queries,
-            data.split(entry.split),
-            spec.model,
-            cfg.metrics,
-            cfg.depth,
-            cfg.batch_size,
-        )
-        out[entry.name] = result.metrics
-        log.info("eval set %s (%s): %s %.4f", entry.name, label or "tuned", cfg.main, result.metrics[cfg.main])
-    return out
-
-
-def _filtered(spec: Spec, data) -> set[str] | None:
-    """The passage ids `eval.filter` lets through (None: no filter)."""
-    if not spec.eval.filter:
-        return None
-    from runner.retrieval import filter_ids
-
-    allowed = filter_ids(data.meta, spec.eval.filter)
-    if not allowed:
-        raise ValueError(f"eval.filter {spec.eval.filter} matches no passage of {data.source}")
-    return allowed
-
-
 def _check(spec: Spec, data, pairs, model):
     """Run the data checks (leakage, duplicates, short texts, queries without positives, negative ratio)."""
     from runner.data.checks import check_data
@@ -795,28 +664,6 @@ def _check(spec: Spec, data, pairs, model):
     for note in report.notes:
         log.info("data check: %s", note)
     return report
-
-
-def _mteb_scores(spec: Spec, model, data, test_qrels) -> dict[str, dict[str, float]]:
-    """Scores of `model` by mteb's evaluation: the run's test split (``eval.mteb_local``) and hub tasks (``eval.mteb``).
-
-    Returns:
-        Split name ("test", or "mteb:<task>") -> flat metric key -> value; empty when mteb is not asked for.
-
-    """
-    cfg, out = spec.eval, {}
-    if not (cfg.mteb_local or cfg.mteb):
-        return out
-    from runner import mteb_eval
-
-    if cfg.mteb_local:
-        out["test"] = mteb_eval.mteb_local_scores(
-            model, spec.model, data.corpus, data.queries, test_qrels, cfg.metrics, cfg.batch_size
-        )
-    if cfg.mteb:
-        for task, scores in mteb_eval.mteb_hub_scores(model, spec.model, cfg.mteb, cfg.metrics, cfg.batch_size).items():
-            out[f"mteb:{task}"] = scores
-    return out
 
 
 def _warnings(spec: Spec, by: dict[str, dict[str, dict[str, float]]]) -> list[str]:

@@ -1,0 +1,52 @@
+"""`data.mix`: training pairs drawn from other sources with weights, with negatives from their own corpus."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from runner.pipeline import Shared, content_key, fingerprint
+
+if TYPE_CHECKING:
+    from runner.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+def mix_pairs(spec: Spec, n_main: int, shared: Shared) -> list[tuple[Any, Any]]:
+    """Training pairs drawn from the `data.mix` sources: round(weight x n_main) from each (seeded)."""
+    from runner.data import load_source
+
+    out = []
+    for src in spec.data.mix:
+        key = content_key("mix", src.model_dump(mode="json"), fingerprint(src.path))
+        if key not in shared.data:
+            shared.data[key] = load_source(src.source, src.path)
+        want = max(1, round(src.weight * n_main))
+        drawn = shared.data[key].pairs(src.split, want, spec.data.seed)
+        if len(drawn) < want:
+            log.warning("data.mix %s: %d pairs asked, %d available", src.path, want, len(drawn))
+        out += [(src, p) for p in drawn]
+    return out
+
+
+def mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, shared: Shared) -> list:
+    """Negatives for the mixed-in pairs, from each source's own corpus (or pos/neg pool), as negatives.mode says."""
+    from runner.data.negatives import attach_negatives
+    from runner.evaluate import CorpusIndex
+
+    out = []
+    for src in spec.data.mix:
+        pairs = [p for s, p in mixed if s is src]
+        if not pairs:
+            continue
+        data = shared.data[content_key("mix", src.model_dump(mode="json"), fingerprint(src.path))]
+        spec_for = spec.model_copy(
+            update={
+                "data": spec.data.model_copy(
+                    update={"splits": spec.data.splits.model_copy(update={"train": src.split})}
+                )
+            }
+        )
+        out += attach_negatives(spec_for, pairs, data, model, CorpusIndex(data.corpus))[0]
+    return out
