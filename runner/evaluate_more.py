@@ -29,7 +29,7 @@ def filtered_ids(spec: Spec, data) -> set[str] | None:
     return allowed
 
 
-def other_retrievers(spec: Spec, data, dense_run, model, index, qrels, allowed, shared: Shared) -> dict:
+def other_retrievers(spec: Spec, data, dense_run, model, label: str, index, qrels, allowed, shared: Shared) -> dict:
     """Test metrics of the retrievers besides dense: bm25, hybrid (RRF of dense and bm25) and two-stage.
 
     Args:
@@ -37,6 +37,7 @@ def other_retrievers(spec: Spec, data, dense_run, model, index, qrels, allowed, 
         data: The run's data (corpus, queries, coarse chunks and parent links).
         dense_run: Returns the model's dense run of the test queries at full depth (for hybrid).
         model: The model (base or tuned) for hybrid and two-stage.
+        label: Its label in `index` ("base" or "tuned"), whose corpus embeddings two-stage reuses.
         index: The corpus index (fine chunks).
         qrels: Test judgements.
         allowed: Passage ids `eval.filter` lets through, or None.
@@ -68,7 +69,7 @@ def other_retrievers(spec: Spec, data, dense_run, model, index, qrels, allowed, 
         from runner.retrieval import two_stage_run
 
         m = spec.model
-        fine_emb = index.embed(None, model, m, cfg.batch_size)
+        fine_emb = index.embed(label, model, m, cfg.batch_size)  # the fine chunks are the corpus: already encoded
         coarse_ids = list(data.coarse)
         coarse_texts = [m.passage_prefix + data.coarse[c] for c in coarse_ids]
         coarse_emb = encode(model, coarse_texts, cfg.batch_size, m.normalize, "encode coarse chunks")

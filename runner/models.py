@@ -123,16 +123,20 @@ def load_model(spec: ModelSpec, device: str | None = None, location: str | None 
     model.float()
     model.max_seq_length = spec.max_seq_length
     if spec.pooling is not None:
-        module = _pooling_module(model)
-        wanted = _POOLING_NAMES[spec.pooling]
-        if module is None:
+        built = pooling_of(model)
+        if not set_pooling(model, spec.pooling):
             log.warning("model %s has no Pooling module; spec pooling %r cannot be applied", spec.base, spec.pooling)
-        elif module.pooling_mode != wanted:
+        elif built != spec.pooling:
             log.warning(
-                "model %s was built with %s pooling; using %s pooling as the spec asks",
-                spec.base,
-                pooling_of(model),
-                spec.pooling,
+                "model %s was built with %s pooling; using %s pooling as the spec asks", spec.base, built, spec.pooling
             )
-            module.pooling_mode = wanted
     return model.eval()
+
+
+def set_pooling(model: SentenceTransformer, pooling: str) -> bool:
+    """Make the model's Pooling module pool as `pooling` (mean, cls, last_token); False if it has none."""
+    module = _pooling_module(model)
+    if module is None:
+        return False
+    module.pooling_mode = _POOLING_NAMES[pooling]
+    return True

@@ -500,8 +500,12 @@ def _execute(
         if evaluate_test and spec.eval.baseline:
             okey = f"{bkey}:others"
             if okey not in shared.others:
+
+                def base_run():
+                    return score(model, "base", test_qrels).run
+
                 shared.others[okey] = other_retrievers(
-                    spec, data, lambda: score(model, "base", test_qrels).run, model, index, test_qrels, allowed, shared
+                    spec, data, base_run, model, "base", index, test_qrels, allowed, shared
                 )
             others.update({(source, "base"): v for source, v in shared.others[okey].items()})
             skey = f"{bkey}:sets"
@@ -588,12 +592,12 @@ def _execute(
             evals["test", "tuned"] = score(tuned, "tuned", test_qrels)
         if dev_qrels:
             evals["dev", "tuned"] = score(tuned, "tuned", dev_qrels)
-        index.embeddings.pop("tuned", None)
     with timer("retrievers"):
         if evaluate_test and (len(spec.eval.retrievers) > 1 or spec.eval.two_stage):
             tuned_run = evals["test", "tuned"].run
-            found = other_retrievers(spec, data, lambda: tuned_run, tuned, index, test_qrels, allowed, shared)
+            found = other_retrievers(spec, data, lambda: tuned_run, tuned, "tuned", index, test_qrels, allowed, shared)
             others.update({(source, "tuned"): v for source, v in found.items() if source != "bm25"})
+        index.embeddings.pop("tuned", None)
         if evaluate_test:
             set_scores.update({(name, "tuned"): v for name, v in set_metrics(spec, tuned, None, shared).items()})
     with timer("mteb"):

@@ -27,12 +27,11 @@ NOT_CORPUS = ("SOURCE.md", "README.md")
 
 
 def embedder(model: SentenceTransformer, batch_size: int = 64):
-    """A function texts -> L2-normalised embeddings (numpy rows) with `model`."""
+    """A function texts -> L2-normalised embeddings (numpy rows) with `model`, through embx's own encoder."""
+    from runner.evaluate import encode
 
     def embed(texts: list[str]) -> np.ndarray:
-        return model.encode(
-            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        return encode(model, texts, batch_size, True, "embed texts (checks, chunking)").cpu().numpy()
 
     return embed
 

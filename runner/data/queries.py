@@ -1,7 +1,7 @@
 """Queries for the chunks of a documents source: LLM questions, inverse cloze (ICT), headings or existing QA pairs.
 
 Only fine chunks (the retrieval unit) get queries. Every generator ends in the same filter: questions are
-stripped, those too short are dropped, duplicates (normalised: case, whitespace, final punctuation) are dropped
+stripped, those too short are dropped, duplicates (normalised as the leak checks do) are dropped
 within a chunk and across chunks (the first chunk, in input order, keeps the query), and llm and ict keep at most
 ``per_chunk`` queries per chunk. Every filter decision is counted in ``QueryResult.stats``; every chunk or row
 that yields nothing for a reason worth knowing (a failed LLM call, an unmatched QA pair...) is a ``Skipped``.
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.data.checks import normalize
 from runner.data.types import Chunk, Document, GeneratedQuery, Skipped
 
 if TYPE_CHECKING:
@@ -41,11 +42,6 @@ MALFORMED_BACKOFF_S = 0.25
 MIN_HEADING_CHARS = 3
 QA_ROLES = ("query", "answer", "document")
 
-_SENTENCE_BREAK = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"'\)\]]))\s+"  # sentence-final punctuation (maybe closing a quote) and a space
-    r"|\n\s*\n"  # a blank line
-    r"|\n(?=[ \t]*(?:[-*+\u2022]|\d+[.)])[ \t])"  # a line that starts a list item
-)
 _FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?\s*```$", re.S)
 _FAILURE_KINDS = ("timeout", "http", "malformed", "connection", "other")
 
@@ -133,18 +129,14 @@ def generate_queries(
     return QueryResult(queries=queries, skipped=skipped, stats=stats)
 
 
-def normalise(text: str) -> str:
-    """Lower-case, collapse whitespace and drop final punctuation: the form used to find duplicate queries."""
-    return " ".join(text.lower().split()).rstrip(" ?.!")
-
-
 def split_sentences(text: str) -> list[str]:
-    """Split text into sentences with a regex (punctuation + space, blank lines, list items).
+    """The sentences of `text` as the chunker cuts them, each exactly as it appears there (stripped).
 
-    Each sentence is returned exactly as it appears in `text` (stripped), so it can be found and removed there.
-    Abbreviations such as "e.g." may cut a sentence in two; for ICT that only makes a query shorter.
+    Exact substrings, so an ICT sentence can be found in its chunk and removed.
     """
-    return [s.strip() for s in _SENTENCE_BREAK.split(text) if s and s.strip()]
+    from runner.data.chunking import split_sentences as sentence_spans
+
+    return [text[start:end] for start, end in sentence_spans(text)]
 
 
 def _finish(
@@ -165,7 +157,7 @@ def _finish(
         if too_short or (min_words is not None and len(query.text.split()) < min_words):
             stats["dropped_short"] += 1
             continue
-        key = normalise(query.text)
+        key = normalize(query.text)
         if key in seen:
             stats["dropped_duplicate"] += 1
             continue

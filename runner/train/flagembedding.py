@@ -225,7 +225,7 @@ class FlagEmbeddingBackend:
         from FlagEmbedding.finetune.embedder.encoder_only.base import EncoderOnlyEmbedderRunner
         from transformers.trainer_callback import PrinterCallback
 
-        from runner.models import pooling_of
+        from runner.models import pooling_of, set_pooling
 
         _check_modules(model)
         cfg = spec.train
@@ -271,7 +271,7 @@ class FlagEmbeddingBackend:
         # One copy of the weights: the run's SentenceTransformer now wraps the transformer FlagEmbedding trains,
         # so the dev split is scored on the live weights with embx's own evaluation.
         model[0].model = runner.model.model
-        _set_pooling(model, pooling)
+        set_pooling(model, pooling)
 
         log_rows: list[tuple[int, float, str, float]] = []
         tracker = _EpochDev(model, runner.model, dev, spec, log_rows)
@@ -322,14 +322,6 @@ def _quiet() -> Iterator[None]:
         runner_log.setLevel(level)
         if bars:
             datasets.enable_progress_bars()
-
-
-def _set_pooling(model: SentenceTransformer, pooling: str) -> None:
-    from runner.models import _POOLING_NAMES, _pooling_module
-
-    module = _pooling_module(model)
-    if module is not None:
-        module.pooling_mode = _POOLING_NAMES[pooling]
 
 
 class _EpochDev:
