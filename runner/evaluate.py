@@ -38,30 +38,47 @@ class EvalResult:
     seconds: float = 0.0
 
 
+def inference_settings(model: SentenceTransformer, batch_size: int | None, precision: str) -> tuple[int, str]:
+    """Resolve ``eval.batch_size`` (None: 512 on GPUs, 64 elsewhere) and ``eval.precision`` for the model's device."""
+    from runner.train import resolve_precision
+
+    device = model.device.type
+    return batch_size or (512 if device == "cuda" else 64), resolve_precision(precision, device, inference=True)
+
+
 def encode(
-    model: SentenceTransformer, texts: list[str], batch_size: int, normalize: bool, description: str
+    model: SentenceTransformer,
+    texts: list[str],
+    batch_size: int | None,
+    normalize: bool,
+    description: str,
+    precision: str = "auto",
 ) -> torch.Tensor:
-    """Embed texts on the model's device, longest first, with a progress bar.
+    """Embed texts on the model's device, longest first, under autocast, with a progress bar.
 
     Args:
         model: The model.
         texts: Texts, prefixes already applied.
-        batch_size: Texts per forward pass.
+        batch_size: Texts per forward pass (None: by device, see :func:`inference_settings`).
         normalize: L2-normalise the embeddings.
         description: Label of the progress bar.
+        precision: auto, fp32, bf16 or fp16 autocast (see :func:`inference_settings`).
 
     Returns:
-        A (len(texts), dim) float tensor in input order.
+        A (len(texts), dim) fp32 tensor in input order, on the model's device.
 
     """
     import torch
 
     from runner.progress import task
 
+    batch_size, precision = inference_settings(model, batch_size, precision)
+    device = model.device.type
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: torch.Tensor | None = None
     chunk = batch_size * 8
-    with task(description, len(texts)) as (bar, tid):
+    with task(description, len(texts)) as (bar, tid), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
             emb = model.encode(
@@ -174,23 +191,32 @@ class CorpusIndex:
         self.disk = disk
         self.base_key = base_key
 
-    def _disk_path(self, spec: ModelSpec, device: str) -> Path | None:
+    def _disk_path(self, spec: ModelSpec, device: str, precision: str) -> Path | None:
         if self.disk is None or self.base_key is None:
             return None
         digest = hashlib.sha256()
-        for key in (self.base_key, device, spec.passage_prefix, str(spec.normalize), str(spec.max_seq_length)):
+        parts = (self.base_key, device, spec.passage_prefix, str(spec.normalize), str(spec.max_seq_length))
+        for key in parts + ((precision,) if precision != "fp32" else ()):
             digest.update(key.encode() + b"\0")
         for doc_id, text in zip(self.ids, self.texts):
             digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
         return self.disk / f"{digest.hexdigest()[:24]}.pt"
 
-    def embed(self, label: str | None, model: SentenceTransformer, spec: ModelSpec, batch_size: int) -> torch.Tensor:
+    def embed(
+        self,
+        label: str | None,
+        model: SentenceTransformer,
+        spec: ModelSpec,
+        batch_size: int | None,
+        precision: str = "auto",
+    ) -> torch.Tensor:
         """Corpus embeddings of `model`, computed once per label ("base", "tuned"); label None: no caching."""
         import torch
 
         if label is not None and label in self.embeddings:
             return self.embeddings[label]
-        path = self._disk_path(spec, model.device.type) if label == "base" else None
+        batch_size, precision = inference_settings(model, batch_size, precision)
+        path = self._disk_path(spec, model.device.type, precision) if label == "base" else None
         if path is not None and path.exists():
             try:
                 emb = torch.load(path, map_location=model.device, weights_only=True)
@@ -201,7 +227,7 @@ class CorpusIndex:
             except Exception as exc:  # a damaged cache file (torch raises many kinds) is encoded again
                 log.warning("ignoring unreadable embedding cache %s: %s: %s", path, type(exc).__name__, exc)
         texts = [spec.passage_prefix + t for t in self.texts]
-        emb = encode(model, texts, batch_size, spec.normalize, f"encode corpus ({label or 'dev'})")
+        emb = encode(model, texts, batch_size, spec.normalize, f"encode corpus ({label or 'dev'})", precision)
         if label is not None:
             self.embeddings[label] = emb
         if path is not None:
@@ -221,8 +247,9 @@ def evaluate(
     spec: ModelSpec,
     metrics: list[str],
     depth: int,
-    batch_size: int,
+    batch_size: int | None,
     allowed: set[str] | None = None,
+    precision: str = "auto",
 ) -> EvalResult:
     """Retrieve for every judged query over the whole corpus (or its `allowed` part) and score the ranking.
 
@@ -235,8 +262,9 @@ def evaluate(
         spec: Model section (prefixes, normalisation).
         metrics: Flat metric keys.
         depth: Results retrieved per query.
-        batch_size: Encoding batch size.
+        batch_size: Encoding batch size (None: by device).
         allowed: Only these document ids are retrieved (a metadata filter); None: all.
+        precision: Inference precision (``eval.precision``).
 
     """
     import time
@@ -244,7 +272,7 @@ def evaluate(
     import torch
 
     started = time.perf_counter()
-    corpus_emb = index.embed(label, model, spec, batch_size)
+    corpus_emb = index.embed(label, model, spec, batch_size, precision)
     qids = list(qrels)
     q_emb = encode(
         model,
@@ -252,6 +280,7 @@ def evaluate(
         batch_size,
         spec.normalize,
         f"encode queries ({label or 'dev'})",
+        precision,
     )
     ids = index.ids
     if allowed is not None:

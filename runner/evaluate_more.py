@@ -69,13 +69,15 @@ def other_retrievers(spec: Spec, data, dense_run, model, label: str, index, qrel
         from runner.retrieval import two_stage_run
 
         m = spec.model
-        fine_emb = index.embed(label, model, m, cfg.batch_size)  # the fine chunks are the corpus: already encoded
+        fine_emb = index.embed(
+            label, model, m, cfg.batch_size, cfg.precision
+        )  # the fine chunks are the corpus: already encoded
         coarse_ids = list(data.coarse)
         coarse_texts = [m.passage_prefix + data.coarse[c] for c in coarse_ids]
-        coarse_emb = encode(model, coarse_texts, cfg.batch_size, m.normalize, "encode coarse chunks")
+        coarse_emb = encode(model, coarse_texts, cfg.batch_size, m.normalize, "encode coarse chunks", cfg.precision)
         qids = list(qrels)
         q_texts = [m.query_prefix + queries[q] for q in qids]
-        q_emb = encode(model, q_texts, cfg.batch_size, m.normalize, "encode queries (two-stage)")
+        q_emb = encode(model, q_texts, cfg.batch_size, m.normalize, "encode queries (two-stage)", cfg.precision)
         run = two_stage_run(
             q_emb, coarse_ids, coarse_emb, index.ids, fine_emb, data.parents, qids, cfg.two_stage, depth, allowed
         )
@@ -108,6 +110,7 @@ def set_metrics(spec: Spec, model, label: str | None, shared: Shared) -> dict[st
             cfg.metrics,
             cfg.depth,
             cfg.batch_size,
+            precision=cfg.precision,
         )
         out[entry.name] = result.metrics
         log.info("eval set %s (%s): %s %.4f", entry.name, label or "tuned", cfg.main, result.metrics[cfg.main])
@@ -128,9 +131,18 @@ def mteb_metrics(spec: Spec, model, data, test_qrels) -> dict[str, dict[str, flo
 
     if cfg.mteb_local:
         out["test"] = mteb_eval.mteb_local_scores(
-            model, spec.model, data.corpus, data.queries, test_qrels, cfg.metrics, cfg.batch_size
+            model,
+            spec.model,
+            data.corpus,
+            data.queries,
+            test_qrels,
+            cfg.metrics,
+            cfg.batch_size,
+            precision=cfg.precision,
         )
     if cfg.mteb:
-        for task, scores in mteb_eval.mteb_hub_scores(model, spec.model, cfg.mteb, cfg.metrics, cfg.batch_size).items():
+        for task, scores in mteb_eval.mteb_hub_scores(
+            model, spec.model, cfg.mteb, cfg.metrics, cfg.batch_size, cfg.precision
+        ).items():
             out[f"mteb:{task}"] = scores
     return out

@@ -66,12 +66,14 @@ class EmbxEncoder:
     Args:
         model: A loaded SentenceTransformer (its ``max_seq_length`` truncates, as in embx's evaluation).
         spec: embx's model section: prefixes and normalisation.
+        precision: Inference precision, as ``eval.precision``.
 
     """
 
-    def __init__(self, model: SentenceTransformer, spec: ModelSpec):
+    def __init__(self, model: SentenceTransformer, spec: ModelSpec, precision: str = "auto"):
         self.model = model
         self.spec = spec
+        self.precision = precision
 
     @property
     def mteb_model_meta(self) -> ModelMeta:
@@ -114,7 +116,7 @@ class EmbxEncoder:
             hf_split: Split being evaluated (unused).
             hf_subset: Subset being evaluated (unused).
             prompt_type: mteb's PromptType: query, document, or None.
-            **kwargs: mteb's encode kwargs; ``batch_size`` is used (default 32), the rest ignored.
+            **kwargs: mteb's encode kwargs; ``batch_size`` is used (None: by device), the rest ignored.
 
         Returns:
             A (n, dim) float32 array in input order.
@@ -127,7 +129,7 @@ class EmbxEncoder:
         if not texts:
             raise ValueError("mteb asked to encode no texts")
         label = f"mteb {task_metadata.name}: encode {prompt_type.value if prompt_type is not None else 'texts'}"
-        emb = encode(self.model, texts, int(kwargs.get("batch_size") or 32), self.spec.normalize, label)
+        emb = encode(self.model, texts, kwargs.get("batch_size"), self.spec.normalize, label, self.precision)
         return emb.cpu().numpy()
 
     def similarity(self, embeddings1: Array, embeddings2: Array) -> torch.Tensor:
@@ -196,7 +198,9 @@ def _local_task(
     return EmbxRetrievalTask()
 
 
-def _run(model: SentenceTransformer, spec: ModelSpec, tasks: list[AbsTask], batch_size: int) -> list[TaskResult]:
+def _run(
+    model: SentenceTransformer, spec: ModelSpec, tasks: list[AbsTask], batch_size: int | None, precision: str
+) -> list[TaskResult]:
     """``mteb.evaluate`` without result cache, prediction files or CO2 tracking; errors are raised.
 
     The progress bars of mteb's ``datasets.map`` calls are silenced for the call (embx shows its own).
@@ -208,7 +212,7 @@ def _run(model: SentenceTransformer, spec: ModelSpec, tasks: list[AbsTask], batc
     disable_progress_bars()
     try:
         result = mteb.evaluate(
-            EmbxEncoder(model, spec),
+            EmbxEncoder(model, spec, precision),
             tasks,
             cache=None,
             co2_tracker=False,
@@ -246,8 +250,9 @@ def mteb_local_scores(
     queries: dict[str, str],
     qrels: dict[str, dict[str, int]],
     metrics: list[str],
-    batch_size: int,
+    batch_size: int | None,
     name: str = "EmbxLocal",
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Evaluate a model on an embx split with mteb's own retrieval evaluation.
 
@@ -264,7 +269,8 @@ def mteb_local_scores(
         queries: Query id -> text; only the queries in `qrels` are evaluated.
         qrels: Query id -> {document id: grade} of the split.
         metrics: embx flat keys (``ndcg@10``, ``recall@10``, ``mrr@10``, ``map@100``, ``precision@5``).
-        batch_size: Encoding batch size.
+        batch_size: Encoding batch size (None: by device).
+        precision: Inference precision, as ``eval.precision``.
         name: Name of the in-memory mteb task (shown in mteb's logs).
 
     Returns:
@@ -285,7 +291,7 @@ def mteb_local_scores(
         raise ValueError(f"{len(unknown)} judged documents are not in the corpus, e.g. {unknown[0]!r}")
     depth = max([MIN_DEPTH, *ks])
     task = _local_task(name, corpus, {q: queries[q] for q in qrels}, qrels, sorted({1, 10, depth, *ks}))
-    (result,) = _run(model, model_spec, [task], batch_size)
+    (result,) = _run(model, model_spec, [task], batch_size, precision)
     return _flat_scores(result, TEST_SPLIT, metrics)
 
 
@@ -324,7 +330,8 @@ def mteb_hub_scores(
     model_spec: ModelSpec,
     task_names: list[str],
     metrics: list[str],
-    batch_size: int,
+    batch_size: int | None,
+    precision: str = "auto",
 ) -> dict[str, dict[str, float]]:
     """Evaluate a model on named mteb tasks, downloading their data from the Hugging Face hub (and its cache).
 
@@ -338,7 +345,8 @@ def mteb_hub_scores(
         model_spec: embx's model section (prefixes, normalisation).
         task_names: mteb task names (``SciFact``, ``NFCorpus``, ...).
         metrics: embx flat keys.
-        batch_size: Encoding batch size.
+        batch_size: Encoding batch size (None: by device).
+        precision: Inference precision, as ``eval.precision``.
 
     Returns:
         Task name -> {flat key: value}; a metric the task does not report is left out with a warning.
@@ -362,5 +370,5 @@ def mteb_hub_scores(
         splits[task.metadata.name] = split
         if hasattr(task, "k_values"):
             task.k_values = tuple(sorted({*task.k_values, *ks}))
-    results = _run(model, model_spec, tasks, batch_size)
+    results = _run(model, model_spec, tasks, batch_size, precision)
     return {r.task_name: _flat_scores(r, splits[r.task_name], metrics) for r in results}

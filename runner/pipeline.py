@@ -442,6 +442,7 @@ def _execute(
             spec.eval.depth,
             spec.eval.batch_size,
             allowed=allowed,
+            precision=spec.eval.precision,
         )
 
     # 1. Base model (its tokenizer sizes document chunks; it embeds for semantic chunking and the checks)
@@ -662,7 +663,7 @@ def _check(spec: Spec, data, pairs, model):
         spec.negatives.per_query,
         spec.data.min_chars,
         spec.data.leak_similarity,
-        embedder(model, spec.eval.batch_size),
+        embedder(model, spec.eval.batch_size, spec.eval.precision),
         positives_are_leaks=spec.data.source == "documents",
     )
     for note in report.notes:

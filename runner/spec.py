@@ -357,8 +357,25 @@ class TrainSpec(_Model):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="Autocast precision over fp32 master weights. auto: bf16 on GPUs that support it, "
-        "else fp16 on CUDA, fp32 on CPU.",
+        description="Autocast precision over fp32 master weights. auto: bf16 on GPUs that support it, else "
+        "fp16 on CUDA; on CPU bf16 where the processor has AMX bf16 matrix units, else fp32. fp16 needs CUDA.",
+    )
+    loop: Literal["auto", "embx", "trainer"] = Field(
+        "auto",
+        description="Training loop of the sentence-transformers backend. embx: embx's own loop over the same "
+        "modules and loss (texts tokenised once, length-bucketed no-duplicates batches, per-column dynamic "
+        "padding, fused AdamW, no per-step host sync). trainer: SentenceTransformerTrainer. auto: embx in one "
+        "process, trainer under torchrun.",
+    )
+    length_buckets: bool = Field(
+        True,
+        description="embx loop: sort pairs by length inside windows of 32 batches before batching, so batches "
+        "pad less; false batches in random order as the trainer does.",
+    )
+    compile: bool = Field(
+        False,
+        description="embx loop: torch.compile the transformer (dynamic shapes). Compiling takes tens of "
+        "seconds, so it pays off on long GPU runs only.",
     )
     seed: int = Field(42, description="Seed for initialisation order, shuffling and dropout.")
     early_stopping: EarlyStopping | None = Field(
@@ -401,12 +418,21 @@ class EvalSpec(_Model):
     )
     main: str = Field("ndcg@10", description="The metric that summaries, reports and searches rank on.")
     baseline: bool = Field(True, description="Also evaluate the untuned base model on the test split.")
-    batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Texts per encoding batch (texts are sorted by length first). null: 64 on CPU, 512 on GPU.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Precision of inference (encoding) under autocast; top-k and metrics are computed in fp32. "
+        "auto: fp16 on CUDA; on CPU bf16 where the processor has AMX bf16 matrix units, else fp32.",
+    )
     retrievers: list[Literal["dense", "bm25", "hybrid"]] = Field(
         default_factory=lambda: ["dense"],
         min_length=1,
         description="Retrievers scored on the test split: dense (the model), bm25 (bm25s, no model) and hybrid "
-        "(reciprocal rank fusion of dense and bm25, by ranx). Stored with source dense|bm25|hybrid.",
+        "(reciprocal rank fusion of dense and bm25). Stored with source dense|bm25|hybrid.",
     )
     two_stage: int | None = Field(
         None,
@@ -596,6 +622,14 @@ class Spec(_Model):
         from runner.train.flagembedding import check_arguments
 
         check_arguments(self)
+        return self
+
+    @model_validator(mode="after")
+    def _loop(self) -> Spec:
+        if self.train.loop == "embx" and self.train.backend != "sentence-transformers":
+            raise ValueError("train.loop: embx is the sentence-transformers backend's loop; use auto")
+        if self.train.loop == "embx" and self.train.distributed.world_size > 1:
+            raise ValueError("train.loop: embx trains in one process; under torchrun use auto or trainer")
         return self
 
     @model_validator(mode="after")

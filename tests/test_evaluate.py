@@ -179,7 +179,7 @@ def test_base_corpus_embeddings_are_cached_on_disk(tmp_path, tiny_model, monkeyp
     assert len(calls) == 5 and len(list((tmp_path / "emb").glob("*.pt"))) == 4
     # A broken file is ignored (encoded again) and rewritten.
     index = ev.CorpusIndex(corpus, tmp_path / "emb", "model-key")
-    index._disk_path(spec, "cpu").write_bytes(b"broken")
+    index._disk_path(spec, "cpu", ev.inference_settings(model, 8, "auto")[1]).write_bytes(b"broken")
     index.embed("base", model, spec, 8)
     assert len(calls) == 6
     ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)

@@ -88,6 +88,7 @@ def spec_file(folder: Path, model: Path, data: Path, name: str, *, nproc: int, b
             "batch_size": batch,
             "learning_rate": 5e-3,
             "warmup_ratio": 0.0,  # one step in all: with warm-up its learning rate would be 0
+            "precision": "fp32",  # losses are compared across processes to 1e-4
             "early_stopping": None,
             "distributed": {"nproc_per_node": nproc, "master_port": free_port(), "workdir": str(folder / "jobs")},
             **train,

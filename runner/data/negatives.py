@@ -193,12 +193,14 @@ def attach_negatives(spec, pairs: list[Pair], data, model, index) -> tuple[list[
 
     m = spec.model
     if pool_label is not None:
-        pool_emb = index.embed(pool_label, model, m, spec.eval.batch_size)
+        pool_emb = index.embed(pool_label, model, m, spec.eval.batch_size, spec.eval.precision)
     else:
-        pool_emb = encode(model, [m.passage_prefix + t for t in pool], spec.eval.batch_size, m.normalize, "encode pool")
+        pool_texts = [m.passage_prefix + t for t in pool]
+        pool_emb = encode(model, pool_texts, spec.eval.batch_size, m.normalize, "encode pool", spec.eval.precision)
     row = {text: i for i, text in enumerate(pool)}
     queries = list(dict.fromkeys(p.query for p in pairs))
-    q_emb = encode(model, [m.query_prefix + q for q in queries], spec.eval.batch_size, m.normalize, "mine negatives")
+    q_texts = [m.query_prefix + q for q in queries]
+    q_emb = encode(model, q_texts, spec.eval.batch_size, m.normalize, "mine negatives", spec.eval.precision)
     q_row = {q: i for i, q in enumerate(queries)}
     query_emb = q_emb[[q_row[p.query] for p in pairs]]
     if pool_label is not None:  # the corpus: find positives by id (a training positive may differ, e.g. ICT)

@@ -26,12 +26,12 @@ NOT_CORPUS = ("SOURCE.md", "README.md")
 """Files at the top of a documents folder that describe it and are not part of it."""
 
 
-def embedder(model: SentenceTransformer, batch_size: int = 64):
+def embedder(model: SentenceTransformer, batch_size: int | None = None, precision: str = "auto"):
     """A function texts -> L2-normalised embeddings (numpy rows) with `model`, through embx's own encoder."""
     from runner.evaluate import encode
 
     def embed(texts: list[str]) -> np.ndarray:
-        return encode(model, texts, batch_size, True, "embed texts (checks, chunking)").cpu().numpy()
+        return encode(model, texts, batch_size, True, "embed texts (checks, chunking)", precision).cpu().numpy()
 
     return embed
 
@@ -81,7 +81,9 @@ def prepare_documents(spec: Spec, model: SentenceTransformer, cache_dir: Path) -
             kept.append(doc)
     if not kept:
         raise DataError([f"{folder}: no readable document", *(f"{s.item}: {s.reason}" for s in skipped)])
-    chunks, chunk_skips = chunk_documents(kept, spec.chunking, model.tokenizer, embedder(model))
+    chunks, chunk_skips = chunk_documents(
+        kept, spec.chunking, model.tokenizer, embedder(model, spec.eval.batch_size, spec.eval.precision)
+    )
     skipped += chunk_skips
     fine = [c for c in chunks if c.level == "fine"]
     if not fine:

@@ -103,15 +103,31 @@ def cross_device(spec: Spec) -> bool:
     return spec.train.cross_device_negatives and dist_env()[2] > 1
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """Turn ``auto`` into fp32/bf16/fp16 for the device; half precision needs CUDA."""
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX), where bf16 autocast pays off."""
+    import torch
+
+    checker = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(checker and checker())
+
+
+def resolve_precision(precision: str, device: str, inference: bool = False) -> str:
+    """Turn ``auto`` into fp32/bf16/fp16 for the device.
+
+    auto on CUDA: bf16 where supported, else fp16 (fp16 for inference, `inference`, which has more mantissa
+    bits and is supported everywhere); on CPU bf16 with AMX matrix units, else fp32. fp16 needs CUDA.
+    """
     import torch
 
     if device != "cuda":
-        if precision in ("bf16", "fp16"):
-            raise ValueError(f"train.precision {precision} needs a CUDA GPU; this run is on {device}")
-        return "fp32"
+        if precision == "fp16":
+            raise ValueError(f"precision fp16 needs a CUDA GPU; this run is on {device}")
+        if precision == "auto":
+            return "bf16" if device == "cpu" and cpu_has_bf16_matrix_units() else "fp32"
+        return precision
     if precision == "auto":
+        if inference:
+            return "fp16"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
 

@@ -1,4 +1,8 @@
-"""The sentence-transformers backend: SentenceTransformerTrainer with MNRL and per-epoch dev evaluation."""
+"""The sentence-transformers backend: MNRL over sentence-transformers modules, with per-epoch dev evaluation.
+
+Training runs in embx's own loop (:mod:`runner.train.fast`) in one process, or in SentenceTransformerTrainer
+(``train.loop: trainer``, and always under torchrun).
+"""
 
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ def _dataset(pairs: list[Pair], query_prefix: str, passage_prefix: str):
 
 
 class SentenceTransformersBackend:
-    """Fine-tuning with sentence-transformers' own trainer, loss and no-duplicates batch sampler."""
+    """Fine-tuning with sentence-transformers' modules and loss, in embx's loop or SentenceTransformerTrainer."""
 
     name = "sentence-transformers"
 
@@ -86,9 +90,13 @@ class SentenceTransformersBackend:
         else:
             loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=cross_device(spec))
 
-        world = dist_env()[2]
-        steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         evaluate = dev is not None
+        world = dist_env()[2]
+        if cfg.loop == "embx" or (cfg.loop == "auto" and world == 1):
+            from runner.train.fast import train_loop
+
+            return train_loop(model, loss, pairs, spec, dev if evaluate else None, precision)
+        steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         keep_best = evaluate and stopping is not None
         args = SentenceTransformerTrainingArguments(
             output_dir=str(workdir / "checkpoints"),
@@ -150,4 +158,5 @@ class SentenceTransformersBackend:
             samples=round(len(pairs) * (state.epoch or 0.0)),
             steps=state.global_step,
             precision=precision,
+            details={"loop": "trainer"},
         )

@@ -1,0 +1,342 @@
+"""embx's own training loop for the sentence-transformers backend (``train.loop: embx``).
+
+It trains the same SentenceTransformer modules with the same sentence-transformers loss (MNRL or its cached
+variant), AdamW with the same parameter groups, linear warm-up/decay schedule and gradient clipping as
+SentenceTransformerTrainer, and keeps the no-duplicates guarantee for in-batch negatives. What it changes is how
+the work reaches the model (each step measured in bench/README.md):
+
+- every text is tokenised once, before the first epoch, instead of in the collator at every step;
+- batches are length-bucketed: pairs are shuffled, cut into windows of ``BUCKET_WINDOW`` batches, sorted by
+  length inside a window and batched there, and the batch order is shuffled again, so each batch pads to about
+  its own length instead of the longest text in a random batch;
+- padding is per column (queries pad to the longest query of the batch, passages to the longest passage);
+- autocast (bf16 on GPUs and AMX CPUs) over fp32 master weights, fused AdamW, and no host synchronisation
+  per step: the loss is accumulated on the device and read only when it is logged;
+- the best epoch's weights are kept in memory for early stopping (no checkpoint written to disk);
+- optional ``torch.compile`` of the transformer with dynamic shapes (``train.compile``).
+
+Under torchrun (several processes) the backend uses SentenceTransformerTrainer instead (``train.loop: auto``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from runner.train import DEV_NAME, DevEval, TrainOutcome
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from runner.data.types import Pair
+    from runner.spec import Spec
+
+log = logging.getLogger(__name__)
+
+BUCKET_WINDOW = 32
+"""Batches per length-sorting window: larger pads less, smaller keeps batches more random."""
+
+
+@dataclass
+class Columns:
+    """The training texts as token ids, each distinct text tokenised once.
+
+    Attributes:
+        ids: Token ids of each distinct text (truncated to the model's max_seq_length, special tokens included).
+        rows: For each pair, the index into `ids` of its query, positive and negatives (the loss's columns).
+        extra: Other per-token inputs the tokenizer returned (e.g. token_type_ids), by name, aligned with `ids`.
+        seconds: Time spent tokenising.
+
+    """
+
+    ids: list[list[int]]
+    rows: list[tuple[int, ...]]
+    extra: dict[str, list[list[int]]]
+    seconds: float
+
+    def lengths(self, row: int) -> tuple[int, ...]:
+        """Token counts of one pair's texts."""
+        return tuple(len(self.ids[t]) for t in self.rows[row])
+
+
+def tokenize_pairs(
+    model: SentenceTransformer, pairs: Sequence[Pair], query_prefix: str, passage_prefix: str
+) -> Columns:
+    """Tokenise every distinct text of `pairs` once, with the model's tokenizer and max_seq_length.
+
+    Pairs must all have the same number of negatives (the caller trims them), so the columns line up.
+    """
+    started = time.perf_counter()
+    width = min((len(p.negatives) for p in pairs), default=0)
+    texts: dict[str, int] = {}
+    rows = []
+    for p in pairs:
+        row = [query_prefix + p.query, passage_prefix + p.positive]
+        row += [passage_prefix + n for n in p.negatives[:width]]
+        rows.append(tuple(texts.setdefault(t, len(texts)) for t in row))
+    encoded = model.tokenizer(
+        list(texts), truncation="longest_first", max_length=model.max_seq_length, padding=False, verbose=False
+    )
+    ids = encoded["input_ids"]
+    extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
+    return Columns(ids=ids, rows=rows, extra=extra, seconds=time.perf_counter() - started)
+
+
+def plan_batches(columns: Columns, batch_size: int, rng: random.Random, buckets: bool) -> list[list[int]]:
+    """Batches of pair indices for one epoch, no text twice in a batch, length-bucketed when `buckets`.
+
+    Pairs are shuffled; with `buckets`, each window of ``BUCKET_WINDOW`` batches is sorted by (positive length,
+    query length) before it is cut into batches. A pair whose text is already in the batch being filled waits
+    for the next one (as sentence-transformers' NoDuplicatesBatchSampler does). The order of the full batches is
+    shuffled, so long and short batches alternate at random. Smaller batches of what is left come last. A pair
+    that would be alone in a batch without negatives (nothing to learn from) joins an earlier batch that lacks its
+    texts (which then holds batch_size + 1 pairs); only if there is none is it left out of this epoch.
+    """
+    order = list(range(len(columns.rows)))
+    rng.shuffle(order)
+    window = batch_size * BUCKET_WINDOW if buckets else len(order)
+    batches: list[list[int]] = []
+    waiting: list[int] = []
+    batch: list[int] = []
+    seen: set[int] = set()
+    for start in range(0, len(order), window):
+        chunk = waiting + batch + order[start : start + window]
+        if buckets:
+            chunk.sort(key=lambda i: columns.lengths(i)[1:2] + columns.lengths(i)[:1])
+        waiting, batch, seen = [], [], set()
+        for i in chunk:
+            waiting += _take(columns, batch, seen, [i], batch_size)
+            while len(batch) == batch_size:
+                batches.append(batch)
+                batch, seen = [], set()
+                waiting = _take(columns, batch, seen, waiting, batch_size)  # waiting pairs go first
+    rng.shuffle(batches)
+    # What is left: pairs that collide with each other go to further, smaller batches at the end of the epoch. A
+    # pair left alone without negatives would learn nothing there: it joins an earlier batch that lacks its texts.
+    waiting = batch + waiting
+    while waiting:
+        batch, seen = [], set()
+        waiting = _take(columns, batch, seen, waiting, batch_size)
+        if len(batch) > 1 or len(columns.rows[batch[0]]) > 2:
+            batches.append(batch)
+            continue
+        texts = set(columns.rows[batch[0]])
+        home = next(
+            (b for b in batches if len(b) <= batch_size and not any(texts & set(columns.rows[j]) for j in b)), None
+        )
+        if home is not None:
+            home.append(batch[0])
+    return batches
+
+
+def _take(columns: Columns, batch: list[int], seen: set[int], candidates: list[int], size: int) -> list[int]:
+    """Add to `batch` (up to `size`) each candidate none of whose texts is in `seen`; return the others."""
+    rest = []
+    for i in candidates:
+        texts = columns.rows[i]
+        if len(batch) == size or seen.intersection(texts):
+            rest.append(i)
+        else:
+            batch.append(i)
+            seen.update(texts)
+    return rest
+
+
+def collate(
+    columns: Columns, batch: list[int], pad_id: int, multiple: int
+) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Padded feature dicts, one per column (query, positive, negatives), and the real token count.
+
+    Each column pads to its own longest text in the batch, rounded up to `multiple` (8 on GPUs, for tensor
+    cores; 1 on CPU).
+    """
+    import torch
+
+    features = []
+    tokens = 0
+    for col in range(len(columns.rows[batch[0]])):
+        texts = [columns.rows[i][col] for i in batch]
+        lengths = [len(columns.ids[t]) for t in texts]
+        width = -(-max(lengths) // multiple) * multiple
+        tokens += sum(lengths)
+        ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), width), dtype=torch.long)
+        feats = {"input_ids": ids, "attention_mask": mask}
+        for name in columns.extra:
+            feats[name] = torch.zeros((len(texts), width), dtype=torch.long)
+        for r, (t, n) in enumerate(zip(texts, lengths)):
+            ids[r, :n] = torch.as_tensor(columns.ids[t])
+            mask[r, :n] = 1
+            for name, values in columns.extra.items():
+                feats[name][r, :n] = torch.as_tensor(values[t])
+        features.append(feats)
+    return features, tokens
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: str) -> torch.optim.Optimizer:
+    """AdamW with the Trainer's parameter groups (no decay on biases and LayerNorm weights), fused if possible."""
+    import torch
+    from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decay = set(get_parameter_names(model, ALL_LAYERNORM_LAYERS))
+    decay = {n for n in decay if "bias" not in n}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        log.debug("fused AdamW not available on %s; using the foreach implementation", device)
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def train_loop(
+    model: SentenceTransformer,
+    loss_fn: torch.nn.Module,
+    pairs: Sequence[Pair],
+    spec: Spec,
+    dev: DevEval | None,
+    precision: str,
+) -> TrainOutcome:
+    """Fine-tune `model` with `loss_fn` on `pairs` as `spec.train` says; see the module docstring.
+
+    Args:
+        model: The model, on its training device.
+        loss_fn: A sentence-transformers loss over (query, positive, negatives...) feature dicts.
+        pairs: Training pairs (prefixes not applied).
+        spec: The run's spec (train, model prefixes, eval.main).
+        dev: Scores the dev split after each epoch (None: no dev split).
+        precision: fp32, bf16 or fp16 (resolved for the device).
+
+    Returns:
+        The outcome, with `details` holding tokens, padding efficiency and the loop's settings.
+
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from runner.progress import task
+
+    cfg = spec.train
+    device = model.device
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    columns = tokenize_pairs(model, pairs, spec.model.query_prefix, spec.model.passage_prefix)
+    pad_id = model.tokenizer.pad_token_id or 0
+    multiple = 8 if device.type == "cuda" else 1
+    steps_per_epoch = len(plan_batches(columns, cfg.batch_size, random.Random(cfg.seed), cfg.length_buckets))
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = _optimizer(model, cfg.learning_rate, cfg.weight_decay, device.type)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    amp = precision in ("bf16", "fp16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if cfg.compile:
+        model[0].auto_model.compile(dynamic=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    stopping = cfg.early_stopping
+    dev_metric = stopping.metric if stopping else spec.eval.main
+    logging_steps = max(1, steps_per_epoch // 10)
+
+    log_rows: list[tuple[int, float, str, float]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    bad_epochs = 0
+    step = epochs_run = tokens = padded = 0
+    eval_seconds = 0.0
+    running = torch.zeros((), device=device)
+    running_n = 0
+    grad_norm = torch.zeros((), device=device)
+    started = time.perf_counter()
+    with task("train", total_steps) as (bar, tid):
+        for epoch in range(cfg.epochs):
+            model.train()
+            for batch in plan_batches(columns, cfg.batch_size, rng, cfg.length_buckets):
+                features, n_tokens = collate(columns, batch, pad_id, multiple)
+                tokens += n_tokens
+                padded += sum(f["input_ids"].numel() for f in features)
+                features = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in features]
+                with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                    loss = loss_fn(features, None)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                running += loss.detach().float()
+                running_n += 1
+                step += 1
+                bar.update(tid, completed=step)
+                if step % logging_steps == 0:  # the only host synchronisation: a few times per epoch
+                    at = step / steps_per_epoch
+                    log_rows.append((step, at, "loss", float(running) / running_n))
+                    log_rows.append((step, at, "learning_rate", scheduler.get_last_lr()[0]))
+                    log_rows.append((step, at, "grad_norm", float(grad_norm)))
+                    running.zero_()
+                    running_n = 0
+            epochs_run = epoch + 1
+            if dev is None:
+                continue
+            model.eval()
+            dev_started = time.perf_counter()
+            metrics = dev(model)
+            eval_seconds += time.perf_counter() - dev_started
+            for key, value in metrics.items():
+                log_rows.append((step, float(epochs_run), f"{DEV_NAME}_{key}", float(value)))
+            score = metrics[dev_metric]
+            log.info("epoch %d: dev %s = %.4f", epochs_run, dev_metric, score)
+            if stopping is None:
+                continue
+            if best is None or score > best[0]:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best, bad_epochs = (score, epochs_run, state), 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= stopping.patience:
+                    log.info("early stopping after epoch %d (best: epoch %d)", epochs_run, best[1])
+                    break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    best_epoch = epochs_run
+    if best is not None:
+        model.load_state_dict(best[2])
+        best_epoch = best[1]
+    model.eval()
+    return TrainOutcome(
+        model=model.float(),
+        log=log_rows,
+        epochs_run=epochs_run,
+        best_epoch=best_epoch,
+        seconds=seconds,
+        eval_seconds=eval_seconds,
+        samples=len(pairs) * epochs_run,
+        steps=step,
+        precision=precision,
+        details={
+            "loop": "embx",
+            "tokens": tokens,
+            "padded_tokens": padded,
+            "padding_efficiency": round(tokens / padded, 4) if padded else None,
+            "tokenize_seconds": round(columns.seconds, 3),
+            "length_buckets": cfg.length_buckets,
+            "compile": cfg.compile,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    )

@@ -1,0 +1,140 @@
+"""embx's training loop (runner.train.fast): batching, padding, and equivalence with SentenceTransformerTrainer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from runner.data.types import Pair
+from runner.spec import Spec
+from runner.train.fast import Columns, collate, plan_batches, tokenize_pairs
+
+
+def columns_of(lengths: list[tuple[int, int]], shared: int = 0) -> Columns:
+    """Fake token columns: pair i has a query and a positive of the given lengths; the first `shared` pairs
+    share one positive (so they must never meet in a batch)."""
+    ids, rows = [], []
+    common = None
+    for i, (q, p) in enumerate(lengths):
+        ids.append([1] * q)
+        query = len(ids) - 1
+        if i < shared:
+            if common is None:
+                common = len(ids)
+                ids.append([2] * p)
+            rows.append((query, common))
+        else:
+            ids.append([3] * p)
+            rows.append((len(ids) - 2, len(ids) - 1))
+    return Columns(ids=ids, rows=rows, extra={}, seconds=0.0)
+
+
+@pytest.mark.parametrize("buckets", [True, False])
+def test_batches_never_repeat_a_text_and_cover_every_pair(buckets):
+    rng = random.Random(0)
+    cols = columns_of([(rng.randint(3, 20), rng.randint(5, 200)) for _ in range(1000)], shared=40)
+    batches = plan_batches(cols, 16, random.Random(1), buckets)
+    for batch in batches:
+        texts = [t for i in batch for t in cols.rows[i]]
+        assert len(texts) == len(set(texts))
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen))
+    # The 40 pairs sharing one positive never meet; those left over at the end join earlier batches (one more
+    # pair there) rather than train alone on nothing: every pair is trained once.
+    assert sorted(seen) == list(range(1000)) and all(1 < len(b) <= 17 for b in batches)
+    assert sum(len(b) >= 16 for b in batches) >= 1000 // 16 - 2
+
+
+def test_length_buckets_pad_less_and_shuffle_with_the_seed():
+    rng = random.Random(0)
+    cols = columns_of([(rng.randint(3, 30), rng.randint(5, 250)) for _ in range(2000)])
+
+    def efficiency(batches):
+        real = padded = 0
+        for b in batches:
+            for col in range(2):
+                lengths = [len(cols.ids[cols.rows[i][col]]) for i in b]
+                real += sum(lengths)
+                padded += max(lengths) * len(lengths)
+        return real / padded
+
+    bucketed = plan_batches(cols, 32, random.Random(1), True)
+    plain = plan_batches(cols, 32, random.Random(1), False)
+    assert efficiency(bucketed) > 0.85 and efficiency(plain) < 0.65
+    assert plan_batches(cols, 32, random.Random(1), True) == bucketed
+    assert plan_batches(cols, 32, random.Random(2), True) != bucketed
+    # Batches are not in length order: long and short ones alternate.
+    firsts = [len(cols.ids[cols.rows[b[0]][1]]) for b in bucketed[:20]]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("fast"), seed=3, dropout=0.0, max_seq_length=24)
+
+
+def test_collate_gives_what_sentence_transformers_tokenises(model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    pairs = [
+        Pair("what lowers blood pressure", "Less salt and regular exercise lower blood pressure " * 3),
+        Pair("iron", "Red meat, lentils and spinach hold iron."),
+        Pair("a much longer question about the side effects of statins in older adults", "Muscle pain."),
+    ]
+    cols = tokenize_pairs(model, pairs, "query: ", "passage: ")
+    features, tokens = collate(cols, [0, 1, 2], model.tokenizer.pad_token_id, multiple=1)
+    for col, texts in enumerate([["query: " + p.query for p in pairs], ["passage: " + p.positive for p in pairs]]):
+        expected = model.preprocess(texts)
+        assert torch.equal(features[col]["input_ids"], expected["input_ids"])
+        assert torch.equal(features[col]["attention_mask"], expected["attention_mask"])
+        assert torch.equal(features[col]["token_type_ids"], expected["token_type_ids"])
+    assert tokens == sum(int(f["attention_mask"].sum()) for f in features)
+    assert features[1]["input_ids"].shape[1] == 24  # truncated to max_seq_length, as sentence-transformers does
+    rounded, _ = collate(cols, [0, 1, 2], model.tokenizer.pad_token_id, multiple=8)
+    assert rounded[0]["input_ids"].shape[1] % 8 == 0
+
+
+def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir):
+    """One batch per epoch, no dropout, fp32: both loops see the same batch and take the same AdamW steps."""
+    from sentence_transformers import SentenceTransformer
+
+    from runner.train import get_backend
+
+    words = ["salt", "iron", "bone", "sleep", "heart", "liver", "skin", "lung", "eye", "gut", "vein", "nerve"]
+    pairs = [Pair(f"what about {w}", f"The {w} needs care: facts about {w} and health.") for w in words]
+    outcomes = {}
+    for loop in ("embx", "trainer"):
+        spec = Spec.model_validate(
+            {
+                "name": "equivalence",
+                "model": {"base": str(model_dir), "max_seq_length": 24},
+                "data": {"path": str(tiny_beir), "splits": {"dev": None}},
+                "negatives": {"mode": "in-batch"},
+                "train": {
+                    "loop": loop,
+                    "epochs": 3,
+                    "batch_size": 16,
+                    "learning_rate": 1e-3,
+                    "warmup_ratio": 0.0,
+                    "weight_decay": 0.01,
+                    "precision": "fp32",
+                    "early_stopping": None,
+                },
+            }
+        )
+        model = SentenceTransformer(str(model_dir), device="cpu")
+        outcomes[loop] = get_backend("sentence-transformers").train(model, pairs, spec, None, model_dir.parent / loop)
+    fast, trainer = outcomes["embx"], outcomes["trainer"]
+    assert fast.details["loop"] == "embx" and trainer.details["loop"] == "trainer"
+    assert fast.steps == trainer.steps == 3 and fast.samples == trainer.samples == 36
+    losses = {k: [r[3] for r in o.log if r[2] == "loss"] for k, o in outcomes.items()}
+    assert losses["embx"] == pytest.approx(losses["trainer"], abs=1e-4)  # the trainer logs 4 decimals
+    assert losses["embx"][-1] < losses["embx"][0]
+    weights = trainer.model.state_dict()
+    for name, value in fast.model.state_dict().items():
+        assert torch.allclose(value, weights[name], atol=1e-5), name
