@@ -30,7 +30,7 @@ def columns_of(lengths: list[tuple[int, int]], shared: int = 0) -> Columns:
         else:
             ids.append([3] * p)
             rows.append((len(ids) - 2, len(ids) - 1))
-    return Columns(ids=ids, rows=rows, extra={}, seconds=0.0)
+    return Columns.build({"input_ids": ids}, rows)
 
 
 @pytest.mark.parametrize("buckets", [True, False])
@@ -57,7 +57,7 @@ def test_length_buckets_pad_less_and_shuffle_with_the_seed():
         real = padded = 0
         for b in batches:
             for col in range(2):
-                lengths = [len(cols.ids[cols.rows[i][col]]) for i in b]
+                lengths = [cols.lengths(i)[col] for i in b]
                 real += sum(lengths)
                 padded += max(lengths) * len(lengths)
         return real / padded
@@ -68,7 +68,7 @@ def test_length_buckets_pad_less_and_shuffle_with_the_seed():
     assert plan_batches(cols, 32, random.Random(1), True) == bucketed
     assert plan_batches(cols, 32, random.Random(2), True) != bucketed
     # Batches are not in length order: long and short ones alternate.
-    firsts = [len(cols.ids[cols.rows[b[0]][1]]) for b in bucketed[:20]]
+    firsts = [cols.lengths(b[0])[1] for b in bucketed[:20]]
     assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
 
 

@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from runner.train import DEV_NAME, DevEval, TrainOutcome
@@ -45,24 +46,48 @@ BUCKET_WINDOW = 32
 
 @dataclass
 class Columns:
-    """The training texts as token ids, each distinct text tokenised once.
+    """The training texts as token ids, each distinct text tokenised once, stored flat for gathering.
 
     Attributes:
-        ids: Token ids of each distinct text (truncated to the model's max_seq_length, special tokens included).
-        rows: For each pair, the index into `ids` of its query, positive and negatives (the loss's columns).
-        extra: Other per-token inputs the tokenizer returned (e.g. token_type_ids), by name, aligned with `ids`.
+        tokens: Per tokenizer output (input_ids, token_type_ids, ...; not attention_mask): the values of all
+            texts, concatenated in text order (truncated to max_seq_length, special tokens included).
+        starts: Where each text begins in `tokens`.
+        sizes: Token count of each text.
+        rows: For each pair, the text indices of its query, positive and negatives (the loss's columns).
         seconds: Time spent tokenising.
 
     """
 
-    ids: list[list[int]]
+    tokens: dict[str, torch.Tensor]
+    starts: torch.Tensor
+    sizes: torch.Tensor
     rows: list[tuple[int, ...]]
-    extra: dict[str, list[list[int]]]
-    seconds: float
+    table: torch.Tensor
+    seconds: float = 0.0
+
+    @classmethod
+    def build(cls, encoded: dict[str, list[list[int]]], rows: list[tuple[int, ...]], seconds: float = 0.0) -> Columns:
+        """From per-text token lists by name (a tokenizer's output without padding) and the pairs' text indices."""
+        import torch
+
+        sizes = torch.as_tensor([len(ids) for ids in encoded["input_ids"]], dtype=torch.long)
+        starts = torch.zeros_like(sizes)
+        starts[1:] = torch.cumsum(sizes, 0)[:-1]
+        tokens = {
+            name: torch.as_tensor([v for ids in values for v in ids], dtype=torch.long)
+            for name, values in encoded.items()
+            if name != "attention_mask"
+        }
+        table = torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+        return cls(tokens=tokens, starts=starts, sizes=sizes, rows=rows, table=table, seconds=seconds)
+
+    @cached_property
+    def _size_list(self) -> list[int]:
+        return self.sizes.tolist()
 
     def lengths(self, row: int) -> tuple[int, ...]:
         """Token counts of one pair's texts."""
-        return tuple(len(self.ids[t]) for t in self.rows[row])
+        return tuple(self._size_list[t] for t in self.rows[row])
 
 
 def tokenize_pairs(
@@ -83,9 +108,7 @@ def tokenize_pairs(
     encoded = model.tokenizer(
         list(texts), truncation="longest_first", max_length=model.max_seq_length, padding=False, verbose=False
     )
-    ids = encoded["input_ids"]
-    extra = {k: v for k, v in encoded.items() if k not in ("input_ids", "attention_mask")}
-    return Columns(ids=ids, rows=rows, extra=extra, seconds=time.perf_counter() - started)
+    return Columns.build(dict(encoded), rows, time.perf_counter() - started)
 
 
 def plan_batches(columns: Columns, batch_size: int, rng: random.Random, buckets: bool) -> list[list[int]]:
@@ -154,27 +177,30 @@ def collate(
     """Padded feature dicts, one per column (query, positive, negatives), and the real token count.
 
     Each column pads to its own longest text in the batch, rounded up to `multiple` (8 on GPUs, for tensor
-    cores; 1 on CPU).
+    cores; 1 on CPU). The rows are gathered from the flat token store with tensor indexing: no Python loop over
+    the batch.
     """
     import torch
 
+    texts = columns.table[torch.as_tensor(batch, dtype=torch.long)]
+    last = len(columns.tokens["input_ids"]) - 1
     features = []
     tokens = 0
-    for col in range(len(columns.rows[batch[0]])):
-        texts = [columns.rows[i][col] for i in batch]
-        lengths = [len(columns.ids[t]) for t in texts]
-        width = -(-max(lengths) // multiple) * multiple
-        tokens += sum(lengths)
-        ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), width), dtype=torch.long)
-        feats = {"input_ids": ids, "attention_mask": mask}
-        for name in columns.extra:
-            feats[name] = torch.zeros((len(texts), width), dtype=torch.long)
-        for r, (t, n) in enumerate(zip(texts, lengths)):
-            ids[r, :n] = torch.as_tensor(columns.ids[t])
-            mask[r, :n] = 1
-            for name, values in columns.extra.items():
-                feats[name][r, :n] = torch.as_tensor(values[t])
+    for col in range(texts.shape[1]):
+        which = texts[:, col]
+        lengths = columns.sizes[which]
+        width = -(-int(lengths.max()) // multiple) * multiple
+        position = torch.arange(width)
+        mask = position < lengths[:, None]
+        index = (columns.starts[which, None] + position).clamp_(max=last)
+        feats = {
+            "input_ids": torch.where(mask, columns.tokens["input_ids"][index], pad_id),
+            "attention_mask": mask.long(),
+        }
+        for name, values in columns.tokens.items():
+            if name != "input_ids":
+                feats[name] = torch.where(mask, values[index], 0)
+        tokens += int(lengths.sum())
         features.append(feats)
     return features, tokens
 
