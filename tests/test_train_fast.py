@@ -138,3 +138,29 @@ def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir):
     weights = trainer.model.state_dict()
     for name, value in fast.model.state_dict().items():
         assert torch.allclose(value, weights[name], atol=1e-5), name
+
+
+def test_compile_keeps_the_steps_and_the_weight_names(model_dir, tiny_beir):
+    """train.compile: the compiled transformer takes the same steps (fp32, no dropout) and saves as before."""
+    from sentence_transformers import SentenceTransformer
+
+    from runner.train import get_backend
+
+    pairs = [Pair(f"question {i} about item {i}", f"passage {i}: item {i} is described here.") for i in range(16)]
+    outcomes = {}
+    for compile_ in (False, True):
+        spec = Spec.model_validate(
+            {
+                "name": "compile",
+                "model": {"base": str(model_dir), "max_seq_length": 24},
+                "data": {"path": str(tiny_beir), "splits": {"dev": None}},
+                "negatives": {"mode": "in-batch"},
+                "train": {"compile": compile_, "batch_size": 8, "precision": "fp32", "early_stopping": None},
+            }
+        )
+        model = SentenceTransformer(str(model_dir), device="cpu")
+        outcomes[compile_] = get_backend("sentence-transformers").train(model, pairs, spec, None, model_dir.parent)
+    plain, compiled = outcomes[False], outcomes[True]
+    assert compiled.details["compile"] is True
+    assert [r[3] for r in compiled.log if r[2] == "loss"] == pytest.approx([r[3] for r in plain.log if r[2] == "loss"])
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
