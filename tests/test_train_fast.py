@@ -64,7 +64,16 @@ def test_length_buckets_pad_less_and_shuffle_with_the_seed():
 
     bucketed = plan_batches(cols, 32, random.Random(1), True)
     plain = plan_batches(cols, 32, random.Random(1), False)
-    assert efficiency(bucketed) > 0.85 and efficiency(plain) < 0.65
+    assert efficiency(bucketed) > 0.75 and efficiency(plain) < 0.65
+    # The length jitter is drawn anew each epoch: batches differ between epochs, so a query does not meet the
+    # same in-batch negatives every time.
+    rng = random.Random(1)
+    first, second = plan_batches(cols, 32, rng, True), plan_batches(cols, 32, rng, True)
+
+    def neighbours(batches):
+        return {(a, b) for batch in batches for a in batch for b in batch if a < b}
+
+    assert len(neighbours(first) & neighbours(second)) < 0.4 * len(neighbours(first))
     assert plan_batches(cols, 32, random.Random(1), True) == bucketed
     assert plan_batches(cols, 32, random.Random(2), True) != bucketed
     # Batches are not in length order: long and short ones alternate.

@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 BUCKET_WINDOW = 32
 """Batches per length-sorting window: larger pads less, smaller keeps batches more random."""
 
+LENGTH_JITTER = 0.2
+"""Pairs are sorted by positive length times a random factor in [1 - j, 1 + j], drawn anew each epoch. Sorted by
+the exact length, a window falls into the same batches every epoch (86% of in-batch neighbours recurred between
+two epochs of 2,000 financial_qa_10k pairs), so each query would meet the same in-batch negatives again; with
+0.2, 24% recur, and 67% of the padded tokens are real instead of 74%. Measured effect on the medical demo (3
+epochs, one window): exact sorting kept dev-best epoch 1 and lost about 0.01 test NDCG@10 to random batches."""
+
 
 @dataclass
 class Columns:
@@ -114,12 +121,12 @@ def tokenize_pairs(
 def plan_batches(columns: Columns, batch_size: int, rng: random.Random, buckets: bool) -> list[list[int]]:
     """Batches of pair indices for one epoch, no text twice in a batch, length-bucketed when `buckets`.
 
-    Pairs are shuffled; with `buckets`, each window of ``BUCKET_WINDOW`` batches is sorted by (positive length,
-    query length) before it is cut into batches. A pair whose text is already in the batch being filled waits
-    for the next one (as sentence-transformers' NoDuplicatesBatchSampler does). The order of the full batches is
-    shuffled, so long and short batches alternate at random. Smaller batches of what is left come last. A pair
-    that would be alone in a batch without negatives (nothing to learn from) joins an earlier batch that lacks its
-    texts (which then holds batch_size + 1 pairs); only if there is none is it left out of this epoch.
+    Pairs are shuffled; with `buckets`, each window of ``BUCKET_WINDOW`` batches is sorted by positive length,
+    jittered by ``LENGTH_JITTER``, before it is cut into batches. A pair whose text is already in the batch being
+    filled waits for the next one (as sentence-transformers' NoDuplicatesBatchSampler does). The order of the full
+    batches is shuffled, so long and short batches alternate at random. Smaller batches of what is left come last.
+    A pair that would be alone in a batch without negatives (nothing to learn from) joins an earlier batch that
+    lacks its texts (which then holds batch_size + 1 pairs); only if there is none is it left out of this epoch.
     """
     order = list(range(len(columns.rows)))
     rng.shuffle(order)
@@ -131,7 +138,8 @@ def plan_batches(columns: Columns, batch_size: int, rng: random.Random, buckets:
     for start in range(0, len(order), window):
         chunk = waiting + batch + order[start : start + window]
         if buckets:
-            chunk.sort(key=lambda i: columns.lengths(i)[1:2] + columns.lengths(i)[:1])
+            jitter = {i: 1 + rng.uniform(-LENGTH_JITTER, LENGTH_JITTER) for i in chunk}
+            chunk.sort(key=lambda i: columns.lengths(i)[1] * jitter[i])
         waiting, batch, seen = [], [], set()
         for i in chunk:
             waiting += _take(columns, batch, seen, [i], batch_size)
