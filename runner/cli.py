@@ -9,8 +9,6 @@ from pathlib import Path
 
 import click
 
-from runner import store
-
 EXIT_BAD_INPUT = 2
 
 db_option = click.option(
@@ -100,6 +98,8 @@ def run(
     With --nproc-per-node/--nnodes (or train.distributed in the spec) training runs through torchrun; on
     machines with --node-rank > 0 embx only trains, following node 0's jobs.
     """
+    from runner import store
+
     overrides += tuple(f"train.distributed.{k}={v}" for k, v in distributed.items() if v is not None)
     loaded = _load(spec, overrides)
     _setup_logging(verbose)
@@ -198,6 +198,8 @@ def search(
     verbose: bool,
 ) -> None:
     """Optuna search over SPEC's `search:` space: trials scored on dev, the best spec tested once."""
+    from runner import store
+
     loaded = _load(spec, overrides)
     _setup_logging(verbose)
     from runner.search import SearchError, default_storage, run_search, run_worker
@@ -231,6 +233,7 @@ def search(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls(db: str | None, experiment: str | None, as_json: bool) -> None:
     """List runs, newest first."""
+    from runner import store
     from runner.summary import print_runs
 
     runs = _read(lambda path: store.list_runs(path, experiment), db)
@@ -246,6 +249,7 @@ def ls(db: str | None, experiment: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(run_id: str, db: str | None, as_json: bool) -> None:
     """Show one run (RUN_ID or a unique prefix): spec, metrics, training log."""
+    from runner import store
     from runner.summary import print_run
 
     try:
@@ -265,6 +269,7 @@ def show(run_id: str, db: str | None, as_json: bool) -> None:
 @click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
 def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> None:
     """Render the HTML ablation report of one or more experiments."""
+    from runner import store
     from runner.report import build_report
 
     paths = list(dbs) or [store.default_db()]
@@ -278,6 +283,8 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
 
 
 def _read(fn, db: str | None):
+    from runner import store
+
     path = db or store.default_db()
     try:
         store.reap_stale(path)
