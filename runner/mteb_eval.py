@@ -208,6 +208,9 @@ def _run(
     import mteb
     from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+    from runner.evaluate import inference_settings
+
+    batch_size = inference_settings(model, batch_size, precision)[0]  # mteb's dataloader needs a number
     bars_were_on = not are_progress_bars_disabled()
     disable_progress_bars()
     try:

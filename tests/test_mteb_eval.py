@@ -49,7 +49,8 @@ def tiny_data(tiny_beir):
 def compare(model, spec, corpus, queries, qrels, label):
     """Native and mteb metrics of one model on one split, printed side by side; returns both."""
     native = evaluate(model, None, CorpusIndex(corpus), queries, qrels, spec, METRICS, depth=100, batch_size=16)
-    via_mteb = mteb_local_scores(model, spec, corpus, queries, qrels, METRICS, batch_size=16)
+    # batch_size None: the spec's default (eval.batch_size by device), which mteb's dataloader must get as a number.
+    via_mteb = mteb_local_scores(model, spec, corpus, queries, qrels, METRICS, batch_size=None)
     print(f"\n{label} ({len(qrels)} queries, {len(corpus)} passages)")
     for key in METRICS:
         print(f"  {key:12s} native {native.metrics[key]:.6f}  mteb {via_mteb[key]:.6f}")
