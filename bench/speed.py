@@ -89,7 +89,7 @@ for _path in (str(HERE), str(ROOT)):  # peer_st (bench/) and the working tree's 
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from peer_st import read_beir  # noqa: E402
+from peer_st import peer_evaluator, peer_trainer, read_beir  # noqa: E402
 
 SEED = 42
 SIDES = ("peer", "embx")
@@ -326,16 +326,12 @@ def run_peer(work: dict[str, Any], device: str) -> dict[str, Any]:
     """The plain sentence-transformers recipe (bench/peer_st.py): load, evaluate, train, evaluate."""
     s = work["settings"]
     started = time.perf_counter()
+    # Imported up front (peer_trainer and peer_evaluator import them again for free), so the train and eval
+    # seconds do not include importing them, as on the embx side.
+    import datasets  # noqa: F401
     import torch
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.base.sampler import BatchSamplers
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer  # noqa: F401
+    from sentence_transformers.sentence_transformer import evaluation, losses  # noqa: F401
 
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - started}
     bf16 = device == "cuda"
@@ -348,18 +344,8 @@ def run_peer(work: dict[str, Any], device: str) -> dict[str, Any]:
         model.float()
     sync(device)
     out["load_seconds"] = time.perf_counter() - start
-    evaluator = InformationRetrievalEvaluator(
-        work["queries"],
-        work["corpus"],
-        {q: set(docs) for q, docs in work["qrels"].items()},
-        name="test",
-        batch_size=s["eval_batch_size"],
-        show_progress_bar=False,
-        ndcg_at_k=[10],
-        accuracy_at_k=[1, 10],
-        precision_recall_at_k=[1, 10],
-        mrr_at_k=[10],
-        map_at_k=[100],
+    evaluator = peer_evaluator(
+        work["queries"], work["corpus"], {q: set(docs) for q, docs in work["qrels"].items()}, s["eval_batch_size"]
     )
 
     def pick(m: dict[str, float]) -> dict[str, float]:
@@ -379,25 +365,7 @@ def run_peer(work: dict[str, Any], device: str) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="speed-peer-") as output_dir:
         t = time.perf_counter()
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=SentenceTransformerTrainingArguments(
-                output_dir=output_dir,
-                num_train_epochs=s["epochs"],
-                per_device_train_batch_size=s["batch_size"],
-                learning_rate=s["lr"],
-                warmup_ratio=0.1,
-                seed=SEED,
-                bf16=bf16,
-                batch_sampler=BatchSamplers.NO_DUPLICATES,
-                save_strategy="no",
-                report_to="none",
-                logging_steps=10,
-                use_cpu=device == "cpu",
-            ),
-            train_dataset=Dataset.from_dict({"anchor": [p[0] for p in pairs], "positive": [p[1] for p in pairs]}),
-            loss=MultipleNegativesRankingLoss(model),
-        )
+        trainer = peer_trainer(model, pairs, output_dir, s["epochs"], s["batch_size"], s["lr"], bf16, device)
         loop = time.perf_counter()
         trainer.train()
         sync(device)
@@ -420,8 +388,6 @@ def run_embx(work: dict[str, Any], device: str) -> dict[str, Any]:
     """
     s = work["settings"]
     started = time.perf_counter()
-    import inspect
-
     import datasets  # noqa: F401
     import torch
     from sentence_transformers import SentenceTransformerTrainer  # noqa: F401
@@ -444,10 +410,7 @@ def run_embx(work: dict[str, Any], device: str) -> dict[str, Any]:
     index = CorpusIndex(work["corpus"])
     qrels = {q: dict.fromkeys(docs, 1) for q, docs in work["qrels"].items()}
     # The spec decides evaluation precision where this version of embx has the setting.
-    extra: dict[str, Any] = {}
-    if "precision" in inspect.signature(evaluate).parameters and hasattr(spec.eval, "precision"):
-        extra["precision"] = spec.eval.precision
-    out["eval_precision"] = extra.get("precision", "fp32 (no eval.precision in this embx)")
+    out["eval_precision"] = spec.eval.precision
     out["eval_batch_size"] = spec.eval.batch_size
 
     def timed_eval(label: str, m: Any) -> None:
@@ -463,7 +426,7 @@ def run_embx(work: dict[str, Any], device: str) -> dict[str, Any]:
             spec.eval.metrics,
             depth=spec.eval.depth,
             batch_size=spec.eval.batch_size,
-            **extra,
+            precision=spec.eval.precision,
         )
         sync(device)
         out.setdefault("eval_seconds", {})[label] = time.perf_counter() - t

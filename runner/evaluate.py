@@ -195,8 +195,8 @@ class CorpusIndex:
         if self.disk is None or self.base_key is None:
             return None
         digest = hashlib.sha256()
-        parts = (self.base_key, device, spec.passage_prefix, str(spec.normalize), str(spec.max_seq_length))
-        for key in parts + ((precision,) if precision != "fp32" else ()):
+        m = spec
+        for key in (self.base_key, device, precision, m.passage_prefix, str(m.normalize), str(m.max_seq_length)):
             digest.update(key.encode() + b"\0")
         for doc_id, text in zip(self.ids, self.texts):
             digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")

@@ -267,7 +267,8 @@ def train_loop(
     columns = tokenize_pairs(model, pairs, spec.model.query_prefix, spec.model.passage_prefix)
     pad_id = model.tokenizer.pad_token_id or 0
     multiple = 8 if device.type == "cuda" else 1
-    steps_per_epoch = len(plan_batches(columns, cfg.batch_size, random.Random(cfg.seed), cfg.length_buckets))
+    first_epoch = plan_batches(columns, cfg.batch_size, rng, cfg.length_buckets)  # its length sizes the schedule
+    steps_per_epoch = len(first_epoch)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = _optimizer(model, cfg.learning_rate, cfg.weight_decay, device.type)
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
@@ -293,7 +294,8 @@ def train_loop(
     with task("train", total_steps) as (bar, tid):
         for epoch in range(cfg.epochs):
             model.train()
-            for batch in plan_batches(columns, cfg.batch_size, rng, cfg.length_buckets):
+            batches = first_epoch if epoch == 0 else plan_batches(columns, cfg.batch_size, rng, cfg.length_buckets)
+            for batch in batches:
                 features, n_tokens = collate(columns, batch, pad_id, multiple)
                 tokens += n_tokens
                 padded += sum(f["input_ids"].numel() for f in features)
