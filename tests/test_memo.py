@@ -1,0 +1,82 @@
+"""Golden values of the identities the store and the caches persist.
+
+These keys name rows in results stores and files in embedding/LLM caches that users already have: a refactor
+that changes one silently makes old stores miss their finished variants and old caches miss their files. The
+values were recorded before the pipeline was split into stages (commit b86a61e) and must never change by
+accident; change one only on purpose, with a migration note.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from runner.evaluate import CorpusIndex
+from runner.pipeline import baseline_key, data_key, model_key
+from runner.spec import LLMSpec, Spec
+
+FIXED_NS = 1_700_000_000_000_000_000  # every file's mtime, so fingerprints do not depend on when the test ran
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    os.utime(path, ns=(FIXED_NS, FIXED_NS))
+
+
+@pytest.fixture
+def golden_dir(tmp_path: Path, monkeypatch) -> Path:
+    """A fixed BEIR set and a fake model folder, at relative paths, with fixed sizes and mtimes."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "data/corpus.jsonl", '{"_id": "d1", "title": "t", "text": "heart attack"}\n')
+    _write(tmp_path / "data/queries.jsonl", '{"_id": "q1", "text": "chest pain"}\n')
+    for split in ("train", "dev", "test"):
+        _write(tmp_path / f"data/qrels/{split}.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    _write(tmp_path / "model/config.json", '{"hidden_size": 32}\n')
+    _write(tmp_path / "model/modules.json", "[]\n")
+    return tmp_path
+
+
+def _spec(**changes) -> Spec:
+    spec = Spec.model_validate({"name": "golden", "model": {"base": "./model"}, "data": {"path": "data"}})
+    return spec.variant(changes) if changes else spec
+
+
+def test_spec_hash_is_frozen(golden_dir):
+    assert _spec().spec_hash() == "8550937f14fea47e"
+    assert _spec(**{"train.learning_rate": 1e-5}).spec_hash() == "697eeb9186b67065"
+
+
+def test_data_key_is_frozen(golden_dir):
+    assert data_key(_spec()) == "c8fcdb4d53d204db"
+    # the training sample drawn from the data is not part of it
+    assert data_key(_spec(**{"data.limit": 10})) == data_key(_spec())
+
+
+def test_model_key_is_frozen(golden_dir):
+    assert model_key(_spec()) == "879fb319c48d1326"
+    assert model_key(_spec(**{"model.base": "org/some-model"})) is None  # hub id without a revision: no caching
+    assert model_key(_spec(**{"model.base": "org/some-model", "model.revision": "abc"})) == "52a58b2f597df4ba"
+
+
+def test_baseline_key_is_frozen(golden_dir):
+    assert baseline_key(_spec()) == "81d255127d32a1b9"
+    assert baseline_key(_spec(**{"eval.precision": "fp32"})) == "b4d88bf9c8d1808b"
+
+
+def test_embedding_cache_path_is_frozen(golden_dir):
+    spec = _spec()
+    index = CorpusIndex({"d1": "t heart attack", "d2": "kidney stone"}, Path("runs/embeddings"), model_key(spec))
+    path = index._disk_path(spec.model, "cpu", "fp32")
+    assert path == Path("runs/embeddings/b4ea1743f1300934c985ae2e.pt")
+
+
+def test_llm_cache_key_is_frozen():
+    from runner.data.queries import _cache_key
+
+    llm = LLMSpec(base_url="http://localhost:8000/v1/", model="tiny-chat")
+    assert _cache_key(llm, "Write 2 questions about: heart", 2) == (
+        "c0e947ef388c9429cd2c33d62ac822976940fb4901fe3c2c89438baabe127b80"
+    )
