@@ -12,9 +12,10 @@ Note: ``import mteb`` itself creates mteb's (empty) default cache folder, ``~/.c
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import TYPE_CHECKING, Any
+
+from runner.spec.external import check_task_names
 
 if TYPE_CHECKING:
     import numpy as np
@@ -296,36 +297,6 @@ def mteb_local_scores(
     task = _local_task(name, corpus, {q: queries[q] for q in qrels}, qrels, sorted({1, 10, depth, *ks}))
     (result,) = _run(model, model_spec, [task], batch_size, precision)
     return _flat_scores(result, TEST_SPLIT, metrics)
-
-
-def _task_names() -> list[str]:
-    """Names of every task in mteb's registry (bundled with the package: no network)."""
-    from mteb.get_tasks import TASK_LIST
-
-    return sorted(cls.metadata.name for cls in TASK_LIST)
-
-
-def check_task_names(names: list[str]) -> None:
-    """Check that each name is an mteb task, offline.
-
-    Raises:
-        ValueError: Naming every unknown task, each with up to three close matches.
-
-    """
-    import mteb
-
-    problems = []
-    by_lower: dict[str, str] = {}
-    for name in names:
-        try:
-            mteb.get_task(name)
-        except KeyError:
-            by_lower = by_lower or {n.lower(): n for n in _task_names()}
-            close = [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)]
-            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-            problems.append(f"unknown mteb task {name!r}{hint}")
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def mteb_hub_scores(

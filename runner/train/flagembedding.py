@@ -9,18 +9,23 @@ the pooling it was trained with, so embx evaluates it exactly like a model of th
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
-import re
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from runner.spec.external import DEFAULT_POOLING, parse_arguments, spec_values
+
+# The argument checks live with the spec (its validators run them); re-exported here, where they were first.
+from runner.spec.external import MANAGED as MANAGED
+from runner.spec.external import _argv as _argv
+from runner.spec.external import argument_names as argument_names
+from runner.spec.external import check_arguments as check_arguments
 from runner.train import DevEval, TrainOutcome, cross_device, ddp_backend, dist_env, log_callback, resolve_precision
 
 if TYPE_CHECKING:
@@ -30,166 +35,6 @@ if TYPE_CHECKING:
     from runner.spec import Spec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_POOLING = "cls"
-"""FlagEmbedding's default ``sentence_pooling_method`` (the bge models' pooling)."""
-
-MANAGED: dict[str, str] = {
-    "model_name_or_path": "model.base",
-    "tokenizer_name": "model.base",
-    "config_name": "model.base",
-    "train_data": "data (embx writes the JSONL)",
-    "cache_path": "nothing: embx keeps FlagEmbedding's data cache in the run's temporary folder",
-    "train_group_size": "negatives.per_query (train_group_size = 1 + per_query)",
-    "passage_max_len": "model.max_seq_length",
-    "query_instruction_for_retrieval": "model.query_prefix",
-    "query_instruction_format": "model.query_prefix (prefixes are prepended as plain text)",
-    "passage_instruction_for_retrieval": "model.passage_prefix",
-    "passage_instruction_format": "model.passage_prefix (prefixes are prepended as plain text)",
-    "knowledge_distillation": "nothing: embx writes no teacher scores",
-    "temperature": "train.scale (temperature = 1 / scale)",
-    "sentence_pooling_method": "model.pooling",
-    "normalize_embeddings": "model.normalize",
-    "output_dir": "output.save_model / output.dir",
-    "overwrite_output_dir": "output.dir",
-    "learning_rate": "train.learning_rate",
-    "num_train_epochs": "train.epochs",
-    "max_steps": "train.epochs",
-    "per_device_train_batch_size": "train.batch_size",
-    "warmup_ratio": "train.warmup_ratio",
-    "weight_decay": "train.weight_decay",
-    "seed": "train.seed",
-    "data_seed": "train.seed",
-    "bf16": "train.precision",
-    "fp16": "train.precision",
-    "use_cpu": "nothing: embx picks the device",
-    "do_train": "nothing: embx always trains",
-    "eval_strategy": "train.early_stopping (embx scores the dev split itself after every epoch)",
-    "save_strategy": "train.early_stopping",
-    "load_best_model_at_end": "train.early_stopping",
-    "metric_for_best_model": "train.early_stopping.metric",
-    "report_to": "nothing: results go to the embx store",
-    "negatives_cross_device": "train.cross_device_negatives",
-    "ddp_backend": "train.distributed.backend",
-}
-"""FlagEmbedding arguments that a spec field sets; `train.flagembedding` may not set them."""
-
-
-def _argument_classes() -> tuple[type, type, type]:
-    from FlagEmbedding.finetune.embedder.encoder_only.base import (
-        EncoderOnlyEmbedderDataArguments,
-        EncoderOnlyEmbedderModelArguments,
-        EncoderOnlyEmbedderTrainingArguments,
-    )
-
-    return EncoderOnlyEmbedderModelArguments, EncoderOnlyEmbedderDataArguments, EncoderOnlyEmbedderTrainingArguments
-
-
-def argument_names() -> list[str]:
-    """Every argument FlagEmbedding's encoder-only fine-tuning accepts (its three dataclasses)."""
-    import dataclasses
-
-    return [f.name for cls in _argument_classes() for f in dataclasses.fields(cls) if f.init]
-
-
-def _argv(values: dict[str, Any]) -> list[str]:
-    """Command-line form of argument values, as FlagEmbedding's own entry point would receive them."""
-    argv: list[str] = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv += [f"--{key}", "true" if value else "false"]
-        elif isinstance(value, list | tuple):
-            argv += [f"--{key}", *(str(v) for v in value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
-def parse_arguments(values: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """Parse argument values into FlagEmbedding's (model, data, training) argument dataclasses.
-
-    The values go through the ``HfArgumentParser`` that ``python -m FlagEmbedding.finetune.embedder.encoder_only.base``
-    uses: types are converted and checked, choices enforced and each class's own ``__post_init__`` checks run.
-
-    Raises:
-        ValueError: Naming the argument where it can ("train.flagembedding.<name>: ...").
-
-    """
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(_argument_classes())
-    parser.allow_abbrev = False  # `--temp` must not silently mean `--temperature`
-
-    def error(message: str):
-        raise ValueError(message)
-
-    parser.error = error  # argparse would print and exit
-    try:
-        return tuple(parser.parse_args_into_dataclasses(args=_argv(values), return_remaining_strings=False))
-    except ValueError as exc:
-        text = str(exc)
-        unused = re.search(r"not used by the HfArgumentParser: \[(.*)\]", text)
-        if unused:
-            names = re.findall(r"'--([^']+)'", unused.group(1))
-            name = names[0] if names else "?"
-            close = difflib.get_close_matches(name, argument_names(), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"train.flagembedding.{name}: not a FlagEmbedding argument{hint}") from None
-        named = re.search(r"argument --([A-Za-z0-9_]+)", text)
-        if named:
-            raise ValueError(f"train.flagembedding.{named.group(1)}: {text.split(': ', 1)[-1]}") from None
-        raise ValueError(f"train.flagembedding: FlagEmbedding rejects the arguments: {text}") from None
-
-
-def spec_values(spec: Spec) -> dict[str, Any]:
-    """FlagEmbedding argument values that the spec's own fields set (device, paths and pooling aside)."""
-    cfg, model = spec.train, spec.model
-    return {
-        "passage_max_len": model.max_seq_length,
-        "query_max_len": model.max_seq_length,
-        "query_instruction_for_retrieval": model.query_prefix or None,
-        "passage_instruction_for_retrieval": model.passage_prefix or None,
-        "temperature": 1.0 / cfg.scale,
-        "normalize_embeddings": model.normalize,
-        "learning_rate": cfg.learning_rate,
-        "num_train_epochs": cfg.epochs,
-        "per_device_train_batch_size": cfg.batch_size,
-        "warmup_ratio": cfg.warmup_ratio,
-        "weight_decay": cfg.weight_decay,
-        "seed": cfg.seed,
-        "data_seed": cfg.seed,
-        "save_strategy": "no",
-        "eval_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-    }
-
-
-def check_arguments(spec: Spec) -> None:
-    """Validate `train.flagembedding` against FlagEmbedding's argument classes, before anything runs.
-
-    Raises:
-        ValueError: "train.flagembedding.<name>: why" for a key that a spec field sets, that FlagEmbedding
-            does not know, or whose value it rejects.
-
-    """
-    passed = spec.train.flagembedding
-    for key in passed:
-        if key in MANAGED:
-            raise ValueError(f"train.flagembedding.{key}: set by the spec, not here: use {MANAGED[key]}")
-    values = {
-        "model_name_or_path": spec.model.base,
-        "train_data": [__file__],  # FlagEmbedding checks that the files exist; the real JSONL is written later
-        **spec_values(spec),
-        "sentence_pooling_method": spec.model.pooling or DEFAULT_POOLING,
-        "output_dir": "embx-flagembedding-check",
-        **passed,
-    }
-    parse_arguments(values)
 
 
 def _write_jsonl(pairs: list[Pair], path: Path) -> int:

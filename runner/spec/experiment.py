@@ -1,0 +1,180 @@
+"""The whole spec (:class:`Spec`) and its experiment-level sections: `output:`, `ablate:` and `search:`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from runner.spec import external
+from runner.spec.base import _Model, apply_override, check_metric
+from runner.spec.data import ChunkingSpec, DataSpec, NegativesSpec, QueriesSpec
+from runner.spec.eval import EvalSpec
+from runner.spec.model import ModelSpec
+from runner.spec.train import TrainSpec
+
+
+class OutputSpec(_Model):
+    """What is written besides the store."""
+
+    save_model: bool = Field(False, description="Keep the tuned model under `dir`/<run_id>.")
+    dir: str = Field("runs", description="Folder for saved models and checkpoints (relative: to the cwd).")
+    embedding_cache: bool = Field(
+        True,
+        description="Keep the base model's corpus embeddings under `dir`/embeddings, keyed by the model's files, "
+        "the corpus text and the encoding settings, so later runs, variants and search workers on the same "
+        "model and data do not encode the corpus again.",
+    )
+
+
+class AblateSpec(_Model):
+    """Variants of the spec, each run as its own run under the same experiment."""
+
+    mode: Literal["one-at-a-time", "grid"] = Field(
+        "one-at-a-time",
+        description="one-at-a-time: the base spec plus one variant per factor value, changing only that factor. "
+        "grid: every combination of the factor values.",
+    )
+    factors: dict[str, list[Any]] = Field(
+        ...,
+        min_length=1,
+        description="Dotted spec path -> values, e.g. {train.learning_rate: [1.0e-5, 5.0e-6]}.",
+    )
+    repeats: int = Field(1, ge=1, le=20, description="Runs per variant, with train.seed + 0, 1, ... .")
+
+    @field_validator("factors")
+    @classmethod
+    def _non_empty(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if key.split(".")[0] in ("ablate", "name"):
+                raise ValueError(f"factor {key!r}: {key.split('.')[0]} cannot be ablated")
+            if not values:
+                raise ValueError(f"factor {key!r} has no values")
+        return value
+
+
+class SearchParam(_Model):
+    """The range of one searched spec field: {low, high[, log][, step]} or {choices}."""
+
+    low: float | None = Field(None, description="Lower bound (inclusive).")
+    high: float | None = Field(None, description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale.")
+    step: float | None = Field(None, gt=0, description="Step between values (not with log).")
+    choices: list[Any] | None = Field(None, min_length=1, description="Explicit values to choose from.")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchParam:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices)")
+        if self.high < self.low:
+            raise ValueError(f"high {self.high} is below low {self.low}")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log ranges need low > 0 and no step")
+        return self
+
+
+class SearchSpec(_Model):
+    """An Optuna search over spec fields; every trial is an ordinary run, scored on the dev split."""
+
+    trials: int = Field(20, ge=1, description="Number of trials (finished or pruned) in the study.")
+    objective: str = Field("ndcg@10", description="Dev-split metric to optimise (never the test split).")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Optimisation direction.")
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="tpe (seeded), random (seeded) or grid (every combination of choices/steps)."
+    )
+    pruner: Literal["median", "none"] = Field(
+        "median", description="median: stop a trial whose per-epoch dev objective falls below the median of others."
+    )
+    seed: int = Field(42, description="Sampler seed.")
+    params: dict[str, SearchParam] = Field(
+        ..., min_length=1, description="Dotted spec path -> range, e.g. train.learning_rate: {low: 1e-6, high: 1e-4}."
+    )
+
+    _check = field_validator("objective")(classmethod(lambda cls, v: check_metric(v)))
+
+
+class Spec(_Model):
+    """One experiment: a base model, data, negatives, training and evaluation."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Experiment name.")
+    description: str = Field("", description="Free text shown in listings and reports.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
+    data: DataSpec = Field(..., description="Data source.")
+    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec, description="Chunking (documents source).")
+    queries: QueriesSpec = Field(default_factory=QueriesSpec, description="Query generation (documents source).")
+    negatives: NegativesSpec = Field(default_factory=NegativesSpec, description="Negative sampling.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs besides the store.")
+    ablate: AblateSpec | None = Field(None, description="Ablation: variants run as separate runs; see below.")
+    search: SearchSpec | None = Field(None, description="Optuna search space for `embx search`; see below.")
+
+    @model_validator(mode="after")
+    def _search_needs_dev(self) -> Spec:
+        if self.search is not None and self.data.splits.dev is None:
+            raise ValueError("data.splits.dev: search scores trials on the dev split: set data.splits.dev")
+        return self
+
+    @model_validator(mode="after")
+    def _two_stage_needs_levels(self) -> Spec:
+        if self.eval.two_stage is not None and "coarse" not in self.chunking.levels:
+            raise ValueError("eval.two_stage: two-stage retrieval needs chunking.levels: [coarse, fine]")
+        if self.eval.two_stage is not None and self.data.source != "documents":
+            raise ValueError("eval.two_stage: two-stage retrieval needs data.source: documents")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_arguments(self) -> Spec:
+        if self.train.backend != "flagembedding":
+            if self.train.flagembedding:
+                raise ValueError("train.flagembedding: only used with train.backend: flagembedding")
+            return self
+        if self.train.loss != "mnrl":
+            raise ValueError(
+                f"train.loss: {self.train.loss} is a sentence-transformers loss; FlagEmbedding trains with its "
+                "own InfoNCE (mnrl); for large batches in little memory set train.flagembedding.sub_batch_size"
+            )
+        external.check_arguments(self)  # FlagEmbedding's own argument parser
+        return self
+
+    @model_validator(mode="after")
+    def _loop(self) -> Spec:
+        if self.train.loop == "embx" and self.train.backend != "sentence-transformers":
+            raise ValueError("train.loop: embx is the sentence-transformers backend's loop; use auto")
+        if self.train.loop == "embx" and self.train.distributed.world_size > 1:
+            raise ValueError("train.loop: embx trains in one process; under torchrun use auto or trainer")
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_dev(self) -> Spec:
+        if self.train.early_stopping is not None and self.data.splits.dev is None:
+            raise ValueError(
+                "data.splits.dev: train.early_stopping needs a dev split: set data.splits.dev or early_stopping: null"
+            )
+        return self
+
+    def resolved_json(self) -> str:
+        """Canonical JSON of the resolved spec (sorted keys), the input of :meth:`spec_hash`."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def variant(self, changes: dict[str, Any]) -> Spec:
+        """A copy without `ablate`, with dotted-path changes applied and validated.
+
+        Raises:
+            pydantic.ValidationError: If a change makes the spec invalid.
+
+        """
+        data = self.model_dump(mode="json", exclude={"ablate", "search"})
+        for path, value in changes.items():
+            apply_override(data, path.split("."), value)
+        return Spec.model_validate(data)
+
+    def spec_hash(self) -> str:
+        """Content hash of the resolved spec: equal hashes mean the same experiment."""
+        return hashlib.sha256(self.resolved_json().encode()).hexdigest()[:16]

@@ -1,0 +1,122 @@
+"""The `train:` section: hyperparameters, early stopping and distributed training."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from runner.spec.base import _Model, check_metric
+
+
+class EarlyStopping(_Model):
+    """Stop when the dev metric has not improved for `patience` epochs; keep the best epoch's weights."""
+
+    metric: str = Field("recall@10", description="Dev metric to select the best epoch on.")
+    patience: int = Field(2, ge=1, description="Epochs without improvement before training stops.")
+
+    _check = field_validator("metric")(classmethod(lambda cls, v: check_metric(v)))
+
+
+class DistributedSpec(_Model):
+    """Training on several processes (GPUs) and machines through torchrun (torch.distributed.run).
+
+    Data, negative mining and evaluation happen once, in the `embx run` process of node_rank 0, which alone
+    writes the store; the training processes receive the prepared pairs. `train.batch_size` is per process.
+    """
+
+    nproc_per_node: int = Field(
+        1, ge=1, le=256, description="Training processes on this machine (one per GPU). 1 on 1 node: no launcher."
+    )
+    nnodes: int = Field(1, ge=1, le=4096, description="Machines taking part.")
+    node_rank: int = Field(
+        0, ge=0, description="This machine's rank. 0 prepares data, evaluates and records; others only train."
+    )
+    master_addr: str = Field("127.0.0.1", description="Address of the node_rank 0 machine, reachable from all.")
+    master_port: int = Field(29500, ge=1, le=65535, description="Free TCP port on the node_rank 0 machine.")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend. auto: nccl on CUDA GPUs, gloo on CPU."
+    )
+    workdir: str | None = Field(
+        None,
+        description="Folder through which node 0 hands the prepared data to the training processes; with "
+        "nnodes > 1 a folder every machine reads and writes (shared filesystem). null: a temporary folder.",
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all."""
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _ranks(self) -> DistributedSpec:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.workdir:
+            raise ValueError("nnodes > 1 needs workdir: a folder on a filesystem every machine shares")
+        return self
+
+
+class TrainSpec(_Model):
+    """Fine-tuning hyperparameters."""
+
+    backend: Literal["sentence-transformers", "flagembedding"] = Field(
+        "sentence-transformers",
+        description="Training backend. sentence-transformers: SentenceTransformerTrainer with `loss`. "
+        "flagembedding: FlagEmbedding's encoder-only embedder fine-tuning (its runner, model and trainer; "
+        "train_group_size = 1 + negatives.per_query, temperature = 1 / scale, pooling = model.pooling or the "
+        "model's own).",
+    )
+    loss: Literal["mnrl", "cached-mnrl"] = Field(
+        "mnrl",
+        description="mnrl: MultipleNegativesRankingLoss (InfoNCE). cached-mnrl: the GradCache variant, for "
+        "large batches in little memory.",
+    )
+    scale: float = Field(20.0, gt=0, description="Similarity scale of the loss (1 / temperature).")
+    epochs: int = Field(1, ge=1, le=100, description="Maximum number of epochs.")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(32, ge=2, description="Pairs per batch; every other pair's positive is a negative.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear learning-rate warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Autocast precision over fp32 master weights. auto: bf16 on GPUs that support it, else "
+        "fp16 on CUDA; on CPU bf16 where the processor has AMX bf16 matrix units, else fp32. fp16 needs CUDA.",
+    )
+    loop: Literal["auto", "embx", "trainer"] = Field(
+        "auto",
+        description="Training loop of the sentence-transformers backend. embx: embx's own loop over the same "
+        "modules and loss (texts tokenised once, length-bucketed no-duplicates batches, per-column dynamic "
+        "padding, fused AdamW, no per-step host sync). trainer: SentenceTransformerTrainer. auto: embx in one "
+        "process, trainer under torchrun.",
+    )
+    length_buckets: bool = Field(
+        True,
+        description="embx loop: sort pairs by length inside windows of 32 batches before batching, so batches "
+        "pad less; false batches in random order as the trainer does.",
+    )
+    compile: bool = Field(
+        False,
+        description="embx loop: torch.compile the transformer (dynamic shapes). Compiling takes tens of "
+        "seconds, so it pays off on long GPU runs only.",
+    )
+    seed: int = Field(42, description="Seed for initialisation order, shuffling and dropout.")
+    early_stopping: EarlyStopping | None = Field(
+        default_factory=EarlyStopping,
+        description="Early stopping on the dev split; null trains all epochs and keeps the last.",
+    )
+    distributed: DistributedSpec = Field(
+        default_factory=DistributedSpec, description="Multi-process / multi-node training through torchrun."
+    )
+    cross_device_negatives: bool = Field(
+        False,
+        description="With several training processes, gather embeddings across all of them so every query is "
+        "scored against the positives and negatives of the whole global batch (sentence-transformers: MNRL "
+        "gather_across_devices; FlagEmbedding: negatives_cross_device). No effect in a single process.",
+    )
+    flagembedding: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More FlagEmbedding arguments (backend flagembedding only), e.g. {sub_batch_size: 32, "
+        "query_max_len: 64, gradient_checkpointing: true}: names and values are checked by FlagEmbedding's own "
+        "argument parser when the spec is validated. Arguments that a spec field sets are refused here.",
+    )
