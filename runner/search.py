@@ -173,12 +173,13 @@ def run_worker(loaded: LoadedSpec, db: str | Path, storage_url: str, study_name:
     import optuna
 
     from runner.ablate import Variant
-    from runner.pipeline import RunPruned, Shared, run_spec
+    from runner.memo import Memo
+    from runner.pipeline import RunPruned, run_spec
 
     spec = loaded.spec
     cfg = spec.search
     study = make_study(spec, storage_url, study_name, worker)
-    shared = Shared()
+    memo = Memo()
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     def objective(trial: optuna.Trial) -> float:
@@ -197,7 +198,7 @@ def run_worker(loaded: LoadedSpec, db: str | Path, storage_url: str, study_name:
                 db,
                 variant_spec,
                 Variant(label, changes, 0, variant_spec),
-                shared,
+                memo,
                 evaluate_test=False,
                 on_dev=report,
                 study=study_name,

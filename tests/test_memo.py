@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.evaluate import CorpusIndex
-from runner.pipeline import baseline_key, data_key, model_key
+from runner.memo import baseline_key, data_key, model_key
 from runner.spec import LLMSpec, Spec
 
 FIXED_NS = 1_700_000_000_000_000_000  # every file's mtime, so fingerprints do not depend on when the test ran
@@ -74,7 +74,7 @@ def test_embedding_cache_path_is_frozen(golden_dir):
 
 
 def test_llm_cache_key_is_frozen():
-    from runner.data.queries import _cache_key
+    from runner.memo import llm_answer_key as _cache_key
 
     llm = LLMSpec(base_url="http://localhost:8000/v1/", model="tiny-chat")
     assert _cache_key(llm, "Write 2 questions about: heart", 2) == (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from runner.pipeline import Shared, content_key, fingerprint
+from runner.memo import Memo, mix_source_key
 
 if TYPE_CHECKING:
     from runner.spec import Spec
@@ -13,24 +13,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def mix_pairs(spec: Spec, n_main: int, shared: Shared) -> list[tuple[Any, Any]]:
-    """Training pairs drawn from the `data.mix` sources: round(weight x n_main) from each (seeded)."""
+def _source_data(src, memo: Memo):
     from runner.data import load_source
 
+    return memo.get("data", mix_source_key(src), lambda: load_source(src.source, src.path))
+
+
+def mix_pairs(spec: Spec, n_main: int, memo: Memo) -> list[tuple[Any, Any]]:
+    """Training pairs drawn from the `data.mix` sources: round(weight x n_main) from each (seeded)."""
     out = []
     for src in spec.data.mix:
-        key = content_key("mix", src.model_dump(mode="json"), fingerprint(src.path))
-        if key not in shared.data:
-            shared.data[key] = load_source(src.source, src.path)
         want = max(1, round(src.weight * n_main))
-        drawn = shared.data[key].pairs(src.split, want, spec.data.seed)
+        drawn = _source_data(src, memo).pairs(src.split, want, spec.data.seed)
         if len(drawn) < want:
             log.warning("data.mix %s: %d pairs asked, %d available", src.path, want, len(drawn))
         out += [(src, p) for p in drawn]
     return out
 
 
-def mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, shared: Shared) -> list:
+def mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, memo: Memo) -> list:
     """Negatives for the mixed-in pairs, from each source's own corpus (or pos/neg pool), as negatives.mode says."""
     from runner.data.negatives import attach_negatives
     from runner.evaluate import CorpusIndex
@@ -40,7 +41,7 @@ def mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, shared: Share
         pairs = [p for s, p in mixed if s is src]
         if not pairs:
             continue
-        data = shared.data[content_key("mix", src.model_dump(mode="json"), fingerprint(src.path))]
+        data = _source_data(src, memo)
         spec_for = spec.model_copy(
             update={
                 "data": spec.data.model_copy(

@@ -15,7 +15,6 @@ environment and never written to the cache, the log or an error message.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.data.checks import normalize
 from runner.data.types import Chunk, Document, GeneratedQuery, Skipped
+from runner.memo import llm_answer_key
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -417,7 +417,7 @@ def _llm_candidates(
             continue
         doc = docs.get(chunk.doc_id)
         prompt = _render(template, llm.prompt, chunk, doc, spec.per_chunk)
-        cache_key = _cache_key(llm, prompt, spec.per_chunk)
+        cache_key = llm_answer_key(llm, prompt, spec.per_chunk)
         if cache_key in cached:
             answers[chunk.chunk_id] = cached[cache_key]
             stats["from_cache"] += 1
@@ -529,18 +529,6 @@ def _render(template: Template, prompt: str | None, chunk: Chunk, doc: Document 
     except TemplateError as exc:
         where = prompt or DEFAULT_PROMPT
         raise ValueError(f"{where}: prompt template failed: {exc} (variables: chunk, title, heading_path, n)") from None
-
-
-def _cache_key(llm: LLMSpec, prompt: str, n: int) -> str:
-    """sha256 of everything that shapes the answer: model, endpoint, rendered prompt, temperature, n."""
-    payload = {
-        "model": llm.model,
-        "base_url": llm.base_url.rstrip("/"),
-        "prompt": prompt,
-        "temperature": llm.temperature,
-        "n": n,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def _ask_and_record(

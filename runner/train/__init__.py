@@ -1,71 +1,18 @@
-"""Training backends behind one Protocol, looked up by the spec's `train.backend` name."""
+"""Training backends behind one Protocol (:mod:`runner.train.base`), looked up by the spec's `train.backend` name."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
-    from runner.data.types import Pair
-    from runner.spec import Spec
-
-log = logging.getLogger(__name__)
-
-DevEval = Callable[["SentenceTransformer"], dict[str, float]]
-"""Scores a model on the dev split: returns flat metric keys -> values."""
-
-
-@dataclass
-class TrainOutcome:
-    """What a backend returns.
-
-    Attributes:
-        model: The selected model (best dev epoch when early stopping is on, else the last), fp32.
-        log: Rows of (step, epoch, name, value): train loss, learning rate, dev metrics.
-        epochs_run: Epochs actually trained (early stopping may cut them short).
-        best_epoch: Epoch whose weights were kept.
-        seconds: Wall time of training (evaluation during training included).
-        eval_seconds: Part of `seconds` spent scoring the dev split.
-        samples: Training examples seen (by all processes together).
-        steps: Optimizer steps taken.
-        precision: The autocast precision used.
-        notes: Things the user must know about how the backend trained (shown as run warnings).
-        details: Backend-specific settings actually used (recorded with the run).
-
-    """
-
-    model: SentenceTransformer
-    log: list[tuple[int, float, str, float]] = field(default_factory=list)
-    epochs_run: int = 0
-    best_epoch: int | None = None
-    seconds: float = 0.0
-    eval_seconds: float = 0.0
-    samples: int = 0
-    steps: int = 0
-    precision: str = "fp32"
-    notes: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class TrainBackend(Protocol):
-    """A fine-tuning backend."""
-
-    name: str
-
-    def train(
-        self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
-    ) -> TrainOutcome:
-        """Fine-tune `model` on `pairs` (each with 0 or `per_query` negatives) as `spec.train` says.
-
-        Pairs come without the model's query/passage prefixes: each backend applies `spec.model`'s prefixes
-        in its own way (sentence-transformers in the dataset, FlagEmbedding through its instruction arguments).
-        """
-        ...
+# Re-exported: the names the rest of embx (and users' scripts) have always imported from runner.train.
+from runner.device import cpu_has_bf16_matrix_units as cpu_has_bf16_matrix_units
+from runner.device import resolve_precision as resolve_precision
+from runner.train.base import DEV_NAME as DEV_NAME
+from runner.train.base import DevEval as DevEval
+from runner.train.base import TrainBackend
+from runner.train.base import TrainOutcome as TrainOutcome
+from runner.train.base import cross_device as cross_device
+from runner.train.base import ddp_backend as ddp_backend
+from runner.train.base import dist_env as dist_env
+from runner.train.base import log_callback as log_callback
 
 
 def get_backend(name: str) -> TrainBackend:
@@ -79,95 +26,3 @@ def get_backend(name: str) -> TrainBackend:
 
         return FlagEmbeddingBackend()
     raise ValueError(f"unknown training backend {name!r}")
-
-
-def dist_env() -> tuple[int, int, int]:
-    """(rank, local rank, world size) of this process as torchrun sets them; (0, 0, 1) outside torchrun."""
-    import os
-
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def ddp_backend(spec: Spec, device: str) -> str | None:
-    """The torch.distributed backend for this run's training processes (None outside torchrun)."""
-    if dist_env()[2] == 1:
-        return None
-    choice = spec.train.distributed.backend
-    if choice == "auto":
-        return "nccl" if device == "cuda" else "gloo"
-    return choice
-
-
-def cross_device(spec: Spec) -> bool:
-    """Gather embeddings across training processes: asked for, and there is more than one process."""
-    return spec.train.cross_device_negatives and dist_env()[2] > 1
-
-
-def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX), where bf16 autocast pays off."""
-    import torch
-
-    checker = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(checker and checker())
-
-
-def resolve_precision(precision: str, device: str, inference: bool = False) -> str:
-    """Turn ``auto`` into fp32/bf16/fp16 for the device.
-
-    auto on CUDA: bf16 where supported, else fp16 (fp16 for inference, `inference`, which has more mantissa
-    bits and is supported everywhere); on CPU bf16 with AMX matrix units, else fp32. fp16 needs CUDA.
-    """
-    import torch
-
-    if device != "cuda":
-        if precision == "fp16":
-            raise ValueError(f"precision fp16 needs a CUDA GPU; this run is on {device}")
-        if precision == "auto":
-            return "bf16" if device == "cpu" and cpu_has_bf16_matrix_units() else "fp32"
-        return precision
-    if precision == "auto":
-        if inference:
-            return "fp16"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
-
-
-DEV_NAME = "dev"
-
-
-def log_callback(outcome_log: list, dev_metric: str | None):
-    """A transformers TrainerCallback that keeps the training log and drives a rich progress bar.
-
-    Args:
-        outcome_log: Rows (step, epoch, name, value) are appended here: loss, learning rate, grad norm and the
-            trainer's own dev evaluation (``eval_dev_*``) when it runs one.
-        dev_metric: Dev metric to log at INFO level after each trainer evaluation (None: none).
-
-    """
-    from transformers import TrainerCallback
-
-    from runner.progress import console
-
-    class LogAndProgress(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            from rich.progress import Progress
-
-            self.progress = Progress(console=console, transient=True, disable=not console.is_terminal)
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.progress.update(self.task, completed=state.global_step)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.progress.stop()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            for key, value in (logs or {}).items():
-                if key in ("loss", "learning_rate", "grad_norm") or key.startswith(f"eval_{DEV_NAME}_"):
-                    name = key.removeprefix("eval_")
-                    outcome_log.append((state.global_step, float(state.epoch or 0.0), name, float(value)))
-                    if dev_metric and name == f"{DEV_NAME}_{dev_metric}":
-                        log.info("epoch %.2f: dev %s = %.4f", state.epoch or 0.0, dev_metric, value)
-
-    return LogAndProgress()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from runner.train import DEV_NAME, DevEval, TrainOutcome
+from runner.train.base import DEV_NAME, DevEval, TrainOutcome
 
 if TYPE_CHECKING:
     import torch

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner.device import resolve_precision
 from runner.spec.external import DEFAULT_POOLING, parse_arguments, spec_values
 
 # The argument checks live with the spec (its validators run them); re-exported here, where they were first.
@@ -26,7 +27,7 @@ from runner.spec.external import MANAGED as MANAGED
 from runner.spec.external import _argv as _argv
 from runner.spec.external import argument_names as argument_names
 from runner.spec.external import check_arguments as check_arguments
-from runner.train import DevEval, TrainOutcome, cross_device, ddp_backend, dist_env, log_callback, resolve_precision
+from runner.train.base import DevEval, TrainOutcome, cross_device, ddp_backend, dist_env, log_callback
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -21,14 +21,15 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from runner.train import TrainOutcome
+from runner.train.base import TrainOutcome
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from runner.data.types import Pair
+    from runner.scoring import RetrievalEvaluator
     from runner.spec import DistributedSpec, Spec
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class TrainingFailed(RuntimeError):
 
 
 def write_job(
-    folder: Path, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: dict[str, Any] | None
+    folder: Path, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: RetrievalEvaluator | None
 ) -> None:
     """Write what the training processes need: spec, pairs, the base model and the dev split."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,12 @@ def write_job(
         for p in pairs:
             f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
     if dev is not None:
-        (folder / "dev.json").write_text(json.dumps(dev, ensure_ascii=False), encoding="utf-8")
+        payload = {
+            "corpus": dict(zip(dev.index.ids, dev.index.texts)),
+            "queries": {q: dev.queries[q] for q in dev.qrels},
+            "qrels": dev.qrels,
+        }
+        (folder / "dev.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
     model.save(str(folder / "base"))
 
 
@@ -141,7 +147,7 @@ def _dead_ranks(output: str) -> dict[str, str]:
 
 
 def launch(
-    model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: dict[str, Any] | None, folder: Path
+    model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: RetrievalEvaluator | None, folder: Path
 ) -> TrainOutcome:
     """Train through torchrun on the leader node and return the outcome with the tuned model loaded.
 
@@ -149,7 +155,7 @@ def launch(
         model: The base model (saved for the workers; the tuned one is loaded back in its place).
         pairs: Training pairs with their negatives.
         spec: The run's spec; ``train.distributed`` says how many processes and machines.
-        dev: The dev split for per-epoch scoring ({"corpus", "queries", "qrels"}), or None.
+        dev: The dev split's evaluator for per-epoch scoring, or None.
         folder: Job folder (under ``distributed.workdir`` when several machines share it).
 
     Raises:

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.train import (
+from runner.device import resolve_precision
+from runner.train.base import (
     DEV_NAME,
     DevEval,
     TrainOutcome,
@@ -20,7 +21,6 @@ from runner.train import (
     ddp_backend,
     dist_env,
     log_callback,
-    resolve_precision,
 )
 
 if TYPE_CHECKING:

@@ -72,7 +72,8 @@ def train(job: Path) -> None:
     from runner.data.types import Pair
     from runner.models import load_model
     from runner.spec import Spec
-    from runner.train import dist_env, get_backend
+    from runner.train import get_backend
+    from runner.train.base import dist_env
 
     rank, local_rank, world = dist_env()
     if os.environ.get("EMBX_FAULT_RANK") == str(rank):

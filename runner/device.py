@@ -1,0 +1,60 @@
+"""Device policy: which torch device a run uses, how it is described, and what ``auto`` precision means there.
+
+The bottom of the package: imported by models, evaluation and training alike, importing no other embx module.
+"""
+
+from __future__ import annotations
+
+
+def pick_device() -> str:
+    """The best available torch device: cuda, then mps, then cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def describe_device(device: str) -> str:
+    """Human-readable device, e.g. ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: 2 threads``."""
+    import torch
+
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"{device}: {torch.get_num_threads()} threads"
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX), where bf16 autocast pays off."""
+    import torch
+
+    checker = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(checker and checker())
+
+
+def resolve_precision(precision: str, device: str, inference: bool = False) -> str:
+    """Turn ``auto`` into fp32/bf16/fp16 for the device.
+
+    auto on CUDA: bf16 where supported, else fp16 (fp16 for inference, `inference`, which has more mantissa
+    bits and is supported everywhere); on CPU bf16 with AMX matrix units, else fp32. fp16 needs CUDA.
+    """
+    import torch
+
+    if device != "cuda":
+        if precision == "fp16":
+            raise ValueError(f"precision fp16 needs a CUDA GPU; this run is on {device}")
+        if precision == "auto":
+            return "bf16" if device == "cpu" and cpu_has_bf16_matrix_units() else "fp32"
+        return precision
+    if precision == "auto":
+        if inference:
+            return "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def inference_settings(device: str, batch_size: int | None, precision: str) -> tuple[int, str]:
+    """Resolve ``eval.batch_size`` (None: 512 on GPUs, 64 elsewhere) and ``eval.precision`` for `device`."""
+    return batch_size or (512 if device == "cuda" else 64), resolve_precision(precision, device, inference=True)
