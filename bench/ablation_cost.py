@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from machine import cpu_info
+
 from runner import store
 
 
@@ -38,6 +40,8 @@ def main() -> None:
     budget = totals.get("train", 0.0) + baseline
     result = {
         "experiment": args.experiment,
+        "devices": sorted({str(r["device"]) for r in runs}),  # as each run recorded it
+        "machine": cpu_info(),  # where this script ran: the runs' machine when run beside them (bench/machine.py)
         "runs": rows,
         "variants_after_reference": len(variants),
         "variant_totals_seconds": totals,

@@ -3,7 +3,9 @@
     python bench/compare.py --peer bench/results/peer_financial_cpu.json \
         --embx bench/results/embx_financial_cpu.json --out bench/results/compare_financial_cpu.json
 
-`--embx` takes the JSON of `embx show RUN_ID --json`.
+`--embx` takes the JSON of `embx show RUN_ID --json` (one run: metrics, timings, info), not that of
+`embx ls --json` (a list of runs with their test metrics only). The peer's file records its machine (CPU model
+and AMX/bf16 flags, bench/machine.py); it is copied into the comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ def main() -> None:
     args = parser.parse_args()
     peer = json.loads(args.peer.read_text())
     run = json.loads(args.embx.read_text())
+    if isinstance(run, list) or "timings" not in run:
+        raise SystemExit(
+            f"{args.embx}: not the output of `embx show RUN_ID --json` (`embx ls --json` lists runs without "
+            "timings); write it with: embx show RUN_ID --db DB --json > FILE"
+        )
     rows = []
     for name in METRICS:
         rows.append(
@@ -36,6 +43,7 @@ def main() -> None:
         )
     result = {
         "peer_device": peer["device"],
+        "peer_machine": peer.get("machine"),
         "embx_device": run["device"],
         "peer_train_seconds": peer["train_seconds"],
         "embx_train_seconds": run["timings"]["train"],

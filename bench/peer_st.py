@@ -16,6 +16,8 @@ import platform
 import time
 from pathlib import Path
 
+from machine import cpu_info
+
 
 def read_beir(root: Path):
     corpus = {}
@@ -134,6 +136,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0)
         if device == "cuda"
         else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "machine": cpu_info(),  # the CPU (model, AMX/bf16 flags) even on a GPU machine: see bench/machine.py
         "settings": {
             "batch_size": args.batch_size,
             "epochs": args.epochs,

@@ -63,7 +63,8 @@ H100 PCIe 756e12, H200 989e12, A100 312e12, L4 121e12); a device not in the tabl
 measured peak (the best of timed matmuls). On CPU the peak is measured: 2048x2048 matmuls in fp32 and in bf16
 with torch's thread count, timed for about a second each, best rate; each side's MFU uses the peak of the dtype
 it trained in (embx: TrainOutcome.precision; peer: fp32 on CPU, bf16 on CUDA). The JSON records each peak and
-how it was obtained.
+how it was obtained, and under ``machine`` the CPU model, core count and AMX/bf16 flags (bench/machine.py): bf16
+autocast, and so embx's precision: auto, pays off on CPU only with AMX.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ for _path in (str(HERE), str(ROOT)):  # peer_st (bench/) and the working tree's 
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from machine import cpu_info  # noqa: E402
 from peer_st import peer_evaluator, peer_trainer, read_beir  # noqa: E402
 
 SEED = 42
@@ -170,25 +172,18 @@ def count_tokens(model_dir: str, texts: list[str], max_seq_length: int) -> dict[
 # ------------------------------------------------------------------------------------------------ machine
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (else platform's guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: str) -> dict[str, Any]:
-    """Device name, CPU, thread count, Python and platform."""
+    """Device name, CPU (model, count, AMX/bf16 flags: see bench/machine.py), thread count, Python and platform."""
     import torch
 
+    cpu = cpu_info()
     info: dict[str, Any] = {
         "device": device,
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
+        "cpu": cpu["cpu"],
+        "cpu_count": cpu["cpu_count"],
+        "amx_bf16": cpu["amx_bf16"],
+        "avx512_bf16": cpu["avx512_bf16"],
+        "cpu_flags": cpu["flags"],
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -197,7 +192,8 @@ def machine_info(device: str) -> dict[str, Any]:
         info["device_name"] = torch.cuda.get_device_name(0)
         info["device_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     else:
-        info["device_name"] = f"{info['cpu']} ({info['torch_threads']} torch threads)"
+        amx = {True: "AMX bf16", False: "no AMX", None: "AMX unknown"}[cpu["amx_bf16"]]
+        info["device_name"] = f"{info['cpu']} ({amx}, {info['torch_threads']} torch threads)"
     return info
 
 
