@@ -150,9 +150,10 @@ def llm_answer_key(llm: LLMSpec, prompt: str, n: int) -> str:
 def index_key(spec: Spec) -> str:
     """The corpus index of the main data (its texts and the base model's corpus embeddings).
 
-    Participates: :func:`data_key`, the `model:` section and `eval.batch_size`.
+    Participates: :func:`data_key`, the `model:` section, `eval.batch_size` and `eval.precision` (embeddings
+    encoded at one precision are never reused by a variant that asks for another).
     """
-    return content_key(data_key(spec), spec.model.model_dump(mode="json"), spec.eval.batch_size)
+    return content_key(data_key(spec), spec.model.model_dump(mode="json"), spec.eval.batch_size, spec.eval.precision)
 
 
 def checks_key(spec: Spec) -> str:
@@ -192,8 +193,13 @@ def eval_set_key(entry: EvalSet) -> str:
 
 
 def eval_set_index_key(entry: EvalSet, spec: Spec) -> str:
-    """An `eval.sets` entry's corpus index: :func:`eval_set_key`, the `model:` section, `eval.batch_size`."""
-    return content_key(eval_set_key(entry), spec.model.model_dump(mode="json"), spec.eval.batch_size)
+    """An `eval.sets` entry's corpus index.
+
+    Participates: :func:`eval_set_key`, the `model:` section, `eval.batch_size` and `eval.precision`.
+    """
+    return content_key(
+        eval_set_key(entry), spec.model.model_dump(mode="json"), spec.eval.batch_size, spec.eval.precision
+    )
 
 
 def bm25_key(spec: Spec, *, allowed: set[str] | None, qids: list[str]) -> str:
