@@ -54,12 +54,8 @@ def write_job(
         for p in pairs:
             f.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
     if dev is not None:
-        payload = {
-            "corpus": dict(zip(dev.index.ids, dev.index.texts)),
-            "queries": {q: dev.queries[q] for q in dev.qrels},
-            "qrels": dev.qrels,
-        }
-        (folder / "dev.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+        # the evaluator itself, settings and filter included: the training ranks score dev exactly as one process
+        (folder / "dev.json").write_text(json.dumps(dev.to_json(), ensure_ascii=False), encoding="utf-8")
     model.save(str(folder / "base"))
 
 

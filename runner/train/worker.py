@@ -21,30 +21,17 @@ log = logging.getLogger("runner.train.worker")
 
 
 def _dev_scorer(job: Path, spec, rank: int):
-    """Dev scoring for the trainer: computed on rank 0 with embx's evaluation, broadcast to every rank."""
+    """Dev scoring for the trainer: the run's own dev evaluator, run on rank 0 and broadcast to every rank."""
     if not (job / "dev.json").exists():
         return None
     import torch.distributed as dist
 
-    from runner.evaluate import CorpusIndex, evaluate
+    from runner.scoring import RetrievalEvaluator
 
-    dev = json.loads((job / "dev.json").read_text())
-    index = CorpusIndex(dev["corpus"]) if rank == 0 else None
+    evaluator = RetrievalEvaluator.from_json(json.loads((job / "dev.json").read_text())) if rank == 0 else None
 
     def score(model) -> dict[str, float]:
-        metrics = None
-        if rank == 0:
-            metrics = evaluate(
-                model,
-                None,
-                index,
-                dev["queries"],
-                dev["qrels"],
-                spec.model,
-                spec.eval.metrics,
-                spec.eval.depth,
-                spec.eval.batch_size,
-            ).metrics
+        metrics = evaluator.metrics(model) if evaluator is not None else None
         if dist.is_available() and dist.is_initialized():
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
