@@ -46,10 +46,12 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _load(spec_path: str, overrides: tuple[str, ...]):
-    from runner.spec import SpecError, load_spec
+    from runner.spec import SpecError, check_files, load_spec
 
     try:
-        return load_spec(spec_path, list(overrides))
+        loaded = load_spec(spec_path, list(overrides))
+        check_files(loaded)
+        return loaded
     except SpecError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -278,6 +280,7 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
     except KeyError as exc:
         click.echo(f"error: {exc.args[0]}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(html, encoding="utf-8")
     click.echo(f"wrote {output}")
 

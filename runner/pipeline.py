@@ -9,6 +9,7 @@ writes its own `info` section.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import tempfile
 import time
@@ -128,7 +129,7 @@ def run_spec(
         store.end_run(db, run.run_id, "pruned", f"pruned: {exc}", dict(run.timer), run.info, run.dev_log)
         raise
     except KeyboardInterrupt as exc:
-        store.end_run(db, run.run_id, "interrupted", f"interrupted ({exc or 'Ctrl-C'})", dict(run.timer), run.info)
+        store.end_run(db, run.run_id, "interrupted", f"interrupted ({str(exc) or 'Ctrl-C'})", dict(run.timer), run.info)
         raise
     except Exception as exc:
         store.end_run(db, run.run_id, "failed", f"{type(exc).__name__}: {exc}", dict(run.timer), run.info)
@@ -233,9 +234,38 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
             run.on_dev(epoch, scores)
         return scores
 
-    with tempfile.TemporaryDirectory(prefix=f"embx-{run.run_id}-") as workdir:
+    _remove_orphan_workdirs()
+    with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{run.run_id}-") as workdir:
         backend = get_backend(spec.train.backend)
         return backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir))
+
+
+WORKDIR_PREFIX = "embx-"
+"""Training folders are ``<tmp>/embx-<pid>-<run id>-*``: the pid tells whether their owner is still alive."""
+
+
+def _remove_orphan_workdirs() -> None:
+    """Remove the training folders of embx processes that died without cleaning up (SIGKILL, power loss)."""
+    import re
+    import shutil
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        found = re.match(rf"{WORKDIR_PREFIX}(\d+)-\d{{8}}-\d{{6}}-", folder.name)
+        if not found or not folder.is_dir() or _alive(int(found.group(1))):
+            continue
+        log.info("removing %s, left by a process that no longer runs", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _train_info(spec: Spec, outcome: TrainOutcome) -> dict[str, Any]:

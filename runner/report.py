@@ -116,6 +116,7 @@ def _factor_charts(factors: dict[str, list[tuple[str, float, bool]]], base_model
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # labels are users' text ("$5 budget"), never TeX
     import matplotlib.pyplot as plt
 
     charts = []
@@ -144,6 +145,7 @@ def _curve_chart(variants: list[VariantStats], dev_metric: str) -> str | None:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # labels are users' text ("$5 budget"), never TeX
     import matplotlib.pyplot as plt
 
     if not any(v.curves.get("loss") for v in variants):
@@ -225,6 +227,7 @@ def _search_charts(study: dict[str, Any]) -> dict[str, str | None]:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # labels are users' text ("$5 budget"), never TeX
     import matplotlib.pyplot as plt
 
     trials = study["trials"]
@@ -421,11 +424,14 @@ def _value_at(spec: dict[str, Any], path: str) -> Any:
 
 
 def _environment():
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from jinja2 import FileSystemLoader, select_autoescape
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     here = Path(__file__).resolve().parent
     folders = [p for p in (here.parent / "templates", here / "templates") if p.is_dir()]
-    env = Environment(loader=FileSystemLoader(folders), autoescape=select_autoescape(["html"]))
+    # Our own template, but it renders store contents written from users' specs and data: autoescaped, and
+    # sandboxed so no value can reach Python internals.
+    env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(folders), autoescape=select_autoescape(["html"]))
     env.filters["f4"] = lambda x: "-" if x is None else f"{x:.4f}"
     env.filters["signed"] = lambda x: "-" if x is None else f"{x:+.4f}"
     env.filters["pct"] = lambda x: "-" if x is None else f"{x:+.1%}"

@@ -18,7 +18,7 @@ from runner.data.types import Chunk, Document, Section
 from runner.spec import QueriesSpec
 
 SECRET = "sk-test-SECRET-do-not-leak-12345"
-KEY_ENV = "EMBX_TEST_QUERIES_KEY"
+KEY_ENV = "EMBX_TEST_QUERIES_API_KEY"
 
 
 def _doc(doc_id: str, title: str, text: str = "") -> Document:
@@ -198,6 +198,10 @@ class FakeLLM:
                     count = fake.requests[cid]
                     fake.auth.add(self.headers.get("Authorization", ""))
                 try:
+                    if cid.startswith("ECHOKEY"):  # an endpoint that quotes the key deep inside its error text
+                        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                        message = "x" * 190 + f" invalid key {key} given"
+                        return self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
                     if cid.startswith("FAIL500"):
                         return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                     if cid.startswith("RATE429") and count == 1:

@@ -128,9 +128,9 @@ def test_bad_metric_in_spec_is_located(tmp_path):
         """,
     )
     found = by_path(problems_of(path))
-    assert set(found) == {"eval.metrics", "eval.main", "train.early_stopping.metric"}
-    assert "'ndcg@x'" in found["eval.metrics"].message
-    assert found["eval.metrics"].line == 5
+    assert set(found) == {"eval.metrics.1", "eval.main", "train.early_stopping.metric"}
+    assert "'ndcg@x'" in found["eval.metrics.1"].message
+    assert found["eval.metrics.1"].line == 5
     assert found["eval.main"].line == 6
     assert found["train.early_stopping.metric"].line == 9
 

@@ -26,7 +26,13 @@ def _records(path: Path, kind: str, problems: list[str]) -> dict[str, str]:
         if "text" not in obj:
             problems.append(f"{path}:{number}: {kind} {rid!r}: missing field 'text'")
             continue
-        text = doc_text(obj.get("title"), obj.get("text")) if kind == "document" else str(obj["text"]).strip()
+        wrong = [f for f in ("text", "title") if f in obj and not isinstance(obj[f], str) and obj[f] is not None]
+        if not isinstance(obj["text"], str) or wrong:
+            field = wrong[0] if wrong else "text"
+            got = "null" if obj[field] is None else type(obj[field]).__name__
+            problems.append(f"{path}:{number}: {kind} {rid!r}: field '{field}' must be a string, got {got}")
+            continue
+        text = doc_text(obj.get("title"), obj["text"]) if kind == "document" else obj["text"].strip()
         if not text:
             problems.append(f"{path}:{number}: {kind} {rid!r}: empty text")
             continue
@@ -52,9 +58,9 @@ def read_qrels(
                 continue
         qid, did, score = row[0].strip(), row[1].strip(), row[-1].strip()
         try:
-            grade = int(float(score))
-        except ValueError:
-            problems.append(f"{path}:{number}: score {score!r} is not a number")
+            grade = int(float(score))  # OverflowError for inf, ValueError for nan and text
+        except (ValueError, OverflowError):
+            problems.append(f"{path}:{number}: score {score!r} is not a finite number")
             continue
         if qid not in queries:
             problems.append(f"{path}:{number}: query {qid!r} is not in queries.jsonl")

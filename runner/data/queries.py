@@ -502,17 +502,26 @@ def _default_prompt() -> str:
 
 
 def _prompt_template(prompt: str | None, base: Path) -> Template:
-    """Compile the prompt template (StrictUndefined: a misspelt variable is an error, not an empty string)."""
-    from jinja2 import Environment, StrictUndefined, TemplateSyntaxError
+    """Compile the prompt template (StrictUndefined: a misspelt variable is an error, not an empty string).
 
-    env = Environment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    A template named by a spec is untrusted text: it is rendered in Jinja's immutable sandbox, where attribute
+    access to internals (``__class__``, ``__globals__``, ...) and any call that could change state raise a
+    SecurityError instead of running.
+    """
+    from jinja2 import StrictUndefined, TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
     if prompt is None:
         name, source = DEFAULT_PROMPT, _default_prompt()
     else:
         path = _resolve(prompt, base)
         if not path.is_file():
             raise ValueError(f"queries.llm.prompt: template not found: {path}")
-        name, source = str(path), path.read_text(encoding="utf-8")
+        try:
+            name, source = str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"queries.llm.prompt: {path}: cannot read as UTF-8 text: {exc}") from None
     try:
         return env.from_string(source)
     except TemplateSyntaxError as exc:
@@ -568,20 +577,20 @@ def _ask(client: Any, llm: LLMSpec, prompt: str, secret: str) -> list[str]:
                 "timeout", f"llm: timeout: no answer within {llm.timeout_s:g} s ({retries} retries)"
             ) from None
         except openai.APIStatusError as exc:
-            detail = _redact(_short(exc.message), secret)
+            detail = _short(_redact(exc.message, secret))
             raise _Failure(
                 "http", f"llm: HTTP {exc.status_code} from the endpoint ({retries} retries): {detail}"
             ) from None
         except openai.APIConnectionError as exc:
-            detail = _redact(_short(str(exc)), secret)
+            detail = _short(_redact(str(exc), secret))
             raise _Failure("connection", f"llm: connection failed ({retries} retries): {detail}") from None
         except openai.OpenAIError as exc:
-            detail = _redact(_short(f"{type(exc).__name__}: {exc}"), secret)
+            detail = _short(_redact(f"{type(exc).__name__}: {exc}", secret))
             raise _Failure("other", f"llm: {detail}") from None
         try:
             return parse_questions(_content(response))
         except ValueError as exc:
-            last = _redact(_short(str(exc)), secret)
+            last = _short(_redact(str(exc), secret))
         if attempt < retries:
             time.sleep(min(MALFORMED_BACKOFF_S * 2**attempt, 4.0))
     raise _Failure(

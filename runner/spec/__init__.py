@@ -28,7 +28,16 @@ from runner.spec.data import (
 from runner.spec.docs import json_schema, reference_markdown
 from runner.spec.eval import EvalSet, EvalSpec
 from runner.spec.experiment import AblateSpec, OutputSpec, SearchParam, SearchSpec, Spec
-from runner.spec.load import LoadedSpec, Position, Problem, SpecError, load_spec, parse_override, search_values
+from runner.spec.load import (
+    LoadedSpec,
+    Position,
+    Problem,
+    SpecError,
+    check_files,
+    load_spec,
+    parse_override,
+    search_values,
+)
 from runner.spec.model import ModelSpec
 from runner.spec.train import DistributedSpec, EarlyStopping, TrainSpec
 
@@ -59,6 +68,7 @@ __all__ = [
     "Splits",
     "TrainSpec",
     "apply_override",
+    "check_files",
     "check_metric",
     "json_schema",
     "load_spec",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+import types
+import typing
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 METRIC_PATTERN = re.compile(r"^(recall|ndcg|mrr|map|precision)@([1-9][0-9]*)$")
 
@@ -14,6 +16,26 @@ class _Model(BaseModel):
     """Base for every spec section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false are not 1/0: a boolean where a number belongs is an error, not a silent 1."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            leaves = _leaf_types(cls.model_fields[info.field_name].annotation)
+            if bool not in leaves and leaves & {int, float}:
+                raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types a field annotation admits at its top level (unions and Annotated unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _leaf_types(typing.get_args(annotation)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return set().union(*(_leaf_types(arg) for arg in typing.get_args(annotation)))
+    return {annotation}
 
 
 def check_metric(name: str) -> str:
@@ -37,6 +59,10 @@ def check_metric(name: str) -> str:
     return key
 
 
+MetricKey = Annotated[str, AfterValidator(lambda name: check_metric(name))]
+"""A flat metric key (``ndcg@10``), validated and lower-cased; in a list, each bad key is its own problem."""
+
+
 def apply_override(data: dict, keys: list[str], value: Any) -> None:
     """Set ``data[k1][k2]... = value``, creating mappings on the way."""
     node = data
@@ -45,3 +71,30 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
             node[key] = {}
         node = node[key]
     node[keys[-1]] = value
+
+
+API_KEY_ALLOW_ENV = "EMBX_API_KEY_ENVS"
+"""Environment variable listing further variable names a spec's api_key_env may name (comma-separated)."""
+
+
+def check_api_key_env(name: str | None) -> str | None:
+    """Validate the name of the environment variable an endpoint's API key is read from.
+
+    A spec is shared like a document, and its endpoint URL is the spec author's choice: if a spec could name
+    any variable, it could send, say, a cloud credential to a server of its author's. So only names ending in
+    ``_API_KEY`` are accepted, plus those the user lists outside the spec in ``EMBX_API_KEY_ENVS``.
+    """
+    import os
+    import re
+
+    if name is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{name!r} is not an environment variable name")
+    allowed = {n.strip() for n in os.environ.get(API_KEY_ALLOW_ENV, "").split(",") if n.strip()}
+    if not name.upper().endswith("_API_KEY") and name not in allowed:
+        raise ValueError(
+            f"{name} does not look like an API key variable: use a name ending in _API_KEY, or allow it outside "
+            f"the spec with {API_KEY_ALLOW_ENV}={name} (a spec may not send other secrets to its endpoint)"
+        )
+    return name

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from runner.spec.base import _Model
+from runner.spec.base import _Model, check_api_key_env
 
 
 class Splits(_Model):
@@ -144,8 +144,16 @@ class LLMSpec(_Model):
     model: str = Field(..., description="Model name the endpoint serves.")
     api_key_env: str | None = Field(
         "OPENAI_API_KEY",
-        description="Name of the environment variable holding the API key (the key is never stored); null: none.",
+        description="Name of the environment variable holding the API key (the key is never stored); null: none. "
+        "Only names ending in _API_KEY, or listed in the environment variable EMBX_API_KEY_ENVS (comma-separated, "
+        "set outside the spec), so a shared spec cannot send another secret to its endpoint.",
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_name(cls, value: str | None) -> str | None:
+        return check_api_key_env(value)
+
     prompt: str | None = Field(
         None,
         description="Jinja template file for the prompt (relative to the spec); null: the built-in one. It gets "

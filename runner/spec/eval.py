@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from runner.spec import external
-from runner.spec.base import _Model, check_metric
+from runner.spec.base import MetricKey, _Model, check_metric
 
 
 class EvalSet(_Model):
@@ -22,7 +22,7 @@ class EvalSet(_Model):
 class EvalSpec(_Model):
     """Evaluation of base and tuned models on the held-out split."""
 
-    metrics: list[str] = Field(
+    metrics: list[MetricKey] = Field(
         default_factory=lambda: ["recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"],
         min_length=1,
         description="Flat metric keys: recall@k, ndcg@k, mrr@k, map@k, precision@k.",
@@ -77,8 +77,7 @@ class EvalSpec(_Model):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: list[str]) -> list[str]:
-        keys = [check_metric(v) for v in value]
-        return list(dict.fromkeys(keys))
+        return list(dict.fromkeys(value))
 
     @field_validator("main")
     @classmethod

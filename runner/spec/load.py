@@ -42,6 +42,10 @@ class SpecError(Exception):
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
+Position = tuple[str, int | None, int | None]
+"""Where a key was written: (file, or the --set that wrote it; line; column)."""
+
+
 @dataclass
 class LoadedSpec:
     """A validated spec with the text and location it came from."""
@@ -50,9 +54,8 @@ class LoadedSpec:
     path: Path
     text: str
     overrides: list[str]
-
-
-Position = tuple[str, int | None, int | None]
+    positions: dict[tuple, Position] = field(default_factory=dict, repr=False)
+    """Where each key path was written: (file or --set, line, column)."""
 
 
 def _yaml():
@@ -63,24 +66,102 @@ def _yaml():
     return YAML(typ="rt", pure=True)
 
 
+MAX_SPEC_BYTES = 1 << 20
+"""Largest spec file read (1 MiB): a spec is a page of settings, not data."""
+MAX_NODES = 100_000
+"""Most values a spec may hold once YAML aliases are expanded (an alias bomb grows ~9x per level)."""
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists a spec may have."""
+
+
 def _read_yaml(path: Path) -> tuple[Any, str]:
-    from ruamel.yaml.error import MarkedYAMLError
+    """Read and parse one spec file, refusing what is not a small UTF-8 YAML mapping with a located problem."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    def problem(message: str, line: int | None = None, col: int | None = None) -> SpecError:
+        return SpecError([Problem(str(path), line, col, "", message)])
 
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if path.is_dir():
+            raise problem("is a directory, not a spec file")
+        if size > MAX_SPEC_BYTES:
+            raise problem(f"{size:,} bytes: a spec file is at most {MAX_SPEC_BYTES:,} bytes")
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise SpecError([Problem(str(path), None, None, "", "file not found")]) from None
+        raise problem("file not found") from None
+    except OSError as exc:
+        raise problem(f"cannot read: {exc.strerror or exc}") from None
+    text = _decode(raw, problem)
+    _check_nesting(text, problem)
     try:
         doc = _yaml().load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise SpecError([Problem(str(path), line, col, "", f"invalid YAML: {exc.problem or exc}")]) from None
+        raise problem(f"invalid YAML: {exc.problem or exc}", line, col) from None
+    except YAMLError as exc:
+        raise problem(f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise problem(f"invalid YAML: nested too deeply (a spec nests at most {MAX_DEPTH} levels)") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
-        raise SpecError([Problem(str(path), 1, 1, "", "a spec must be a YAML mapping")])
+        raise problem("a spec must be a YAML mapping", 1, 1)
+    _check_size(doc, problem)
     return doc, text
+
+
+def _decode(raw: bytes, problem) -> str:
+    """The file's text as UTF-8 (a UTF-8 byte-order mark is allowed), or a problem naming line and column."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise problem("UTF-16 text: save the spec as UTF-8")
+    if b"\x00" in raw:
+        at = raw.index(b"\x00")
+        line, col = raw[:at].count(b"\n") + 1, at - (raw.rfind(b"\n", 0, at) + 1) + 1
+        raise problem("binary file (NUL byte): a spec is UTF-8 YAML text", line, col)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise problem(
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} cannot be decoded; save as UTF-8", line, col
+        ) from None
+
+
+def _check_nesting(text: str, problem) -> None:
+    """Refuse nesting beyond MAX_DEPTH before the parser recurses into it (flow brackets, block indentation)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_DEPTH:
+        raise problem(f"nested deeper than {MAX_DEPTH} levels ({deepest} brackets)")
+    for number, line in enumerate(text.splitlines(), 1):
+        indent = len(line) - len(line.lstrip(" "))
+        if indent > 4 * MAX_DEPTH:
+            raise problem(f"indented {indent} columns: nested deeper than a spec can be", number, 1)
+
+
+def _check_size(doc: Any, problem) -> None:
+    """Refuse documents whose expanded size or depth is beyond any real spec (YAML alias bombs, deep nesting)."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise problem(f"more than {MAX_NODES:,} values once YAML aliases are expanded (an alias bomb?)")
+        if depth > MAX_DEPTH:
+            raise problem(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def _positions(node: Any, file: str, prefix: tuple = (), out: dict | None = None) -> dict[tuple, Position]:
@@ -149,9 +230,10 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tupl
         file, line, col = positions[("extends",)]
         raise SpecError([Problem(file, line, col, "extends", "extends must be a path to another spec file")])
     parent_path = (path.parent / parent).resolve()
-    if not parent_path.exists():
+    if not parent_path.is_file():
         file, line, col = positions[("extends",)]
-        raise SpecError([Problem(file, line, col, "extends", f"file not found: {parent_path}")])
+        why = "is a directory, not a spec file" if parent_path.is_dir() else "file not found"
+        raise SpecError([Problem(file, line, col, "extends", f"{why}: {parent_path}")])
     base_data, base_positions, _ = _load_tree(parent_path, (*seen, path))
     relative = _relativise(data, path.parent, _source(data, base_data))
     return _merge(base_data, relative), {**base_positions, **positions}, text
@@ -249,10 +331,24 @@ def _section_fields(loc: tuple) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def _problems(exc: ValidationError, positions: dict[tuple, Position], main_file: str) -> list[Problem]:
+def _problems(
+    exc: ValidationError, positions: dict[tuple, Position], main_file: str, overrides: list[tuple[str, ...]] = ()
+) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
+        # `--set name.sub=1` made `name` a mapping: the error is at `name`, but the culprit is the --set.
+        made = next(
+            (
+                keys
+                for keys in overrides
+                if keys[: len(loc)] == loc
+                and len(keys) > len(loc)
+                and isinstance(err.get("input"), dict)
+                and keys[len(loc)] in err["input"]
+            ),
+            None,
+        )
         message = err["msg"].removeprefix("Value error, ")
         # A cross-field rule names the field it blames as "dotted.path: message"; point at that field.
         blamed = re.match(r"^([a-z_]+(?:\.[a-z_]+)+): (.*)$", message, flags=re.S)
@@ -268,6 +364,8 @@ def _problems(exc: ValidationError, positions: dict[tuple, Position], main_file:
         elif err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
             message += f" (got {err['input']!r})"
         where = next((positions[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in positions), None)
+        if made is not None:
+            where = positions[made]
         file, line, col = where if where else (main_file, None, None)
         problems.append(Problem(file, line, col, ".".join(loc), message))
     return problems
@@ -290,8 +388,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     path = Path(path)
     overrides = list(overrides or [])
     data, positions, text = _load_tree(path)
+    override_keys: list[tuple[str, ...]] = []
     for item in overrides:
         keys, value = parse_override(item)
+        override_keys.append(tuple(keys))
         if keys[0] == "data" and len(keys) == 2 and keys[1] in ("path", "eval_path") and isinstance(value, str):
             value = str(Path(value).resolve()) if Path(value).exists() else value
         apply_override(data, keys, value)
@@ -299,13 +399,62 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_problems(exc, positions, str(path.resolve()))) from None
+        raise SpecError(_problems(exc, positions, str(path.resolve()), override_keys)) from None
     if spec.ablate is not None:
         _check_paths("ablate.factors", spec.ablate.factors, spec, positions, str(path.resolve()))
     if spec.search is not None:
         ranges = {name: search_values(param) for name, param in spec.search.params.items()}
         _check_paths("search.params", ranges, spec, positions, str(path.resolve()))
-    return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides)
+    return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides, positions=positions)
+
+
+def check_files(loaded: LoadedSpec) -> None:
+    """Raise a located SpecError naming every local file or folder the spec names that does not exist.
+
+    The CLI calls it after loading, so `embx validate` reports missing paths and a run fails before its row is
+    written (exit 2), not twenty seconds later.
+    """
+    problems = _missing_files(loaded.spec, loaded.positions, str(loaded.path))
+    if problems:
+        raise SpecError(problems)
+
+
+def _missing_files(spec: Spec, positions: dict[tuple, Position], main_file: str) -> list[Problem]:
+    """Every local file or folder the spec names that does not exist (hub ids of hf sources excepted).
+
+    Hub ids (a model name without a leading ./, ../, ~ or /, an hf source) are not checked: they are downloaded.
+    """
+    named: list[tuple[tuple[str, ...], str, str]] = []  # (key path, value, what it must be)
+    data = spec.data
+    if data.source != "hf":
+        named.append((("data", "path"), data.path, "file" if data.source == "jsonl" else "folder"))
+    if data.eval_path:
+        named.append((("data", "eval_path"), data.eval_path, "folder"))
+    for i, src in enumerate(data.mix):
+        if src.source != "hf":
+            named.append((("data", "mix", str(i), "path"), src.path, "file" if src.source == "jsonl" else "folder"))
+    for i, entry in enumerate(spec.eval.sets):
+        if entry.source != "hf":
+            named.append((("eval", "sets", str(i), "path"), entry.path, "folder"))
+    if data.source == "documents":
+        if spec.queries.llm is not None and spec.queries.llm.prompt:
+            named.append((("queries", "llm", "prompt"), spec.queries.llm.prompt, "file"))
+        if spec.queries.qa_pairs is not None:
+            named.append((("queries", "qa_pairs", "path"), spec.queries.qa_pairs.path, "file"))
+    base = spec.model.base
+    if Path(base).expanduser().is_absolute() or base.startswith(("./", "../", "~")):
+        named.append((("model", "base"), base, "folder"))
+    problems = []
+    for keys, value, kind in named:
+        target = Path(value).expanduser()
+        ok = target.is_dir() if kind == "folder" else target.is_file()
+        if not ok:
+            file, line, col = positions.get(keys, (main_file, None, None))
+            what = "is a file, not a folder" if kind == "folder" and target.is_file() else f"{kind} not found"
+            if kind == "file" and target.is_dir():
+                what = "is a folder, not a file"
+            problems.append(Problem(file, line, col, ".".join(keys), f"{what}: {target.resolve()}"))
+    return problems
 
 
 def _check_paths(

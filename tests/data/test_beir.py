@@ -122,7 +122,7 @@ def test_qrels_naming_missing_doc_or_query(tmp_path):
     assert problems(root) == [
         f"{path}:3: document 'nope' is not in corpus.jsonl",
         f"{path}:4: query 'qx' is not in queries.jsonl",
-        f"{path}:5: score 'abc' is not a number",
+        f"{path}:5: score 'abc' is not a finite number",
         f"{path}:6: expected query-id<TAB>corpus-id<TAB>score, got ['lonely']",
     ]
 
