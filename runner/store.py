@@ -445,14 +445,16 @@ def get_run(db: str | Path, run_id: str) -> dict[str, Any]:
 
     Args:
         db: Store path.
-        run_id: Full id or a unique prefix.
+        run_id: Full id or a unique prefix, taken literally (``%`` and ``_`` are no wildcards).
 
     Raises:
-        KeyError: If no run (or more than one) matches.
+        KeyError: If no run (or more than one) matches, or the prefix is empty.
 
     """
+    if not run_id:
+        raise KeyError("an empty run id prefix matches every run: give a run id or a unique prefix (see `embx ls`)")
     with connect(db, read_only=True) as con:
-        found = _rows(con, "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY run_id", [run_id + "%"])
+        found = _rows(con, "SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [run_id])
         if len(found) != 1:
             raise KeyError(f"no run {run_id!r}" if not found else f"run id prefix {run_id!r} is ambiguous")
         run = _decode(found[0])
