@@ -111,9 +111,12 @@ def run(
     from runner.summary import print_experiment
 
     db = db or store.default_db()
-    store.reap_stale(db)
     try:
+        store.reap_stale(db)
         result = run_experiment(loaded, db, force=force)
+    except store.StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except DataError as exc:
         click.echo(f"error: {exc}\n(run recorded as failed in {db})", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -206,8 +209,8 @@ def search(
     from runner.summary import print_search
 
     db = db or store.default_db()
-    store.reap_stale(db)
     try:
+        store.reap_stale(db)
         if loaded.spec.train.distributed.world_size > 1:
             raise SearchError("search trials train in one process each: train.distributed is for `embx run`")
         if worker_share:
@@ -218,7 +221,7 @@ def search(
             run_worker(loaded, db, storage or default_storage(db), study_name or loaded.spec.name, share, index)
             return
         result = run_search(loaded, db, trials, storage, study_name, workers, list(overrides))
-    except SearchError as exc:
+    except (SearchError, store.StoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
@@ -283,13 +286,16 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
 
 
 def _read(fn, db: str | None):
+    """Call fn(path) of a read-only command: it never writes (no stale-run sweep: those runs show as `stale?`).
+
+    A store that cannot be read is an error (exit 2).
+    """
     from runner import store
 
     path = db or store.default_db()
     try:
-        store.reap_stale(path)
         return fn(path)
-    except FileNotFoundError as exc:
+    except (store.StoreError, FileNotFoundError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
 
