@@ -3,7 +3,9 @@
 Connections are opened per operation and closed at once, so the file is locked only while a statement
 runs; a writer that finds the file locked by another process retries with back-off for up to
 ``$EMBX_LOCK_TIMEOUT`` seconds. Read-only connections never write: not the schema (an older store is read
-through an upgraded temporary copy), not the stale-run sweep, not even a lock file.
+through an upgraded temporary copy), not the stale-run sweep, not even a lock file. A run's end that cannot be
+written (the store stays locked, or is not writable) is saved to a recovery file beside the store,
+``<db>.recovery/<run_id>.json``, which the next connection that writes imports.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,9 +188,9 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open the store at the current schema, waiting while another process holds its lock.
 
-    A writer creates a missing (or half-created, empty) store and migrates an older one in place. A reader
-    writes nothing: an older store is read through an upgraded temporary copy, and a missing or empty one is an
-    error.
+    A writer creates a missing (or half-created, empty) store, migrates an older one in place and imports the
+    recovery files of runs whose end could not be written before. A reader writes nothing: an older store is
+    read through an upgraded temporary copy, and a missing or empty one is an error.
 
     Args:
         db: Path of the DuckDB file.
@@ -215,6 +217,7 @@ def connect(
         try:
             _check_version(con, path)
             _migrate(con)
+            _import_recoveries(con, path)
         except BaseException as exc:
             con.close()
             if isinstance(exc, duckdb.IOException):
@@ -515,25 +518,27 @@ def _insert_rows(
         con.execute(f"INSERT INTO {table} SELECT * FROM staged")
 
 
-def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
-    """Write a run's results and mark it ok, all in one transaction: a run is never half-written."""
-    with connect(db) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _insert_rows(con, "metrics", run_id, results.metrics)
-            _insert_rows(con, "query_scores", run_id, results.query_scores)
-            _insert_rows(con, "rankings", run_id, results.rankings)
-            _insert_rows(con, "train_log", run_id, results.train_log)
-            _insert_rows(con, "texts", results.dataset, results.texts, skip_existing=True)
-            _insert_rows(con, "qrels", results.dataset, results.qrels, skip_existing=True)
-            con.execute(
-                "UPDATE runs SET status = 'ok', finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
-                [now(), json.dumps(results.timings), json.dumps(results.info, default=str), run_id],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+def finish_run(db: str | Path, run_id: str, results: RunResults, *, timeout: float | None = None) -> Path | None:
+    """Write a run's results and mark it ok, all in one transaction: a run is never half-written.
+
+    When the store cannot be written (another process holds it past the lock timeout, or it is not writable)
+    the results are saved to a recovery file beside it instead, which the next command that writes the store
+    imports: a finished run is never lost.
+
+    Args:
+        db: Store path.
+        run_id: The run, recorded by :func:`start_run`.
+        results: Its rows.
+        timeout: Seconds to wait for a lock held elsewhere (default: :func:`lock_timeout`).
+
+    Returns:
+        None when the results are in the store, else the recovery file holding them.
+
+    Raises:
+        StoreError: Neither the store nor the recovery file could be written.
+
+    """
+    return _record_end(db, run_id, "ok", None, results, timeout)
 
 
 def end_run(
@@ -544,8 +549,12 @@ def end_run(
     timings: dict[str, float],
     info: dict[str, Any],
     train_log: list[tuple[int, float, str, float]] | None = None,
-) -> None:
+    *,
+    timeout: float | None = None,
+) -> Path | None:
     """Mark a run failed, interrupted or pruned, with its error; no metrics are written.
+
+    Falls back on a recovery file as :func:`finish_run` does.
 
     Args:
         db: Store path.
@@ -555,16 +564,126 @@ def end_run(
         timings: Seconds per stage so far.
         info: Run facts gathered so far.
         train_log: Rows logged before the run stopped (a pruned trial's dev curve), kept for reports.
+        timeout: Seconds to wait for a lock held elsewhere (default: :func:`lock_timeout`).
+
+    Returns:
+        None when recorded in the store, else the recovery file holding the record.
+
+    Raises:
+        StoreError: Neither the store nor the recovery file could be written.
 
     """
-    with connect(db) as con:
-        con.execute("BEGIN TRANSACTION")
-        _insert_rows(con, "train_log", run_id, train_log or [])
+    results = RunResults(train_log=train_log or [], timings=timings, info=info)
+    return _record_end(db, run_id, status, error, results, timeout)
+
+
+def _record_end(
+    db: str | Path, run_id: str, status: str, error: str | None, results: RunResults, timeout: float | None
+) -> Path | None:
+    finished_at = now()
+    try:
+        with connect(db, timeout=timeout) as con:
+            _write_end(con, run_id, status, error, finished_at, results, db)
+        return None
+    except (StoreError, duckdb.IOException, OSError) as exc:
+        record = {
+            "format": "embx-recovery/1",
+            "run_id": run_id,
+            "status": status,
+            "error": error,
+            "finished_at": finished_at.isoformat(),
+            "why": str(exc),
+            "results": asdict(results),
+        }
+        return _save_recovery(db, run_id, record, exc)
+
+
+def _write_end(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    status: str,
+    error: str | None,
+    finished_at: datetime,
+    results: RunResults,
+    db: str | Path,
+) -> None:
+    """A run's end in one transaction: its rows, then its status (rolled back whole on any error)."""
+    if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
+        raise StoreError(f"run {run_id} is not in {db}")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _insert_rows(con, "metrics", run_id, results.metrics)
+        _insert_rows(con, "query_scores", run_id, results.query_scores)
+        _insert_rows(con, "rankings", run_id, results.rankings)
+        _insert_rows(con, "train_log", run_id, results.train_log)
+        _insert_rows(con, "texts", results.dataset, results.texts, skip_existing=True)
+        _insert_rows(con, "qrels", results.dataset, results.qrels, skip_existing=True)
         con.execute(
             "UPDATE runs SET status = ?, error = ?, finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
-            [status, error, now(), json.dumps(timings), json.dumps(info, default=str), run_id],
+            [status, error, finished_at, json.dumps(results.timings), json.dumps(results.info, default=str), run_id],
         )
         con.execute("COMMIT")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+def recovery_dir(db: str | Path) -> Path:
+    """Where the ends of runs that could not be written to `db` wait: ``<db>.recovery/``."""
+    return Path(f"{db}.recovery")
+
+
+def pending_recoveries(db: str | Path) -> list[Path]:
+    """Recovery files waiting to be imported into `db` by the next command that writes it."""
+    try:
+        return sorted(p for p in recovery_dir(db).iterdir() if p.suffix == ".json")
+    except OSError:
+        return []
+
+
+def _save_recovery(db: str | Path, run_id: str, record: dict[str, Any], why: BaseException) -> Path:
+    """Write a run's end to ``<db>.recovery/<run_id>.json`` atomically (a temporary file, synced, renamed)."""
+    folder = recovery_dir(db)
+    target = folder / f"{re.sub(r'[^A-Za-z0-9._-]', '_', run_id)}.json"
+    partial = folder / f".{target.stem}.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    except OSError as exc:
+        with suppress(OSError):
+            partial.unlink()
+        raise StoreError(f"could not record run {run_id} in {db} ({why}), nor save it to {target}: {exc}") from exc
+    return target
+
+
+def _import_recoveries(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Import the recovery files beside the store (each in one transaction), then remove them.
+
+    A file whose run is no longer `running` (nor marked stale by a sweep) was imported already and is only
+    removed; one that cannot be read or whose run is not in the store stays, with a warning.
+    """
+    for file in pending_recoveries(path):
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+            run_id = record["run_id"]
+            row = con.execute("SELECT status, error FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise StoreError(f"run {run_id} is not in the store")
+            if row[0] == "running" or (row[0] == "interrupted" and (row[1] or "").startswith("stale:")):
+                results = RunResults(**record["results"])
+                finished_at = datetime.fromisoformat(record["finished_at"])
+                _write_end(con, run_id, record["status"], record["error"], finished_at, results, path)
+                log.warning("imported run %s (%s) into %s from %s", run_id, record["status"], path, file)
+        except (OSError, ValueError, KeyError, TypeError, duckdb.Error, StoreError) as exc:
+            log.warning("could not import %s into %s (%s); the file stays", file, path, exc)
+            continue
+        with suppress(OSError):
+            file.unlink()
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
@@ -746,8 +865,8 @@ def reap_stale(db: str | Path) -> list[str]:
     """Mark runs left `running` by a process that is gone (SIGKILL, power loss) as interrupted.
 
     For commands that write the store anyway (run, search): it opens the store for writing, which also creates
-    a half-created one again and upgrades an older one. Read-only commands never call it; they show such runs
-    as `stale?`.
+    a half-created one again, upgrades an older one and imports recovery files first (so a run whose results
+    wait there is not taken for stale). Read-only commands never call it; they show such runs as `stale?`.
 
     Returns:
         The run ids marked.

@@ -1,7 +1,8 @@
 """The results store under stress: locked at a run's end, old and newer schemas, stale runs, bad paths, prefixes.
 
-Each test here failed before the store was hardened (issue "Hardening"): read-only commands wrote (upgrades, the
-stale-run sweep), bad `--db` paths gave tracebacks, and `embx show %` matched a run.
+Each test here failed before the store was hardened (issue "Hardening"): the run's results were lost when another
+process held the store at its end, read-only commands wrote (upgrades, the stale-run sweep), bad `--db` paths
+gave tracebacks, and `embx show %` matched a run.
 """
 
 from __future__ import annotations
@@ -84,6 +85,122 @@ def refuse_writes(monkeypatch) -> None:
         return real(database, read_only=read_only, **kw)
 
     monkeypatch.setattr(duckdb, "connect", connect)
+
+
+# ----------------------------------------------------------------------- A. a finished run is never lost
+
+
+def test_finish_run_saves_the_results_beside_a_store_that_stays_locked(tmp_path, monkeypatch):
+    db = tmp_path / "results.duckdb"
+    store.start_run(db, run_record("run-a", spec_json=MAIN))
+    monkeypatch.setenv("EMBX_LOCK_TIMEOUT", "1")
+    with lock_held(db):
+        saved = store.finish_run(db, "run-a", results())
+    assert saved == tmp_path / "results.duckdb.recovery" / "run-a.json"
+    assert json.loads(saved.read_text())["run_id"] == "run-a"
+    assert list(saved.parent.iterdir()) == [saved]  # written through a temporary file, renamed
+    assert query(db, "SELECT status FROM runs") == [("running",)]
+
+    # A read-only command never writes, so it leaves the file for later ...
+    assert store.list_runs(db)[0]["metrics"] == {}
+    assert store.pending_recoveries(db) == [saved]
+    # ... and the next write imports it, in one transaction, with the time the run finished.
+    store.start_run(db, run_record("run-b"))
+    run = store.get_run(db, "run-a")
+    assert run["status"] == "ok" and run["error"] is None
+    assert run["metrics"] == {"base": {"ndcg@10": 0.25}, "tuned": {"ndcg@10": 0.5}}
+    assert run["timings"] == {"total": 1.5} and run["info"] == {"negatives": {"mode": "random"}}
+    assert query(db, "SELECT count(*) FROM rankings WHERE run_id = 'run-a'") == [(2,)]
+    assert query(db, "SELECT count(*) FROM texts") == [(2,)]
+    assert not saved.exists()
+    assert store.pending_recoveries(db) == []
+
+
+def test_end_run_saves_the_end_beside_a_store_that_stays_locked(tmp_path, monkeypatch):
+    db = tmp_path / "results.duckdb"
+    store.start_run(db, run_record("run-p"))
+    monkeypatch.setenv("EMBX_LOCK_TIMEOUT", "1")
+    with lock_held(db):
+        saved = store.end_run(db, "run-p", "pruned", "pruned: trial 3", {"total": 2.0}, {}, [(1, 1.0, "dev", 0.1)])
+    assert saved == tmp_path / "results.duckdb.recovery" / "run-p.json"
+    assert store.reap_stale(db) == []  # a writing command: imports first, so the run is not taken for stale
+    run = store.get_run(db, "run-p")
+    assert (run["status"], run["error"]) == ("pruned", "pruned: trial 3")
+    assert [(r["step"], r["name"], r["value"]) for r in run["train_log"]] == [(1, "dev", 0.1)]
+    assert not saved.exists()
+
+
+def test_a_run_whose_store_stays_locked_at_its_end_keeps_its_results(write_spec, tmp_path, monkeypatch, caplog):
+    """`embx run` while another process holds the store when the run ends: exit 0, the results reach the store."""
+    db = tmp_path / "results.duckdb"
+    spec = write_spec(**FAST)
+    real_finish = store.finish_run
+
+    def finish_while_locked(*args, **kwargs):
+        with lock_held(db):
+            return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_run", finish_while_locked)
+    monkeypatch.setenv("EMBX_LOCK_TIMEOUT", "1")
+    result = cli("run", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    ((run_id,),) = query(db, "SELECT run_id FROM runs")
+    saved = tmp_path / "results.duckdb.recovery" / f"{run_id}.json"
+    assert saved.exists()
+    said = " ".join(caplog.text.split())
+    assert f"results saved to {saved}; they will be imported into {db} by the next" in said, said
+    assert query(db, "SELECT status FROM runs") == [("running",)]
+
+    listed = cli("ls", "--db", db, "--json")  # says where the results wait, writes nothing
+    assert listed.exit_code == 0
+    assert "1 run(s) wait" in " ".join(listed.stderr.split()) and saved.exists()
+
+    monkeypatch.setattr(store, "finish_run", real_finish)
+    again = cli("run", spec, "--db", db)  # the next writing command imports them (and then skips the done run)
+    assert again.exit_code == 0, again.output
+    assert query(db, "SELECT run_id, status FROM runs") == [(run_id, "ok")]
+    assert query(db, "SELECT DISTINCT stage FROM metrics WHERE split = 'test' ORDER BY 1") == [("base",), ("tuned",)]
+    assert not saved.exists()
+
+
+def test_an_unwritable_store_at_a_runs_end_is_not_called_recorded(write_spec, beir_copy, tmp_path, monkeypatch):
+    qrels = beir_copy / "qrels" / "dev.tsv"
+    with qrels.open("a") as f:
+        f.write("q-heart-symptoms-0\tno-such-doc\t1\n")  # a DataError once the run has started
+    db = tmp_path / "results.duckdb"
+    real_start = store.start_run
+
+    def start_then_lose_the_store(*args, **kwargs):
+        real_start(*args, **kwargs)
+        refuse_writes(monkeypatch)
+        Path(f"{db}.recovery").write_text("in the way")  # no recovery folder either
+
+    monkeypatch.setattr(store, "start_run", start_then_lose_the_store)
+    result = cli("run", write_spec(data={"path": str(beir_copy)}), "--db", db)
+    assert result.exit_code == 2, result.output
+    err = " ".join(result.stderr.split())
+    assert "document 'no-such-doc' is not in corpus.jsonl" in err
+    assert "run recorded as failed" not in err
+    assert f"(not recorded: could not record run {run_id(db)} in {db}" in err and "Permission denied" in err
+    monkeypatch.undo()
+    assert query(db, "SELECT status FROM runs") == [("running",)]
+
+
+def run_id(db: Path) -> str:
+    ((only,),) = query(db, "SELECT run_id FROM runs")
+    return only
+
+
+def test_a_store_locked_when_the_run_starts_exits_2_without_a_record(write_spec, tmp_path, monkeypatch):
+    db = tmp_path / "results.duckdb"
+    store.start_run(db, run_record("earlier"))
+    monkeypatch.setenv("EMBX_LOCK_TIMEOUT", "1")
+    with lock_held(db):
+        result = CliRunnerResult.of("run", write_spec(**FAST), "--db", db)
+    assert result.exit_code == 2, result.output
+    assert "locked by another process" in " ".join(result.stderr.split())
+    assert "recorded" not in result.stderr
+    assert query(db, "SELECT run_id FROM runs") == [("earlier",)]
 
 
 class CliRunnerResult:
