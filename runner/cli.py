@@ -113,18 +113,21 @@ def run(
     from runner.summary import print_experiment
 
     db = db or store.default_db()
-    store.reap_stale(db)
     try:
+        store.reap_stale(db)
         result = run_experiment(loaded, db, force=force)
-    except DataError as exc:
-        click.echo(f"error: {exc}\n(run recorded as failed in {db})", err=True)
+    except store.StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted (run recorded as interrupted in {db})", err=True)
+    except DataError as exc:
+        click.echo(f"error: {exc}{_recorded(exc)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as exc:
+        click.echo(f"interrupted{_recorded(exc, sep=' ')}", err=True)
         sys.exit(130)
     except Exception as exc:
         logging.getLogger("runner").debug("run failed", exc_info=True)
-        click.echo(f"error: {type(exc).__name__}: {exc}\n(run recorded as failed in {db})", err=True)
+        click.echo(f"error: {type(exc).__name__}: {exc}{_recorded(exc)}", err=True)
         sys.exit(1)
     print_experiment(result, db)
     if result.failed:
@@ -158,6 +161,12 @@ def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: 
     )
     for note in card["checks"].get("notes", []):
         click.echo(f"check: {note}")
+
+
+def _recorded(exc: BaseException, sep: str = "\n") -> str:
+    """Where the failed run was recorded, as the pipeline found it (nothing when it never got a record)."""
+    note = getattr(exc, "embx_recorded", None)
+    return f"{sep}({note})" if note else ""
 
 
 def _follow(spec) -> None:
@@ -208,8 +217,8 @@ def search(
     from runner.summary import print_search
 
     db = db or store.default_db()
-    store.reap_stale(db)
     try:
+        store.reap_stale(db)
         if loaded.spec.train.distributed.world_size > 1:
             raise SearchError("search trials train in one process each: train.distributed is for `embx run`")
         if worker_share:
@@ -220,7 +229,7 @@ def search(
             run_worker(loaded, db, storage or default_storage(db), study_name or loaded.spec.name, share, index)
             return
         result = run_search(loaded, db, trials, storage, study_name, workers, list(overrides))
-    except SearchError as exc:
+    except (SearchError, store.StoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
@@ -276,7 +285,7 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
 
     paths = list(dbs) or [store.default_db()]
     try:
-        html = _read(lambda _: build_report(paths, list(experiments)), paths[0])
+        html = _read(lambda _: build_report(paths, list(experiments)), *paths)
     except KeyError as exc:
         click.echo(f"error: {exc.args[0]}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -285,16 +294,27 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
     click.echo(f"wrote {output}")
 
 
-def _read(fn, db: str | None):
+def _read(fn, db: str | None, *more: str):
+    """Call fn(path) of a read-only command: it never writes (no stale-run sweep: those runs show as `stale?`).
+
+    A store that cannot be read is an error (exit 2); run results waiting in recovery files get a note.
+    """
     from runner import store
 
     path = db or store.default_db()
     try:
-        store.reap_stale(path)
-        return fn(path)
-    except FileNotFoundError as exc:
+        value = fn(path)
+    except (store.StoreError, FileNotFoundError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    for each in (path, *more):
+        if waiting := store.pending_recoveries(each):
+            click.echo(
+                f"note: {len(waiting)} run(s) wait in {store.recovery_dir(each)} (saved there when {each} could not be"
+                " written); the next `embx run` or `embx search` imports them",
+                err=True,
+            )
+    return value
 
 
 if __name__ == "__main__":

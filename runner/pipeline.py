@@ -126,17 +126,41 @@ def run_spec(
         with sigterm_as_interrupt(), run.timer("total"):
             result, rows = _execute(run, evaluate_test=evaluate_test)
     except RunPruned as exc:
-        store.end_run(db, run.run_id, "pruned", f"pruned: {exc}", dict(run.timer), run.info, run.dev_log)
+        _record_end(run, exc, "pruned", f"pruned: {exc}", run.dev_log)
         raise
     except KeyboardInterrupt as exc:
-        store.end_run(db, run.run_id, "interrupted", f"interrupted ({str(exc) or 'Ctrl-C'})", dict(run.timer), run.info)
+        _record_end(run, exc, "interrupted", f"interrupted ({str(exc) or 'Ctrl-C'})")
         raise
     except Exception as exc:
-        store.end_run(db, run.run_id, "failed", f"{type(exc).__name__}: {exc}", dict(run.timer), run.info)
+        _record_end(run, exc, "failed", f"{type(exc).__name__}: {exc}")
         raise
     rows.timings = result.timings = dict(run.timer)
-    store.finish_run(db, run.run_id, rows)
+    saved = store.finish_run(db, run.run_id, rows)
+    if saved is not None:
+        log.warning(
+            "run %s: could not write %s (locked by another process, or not writable): results saved to %s;"
+            " they will be imported into %s by the next `embx run` or `embx search`",
+            run.run_id,
+            db,
+            saved,
+            db,
+        )
     return result
+
+
+def _record_end(run: _Run, exc: BaseException, status: str, error: str, train_log: list | None = None) -> None:
+    """Record how a run ended, and say where on the exception (``embx_recorded``, printed by the CLI)."""
+    try:
+        saved = store.end_run(run.db, run.run_id, status, error, dict(run.timer), run.info, train_log)
+    except store.StoreError as err:
+        log.error("run %s was not recorded as %s: %s", run.run_id, status, err)
+        exc.embx_recorded = f"not recorded: {err}"
+        return
+    exc.embx_recorded = (
+        f"run recorded as {status} in {run.db}"
+        if saved is None
+        else f"run record saved to {saved}; it will be imported into {run.db} by the next `embx run` or `embx search`"
+    )
 
 
 @dataclass

@@ -1,25 +1,41 @@
 """The results store: DuckDB, append-only, schema by ordered migrations. The only module that writes SQL.
 
 Connections are opened per operation and closed at once, so the file is locked only while a statement
-runs; a writer that finds the file locked by another process retries with back-off.
+runs; a writer that finds the file locked by another process retries with back-off for up to
+``$EMBX_LOCK_TIMEOUT`` seconds. Read-only connections never write: not the schema (an older store is read
+through an upgraded temporary copy), not the stale-run sweep, not even a lock file. A run's end that cannot be
+written (the store stays locked, or is not writable) is saved to a recovery file beside the store,
+``<db>.recovery/<run_id>.json``, which the next connection that writes imports.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
+import platform
 import random
+import re
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 DEFAULT_DB = "results.duckdb"
+LOCK_TIMEOUT_ENV = "EMBX_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 120.0
+"""Seconds a connection waits for a lock held by another process (about what 60 back-off attempts took)."""
 
 MIGRATIONS: list[str] = [
     # 1: the first schema.
@@ -122,7 +138,27 @@ MIGRATIONS: list[str] = [
         updated_at TIMESTAMP
     );
     """,
+    # 4: the start of the recording process, so the stale-run check tells a live run from a reused pid (or from
+    # a process of another container that shares the hostname and the store).
+    """
+    ALTER TABLE runs ADD COLUMN pid_start VARCHAR;  -- "<boot id> <pid namespace> <start ticks>" (Linux)
+    """,
 ]
+
+
+class StoreError(Exception):
+    """The results store cannot be used as asked: not a store, from a newer embx, locked too long, not writable.
+
+    The message names the file; the CLI prints it and exits 2.
+    """
+
+
+class StoreMissing(StoreError, FileNotFoundError):
+    """No store at the path (read-only commands do not create one)."""
+
+
+class StoreLocked(StoreError):
+    """Another process held the store for longer than the lock timeout."""
 
 
 def default_db() -> str:
@@ -135,44 +171,100 @@ def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def lock_timeout() -> float:
+    """Seconds to wait for a lock held by another process: ``$EMBX_LOCK_TIMEOUT``, else 120."""
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise StoreError(f"{LOCK_TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+
+
 @contextmanager
-def connect(db: str | Path, read_only: bool = False, attempts: int = 60) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the store, migrated, retrying while another process holds the write lock.
+def connect(
+    db: str | Path, read_only: bool = False, attempts: int | None = None, *, timeout: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the store at the current schema, waiting while another process holds its lock.
+
+    A writer creates a missing (or half-created, empty) store, migrates an older one in place and imports the
+    recovery files of runs whose end could not be written before. A reader writes nothing: an older store is
+    read through an upgraded temporary copy, and a missing or empty one is an error.
 
     Args:
         db: Path of the DuckDB file.
         read_only: Open without write access (the file must exist).
-        attempts: Tries before giving up on a lock held elsewhere.
+        attempts: Tries before giving up on a lock held elsewhere (default: as many as the timeout allows).
+        timeout: Seconds to wait for such a lock (default: :func:`lock_timeout`).
+
+    Raises:
+        StoreMissing: Reading a store that does not exist.
+        StoreLocked: The lock stayed held for the whole timeout.
+        StoreError: The path is not a store (a directory, another file), its schema is newer than this embx
+            knows, or it cannot be opened.
 
     """
     path = Path(db)
-    if read_only and not path.exists():
-        raise FileNotFoundError(f"no results store at {path} (run `embx run SPEC` first, or pass --db)")
-    _ensure_created(path, attempts, wait_only=read_only)
-    if read_only and _version(path, attempts) < len(MIGRATIONS):
-        with connect(path, read_only=False, attempts=attempts):
-            pass  # a store written by an older embx: bring its schema up to date first
-    con = _open(path, read_only, attempts)
-    try:
-        if not read_only:
+    wait = lock_timeout() if timeout is None else timeout
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a results store file (pass --db {path / DEFAULT_DB})")
+    if read_only:
+        con = _open_for_reading(path, attempts, wait)
+    else:
+        _ensure_created(path, attempts, wait)
+        con = _open(path, False, attempts, wait)
+        try:
+            _check_version(con, path)
             _migrate(con)
+            _import_recoveries(con, path)
+        except BaseException as exc:
+            con.close()
+            if isinstance(exc, duckdb.IOException):
+                raise StoreError(f"cannot write the results store {path}: {exc}") from exc
+            raise
+    try:
         yield con
+    except duckdb.IOException as exc:  # a file that went away or became unwritable under us, a full disk
+        raise StoreError(f"cannot use the results store {path}: {exc}") from exc
     finally:
         con.close()
 
 
-def _ensure_created(path: Path, attempts: int, wait_only: bool = False) -> None:
+def _retry_locked(action: Callable[[], T], path: Path, attempts: int | None, wait: float) -> T:
+    """Run `action` (an open), retrying with back-off while another process holds the file's lock."""
+    started = time.monotonic()
+    tries = 0
+    while True:
+        try:
+            return action()
+        except duckdb.IOException as exc:
+            if not re.search(r"\block\b", str(exc), re.IGNORECASE):  # "Could not set lock", not "block"
+                raise StoreError(f"cannot open the results store {path}: {exc}") from exc
+            tries += 1
+            left = started + wait - time.monotonic()
+            if left <= 0 or (attempts is not None and tries >= attempts):
+                waited = time.monotonic() - started
+                raise StoreLocked(
+                    f"the results store {path} is locked by another process (waited {waited:.0f} s;"
+                    f" ${LOCK_TIMEOUT_ENV} sets how long): {exc}"
+                ) from exc
+            time.sleep(min(left, min(2.0, 0.05 * 2 ** min(tries, 6)) * (0.5 + random.random())))
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open the results store {path}: {exc}") from exc
+
+
+def _open(path: Path, read_only: bool, attempts: int | None, wait: float) -> duckdb.DuckDBPyConnection:
+    return _retry_locked(lambda: duckdb.connect(str(path), read_only=read_only), path, attempts, wait)
+
+
+def _ensure_created(path: Path, attempts: int | None, wait: float) -> None:
     """Create (and migrate) a missing store under an exclusive lock on a sidecar file.
 
     DuckDB leaves a new file empty and unlocked for a moment while creating it; a second process opening it
     then fails ("not a valid DuckDB database file"). All creators go through `<db>.lock`, and an empty file
-    found there is a creation that died half-way: it is replaced.
-
-    Args:
-        path: The store.
-        attempts: Lock retries for the migration connection.
-        wait_only: Only wait for a creation in progress (readers).
-
+    found there is a creation that died half-way: it is replaced. Writers only: readers wait in
+    :func:`_open_for_reading`.
     """
     if path.exists() and path.stat().st_size > 0:
         return
@@ -180,44 +272,119 @@ def _ensure_created(path: Path, attempts: int, wait_only: bool = False) -> None:
         import fcntl
     except ImportError:  # not POSIX: no sidecar lock
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH if wait_only else fcntl.LOCK_EX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(f"{path}.lock", "a")  # noqa: SIM115 - held across the block below
+    except OSError as exc:
+        raise StoreError(f"cannot create the results store {path}: {exc}") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if wait_only or (path.exists() and path.stat().st_size > 0):
+            if path.exists() and path.stat().st_size > 0:
                 return
             path.unlink(missing_ok=True)
-            con = _open(path, False, attempts)
+            con = _open(path, False, attempts, wait)
             try:
                 _migrate(con)
+            except duckdb.IOException as exc:
+                raise StoreError(f"cannot create the results store {path}: {exc}") from exc
             finally:
                 con.close()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _open(path: Path, read_only: bool, attempts: int) -> duckdb.DuckDBPyConnection:
-    """Connect, retrying with back-off while another process holds the file's lock."""
-    for attempt in range(attempts):
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or attempt == attempts - 1:
-                raise
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
-
-
-def _version(path: Path, attempts: int) -> int:
-    """Schema version of an existing store (0 when it has none)."""
-    con = _open(path, True, attempts)
+def _open_for_reading(path: Path, attempts: int | None, wait: float) -> duckdb.DuckDBPyConnection:
+    """A read-only connection at the current schema; nothing is written, not even a lock file."""
+    if not path.exists():
+        raise StoreMissing(f"no results store at {path} (run `embx run SPEC` first, or pass --db)")
+    if path.stat().st_size == 0:
+        _wait_for_creation(path)
+        if path.stat().st_size == 0:
+            raise StoreError(
+                f"{path} is empty (0 bytes): a store whose creation did not finish; the next `embx run` or"
+                " `embx search` recreates it (or remove the file)"
+            )
+    con = _open(path, True, attempts, wait)
     try:
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
-        ).fetchone()[0]
-        return con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0 if found else 0
+        version = _check_version(con, path)
+    except BaseException:
+        con.close()
+        raise
+    if version == len(MIGRATIONS):
+        return con
+    con.close()
+    return _upgraded_copy(path, version, attempts, wait)
+
+
+def _wait_for_creation(path: Path) -> None:
+    """Wait for a creator holding `<db>.lock` (opened for reading: a reader never creates it)."""
+    try:
+        import fcntl
+
+        lock = open(f"{path}.lock")  # noqa: SIM115 - closed below
+    except (ImportError, OSError):
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _check_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The store's schema version (0 for a new, empty file); refuse one from a newer embx or another program."""
+    tables = {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+            " AND table_schema = 'main'"
+        ).fetchall()
+    }
+    if "schema_migrations" not in tables:
+        if tables:
+            raise StoreError(f"{path} is a DuckDB database but not an embx results store (no schema_migrations)")
+        return 0
+    version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path} was written by a newer embx: its schema version {version} is past the version"
+            f" {len(MIGRATIONS)} this embx knows; upgrade embx to use it"
+        )
+    return version
+
+
+_COPIES: dict[str, tuple[tuple[int, ...], Path]] = {}
+"""Upgraded copies of older stores made by this process: resolved path -> (file stamp, copy)."""
+
+
+def _upgraded_copy(path: Path, version: int, attempts: int | None, wait: float) -> duckdb.DuckDBPyConnection:
+    """Read an older store through a temporary copy migrated to the current schema (made once per process)."""
+    stamp = tuple(
+        value for p in (path, Path(f"{path}.wal")) if p.exists() for value in (p.stat().st_mtime_ns, p.stat().st_size)
+    )
+    key = str(path.resolve())
+    if key in _COPIES and _COPIES[key][0] == stamp and _COPIES[key][1].exists():
+        return duckdb.connect(str(_COPIES[key][1]), read_only=True)
+    folder = Path(tempfile.mkdtemp(prefix="embx-store-"))
+    atexit.register(shutil.rmtree, folder, True)
+    copy = folder / "upgraded.duckdb"
+    con = duckdb.connect(str(copy))
+    try:
+        quoted = str(path).replace("'", "''")
+        _retry_locked(lambda: con.execute(f"ATTACH '{quoted}' AS old (READ_ONLY)"), path, attempts, wait)
+        con.execute("COPY FROM DATABASE old TO upgraded")
+        con.execute("DETACH old")
+        _migrate(con)
     finally:
         con.close()
+    _COPIES[key] = (stamp, copy)
+    log.warning(
+        "%s has schema version %d (this embx: %d); read through an upgraded temporary copy. The next `embx run`"
+        " or `embx search` upgrades it in place.",
+        path,
+        version,
+        len(MIGRATIONS),
+    )
+    return duckdb.connect(str(copy), read_only=True)
 
 
 def _migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -256,6 +423,8 @@ class RunRecord:
     study: str | None = None
     trial: int | None = None
     started_at: datetime = field(default_factory=now)
+    pid_start: str | None = None
+    """The recording process's identity for the stale-run check (default: this process's, when it is `pid`)."""
 
 
 @dataclass
@@ -281,6 +450,9 @@ class RunResults:
 
 def start_run(db: str | Path, rec: RunRecord) -> None:
     """Record a run as `running` (and its experiment, if new)."""
+    pid_start = rec.pid_start
+    if pid_start is None and rec.pid == os.getpid() and rec.host == platform.node():
+        pid_start = process_identity(rec.pid)
     with connect(db) as con:
         con.execute("BEGIN TRANSACTION")
         con.execute(
@@ -290,8 +462,8 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
         con.execute(
             "INSERT INTO runs (run_id, experiment, status, spec_path, spec_text, spec_json, spec_hash, overrides,"
             " versions, git_commit, device, host, pid, started_at, variant, changes, repeat, baseline_key, study,"
-            " trial)"
-            " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " trial, pid_start)"
+            " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 rec.run_id,
                 rec.experiment,
@@ -312,6 +484,7 @@ def start_run(db: str | Path, rec: RunRecord) -> None:
                 rec.baseline_key,
                 rec.study,
                 rec.trial,
+                pid_start,
             ],
         )
         con.execute("COMMIT")
@@ -345,25 +518,27 @@ def _insert_rows(
         con.execute(f"INSERT INTO {table} SELECT * FROM staged")
 
 
-def finish_run(db: str | Path, run_id: str, results: RunResults) -> None:
-    """Write a run's results and mark it ok, all in one transaction: a run is never half-written."""
-    with connect(db) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _insert_rows(con, "metrics", run_id, results.metrics)
-            _insert_rows(con, "query_scores", run_id, results.query_scores)
-            _insert_rows(con, "rankings", run_id, results.rankings)
-            _insert_rows(con, "train_log", run_id, results.train_log)
-            _insert_rows(con, "texts", results.dataset, results.texts, skip_existing=True)
-            _insert_rows(con, "qrels", results.dataset, results.qrels, skip_existing=True)
-            con.execute(
-                "UPDATE runs SET status = 'ok', finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
-                [now(), json.dumps(results.timings), json.dumps(results.info, default=str), run_id],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+def finish_run(db: str | Path, run_id: str, results: RunResults, *, timeout: float | None = None) -> Path | None:
+    """Write a run's results and mark it ok, all in one transaction: a run is never half-written.
+
+    When the store cannot be written (another process holds it past the lock timeout, or it is not writable)
+    the results are saved to a recovery file beside it instead, which the next command that writes the store
+    imports: a finished run is never lost.
+
+    Args:
+        db: Store path.
+        run_id: The run, recorded by :func:`start_run`.
+        results: Its rows.
+        timeout: Seconds to wait for a lock held elsewhere (default: :func:`lock_timeout`).
+
+    Returns:
+        None when the results are in the store, else the recovery file holding them.
+
+    Raises:
+        StoreError: Neither the store nor the recovery file could be written.
+
+    """
+    return _record_end(db, run_id, "ok", None, results, timeout)
 
 
 def end_run(
@@ -374,8 +549,12 @@ def end_run(
     timings: dict[str, float],
     info: dict[str, Any],
     train_log: list[tuple[int, float, str, float]] | None = None,
-) -> None:
+    *,
+    timeout: float | None = None,
+) -> Path | None:
     """Mark a run failed, interrupted or pruned, with its error; no metrics are written.
+
+    Falls back on a recovery file as :func:`finish_run` does.
 
     Args:
         db: Store path.
@@ -385,16 +564,126 @@ def end_run(
         timings: Seconds per stage so far.
         info: Run facts gathered so far.
         train_log: Rows logged before the run stopped (a pruned trial's dev curve), kept for reports.
+        timeout: Seconds to wait for a lock held elsewhere (default: :func:`lock_timeout`).
+
+    Returns:
+        None when recorded in the store, else the recovery file holding the record.
+
+    Raises:
+        StoreError: Neither the store nor the recovery file could be written.
 
     """
-    with connect(db) as con:
-        con.execute("BEGIN TRANSACTION")
-        _insert_rows(con, "train_log", run_id, train_log or [])
+    results = RunResults(train_log=train_log or [], timings=timings, info=info)
+    return _record_end(db, run_id, status, error, results, timeout)
+
+
+def _record_end(
+    db: str | Path, run_id: str, status: str, error: str | None, results: RunResults, timeout: float | None
+) -> Path | None:
+    finished_at = now()
+    try:
+        with connect(db, timeout=timeout) as con:
+            _write_end(con, run_id, status, error, finished_at, results, db)
+        return None
+    except (StoreError, duckdb.IOException, OSError) as exc:
+        record = {
+            "format": "embx-recovery/1",
+            "run_id": run_id,
+            "status": status,
+            "error": error,
+            "finished_at": finished_at.isoformat(),
+            "why": str(exc),
+            "results": asdict(results),
+        }
+        return _save_recovery(db, run_id, record, exc)
+
+
+def _write_end(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    status: str,
+    error: str | None,
+    finished_at: datetime,
+    results: RunResults,
+    db: str | Path,
+) -> None:
+    """A run's end in one transaction: its rows, then its status (rolled back whole on any error)."""
+    if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
+        raise StoreError(f"run {run_id} is not in {db}")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _insert_rows(con, "metrics", run_id, results.metrics)
+        _insert_rows(con, "query_scores", run_id, results.query_scores)
+        _insert_rows(con, "rankings", run_id, results.rankings)
+        _insert_rows(con, "train_log", run_id, results.train_log)
+        _insert_rows(con, "texts", results.dataset, results.texts, skip_existing=True)
+        _insert_rows(con, "qrels", results.dataset, results.qrels, skip_existing=True)
         con.execute(
             "UPDATE runs SET status = ?, error = ?, finished_at = ?, timings = ?, info = ? WHERE run_id = ?",
-            [status, error, now(), json.dumps(timings), json.dumps(info, default=str), run_id],
+            [status, error, finished_at, json.dumps(results.timings), json.dumps(results.info, default=str), run_id],
         )
         con.execute("COMMIT")
+    except BaseException:
+        with suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise
+
+
+def recovery_dir(db: str | Path) -> Path:
+    """Where the ends of runs that could not be written to `db` wait: ``<db>.recovery/``."""
+    return Path(f"{db}.recovery")
+
+
+def pending_recoveries(db: str | Path) -> list[Path]:
+    """Recovery files waiting to be imported into `db` by the next command that writes it."""
+    try:
+        return sorted(p for p in recovery_dir(db).iterdir() if p.suffix == ".json")
+    except OSError:
+        return []
+
+
+def _save_recovery(db: str | Path, run_id: str, record: dict[str, Any], why: BaseException) -> Path:
+    """Write a run's end to ``<db>.recovery/<run_id>.json`` atomically (a temporary file, synced, renamed)."""
+    folder = recovery_dir(db)
+    target = folder / f"{re.sub(r'[^A-Za-z0-9._-]', '_', run_id)}.json"
+    partial = folder / f".{target.stem}.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(record, handle, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+    except OSError as exc:
+        with suppress(OSError):
+            partial.unlink()
+        raise StoreError(f"could not record run {run_id} in {db} ({why}), nor save it to {target}: {exc}") from exc
+    return target
+
+
+def _import_recoveries(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Import the recovery files beside the store (each in one transaction), then remove them.
+
+    A file whose run is no longer `running` (nor marked stale by a sweep) was imported already and is only
+    removed; one that cannot be read or whose run is not in the store stays, with a warning.
+    """
+    for file in pending_recoveries(path):
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+            run_id = record["run_id"]
+            row = con.execute("SELECT status, error FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise StoreError(f"run {run_id} is not in the store")
+            if row[0] == "running" or (row[0] == "interrupted" and (row[1] or "").startswith("stale:")):
+                results = RunResults(**record["results"])
+                finished_at = datetime.fromisoformat(record["finished_at"])
+                _write_end(con, run_id, record["status"], record["error"], finished_at, results, path)
+                log.warning("imported run %s (%s) into %s from %s", run_id, record["status"], path, file)
+        except (OSError, ValueError, KeyError, TypeError, duckdb.Error, StoreError) as exc:
+            log.warning("could not import %s into %s (%s); the file stays", file, path, exc)
+            continue
+        with suppress(OSError):
+            file.unlink()
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
@@ -414,13 +703,13 @@ def _decode(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_runs(db: str | Path, experiment: str | None = None) -> list[dict[str, Any]]:
-    """Runs, newest first, each with its main test metric for base and tuned."""
+    """Runs, newest first, each with its main test metric for base and tuned (stale runs as `stale?`)."""
     with connect(db, read_only=True) as con:
         where = "WHERE r.experiment = ?" if experiment else ""
         runs = _rows(
             con,
             "SELECT r.run_id, r.experiment, r.status, r.error, r.spec_hash, r.started_at, r.finished_at, r.device,"
-            " r.variant, r.study, r.trial,"
+            " r.variant, r.study, r.trial, r.host, r.pid, r.pid_start,"
             f" r.spec_json FROM runs r {where} ORDER BY r.started_at DESC, r.run_id DESC",
             [experiment] if experiment else [],
         )
@@ -432,6 +721,9 @@ def list_runs(db: str | Path, experiment: str | None = None) -> list[dict[str, A
         by_run.setdefault(m["run_id"], {}).setdefault(m["stage"], {})[m["name"]] = m["value"]
     out = []
     for run in runs:
+        _mark_stale(run)
+        for key in ("host", "pid", "pid_start"):
+            del run[key]
         spec = json.loads(run.pop("spec_json") or "{}")
         main = spec.get("eval", {}).get("main")
         run["main_metric"] = main
@@ -443,19 +735,23 @@ def list_runs(db: str | Path, experiment: str | None = None) -> list[dict[str, A
 def get_run(db: str | Path, run_id: str) -> dict[str, Any]:
     """One run with its metrics ({split: {stage: {name: value}}} per source) and training log.
 
+    A `running` run whose process is gone shows as `stale?` (nothing is written).
+
     Args:
         db: Store path.
-        run_id: Full id or a unique prefix.
+        run_id: Full id or a unique prefix, taken literally (``%`` and ``_`` are no wildcards).
 
     Raises:
-        KeyError: If no run (or more than one) matches.
+        KeyError: If no run (or more than one) matches, or the prefix is empty.
 
     """
+    if not run_id:
+        raise KeyError("an empty run id prefix matches every run: give a run id or a unique prefix (see `embx ls`)")
     with connect(db, read_only=True) as con:
-        found = _rows(con, "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY run_id", [run_id + "%"])
+        found = _rows(con, "SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id", [run_id])
         if len(found) != 1:
             raise KeyError(f"no run {run_id!r}" if not found else f"run id prefix {run_id!r} is ambiguous")
-        run = _decode(found[0])
+        run = _decode(_mark_stale(found[0]))
         rid = run["run_id"]
         metrics = _rows(con, "SELECT split, stage, source, name, value FROM metrics WHERE run_id = ?", [rid])
         run["train_log"] = _rows(
@@ -535,13 +831,15 @@ def load_experiment(db: str | Path, experiment: str) -> dict[str, Any]:
     """Everything a report shows about one experiment: runs, metrics, per-query scores, curves, examples.
 
     Returns:
-        A dict with lists of row dicts: ``runs`` (decoded, oldest first), ``metrics``, ``query_scores`` (test),
-        ``train_log``, ``rankings`` (test, top 10), and ``texts``/``qrels`` of the datasets the runs used.
+        A dict with lists of row dicts: ``runs`` (decoded, oldest first, stale ones as `stale?`), ``metrics``,
+        ``query_scores`` (test), ``train_log``, ``rankings`` (test, top 10), and ``texts``/``qrels`` of the
+        datasets the runs used.
 
     """
     with connect(db, read_only=True) as con:
         runs = [
-            _decode(r) for r in _rows(con, "SELECT * FROM runs WHERE experiment = ? ORDER BY started_at", [experiment])
+            _decode(_mark_stale(r))
+            for r in _rows(con, "SELECT * FROM runs WHERE experiment = ? ORDER BY started_at", [experiment])
         ]
         if not runs:
             raise KeyError(f"no experiment {experiment!r} in {db}")
@@ -564,30 +862,85 @@ def load_experiment(db: str | Path, experiment: str) -> dict[str, Any]:
 
 
 def reap_stale(db: str | Path) -> list[str]:
-    """Mark runs of this host left 'running' by a dead process (killed by SIGKILL, power loss) as interrupted.
+    """Mark runs left `running` by a process that is gone (SIGKILL, power loss) as interrupted.
+
+    For commands that write the store anyway (run, search): it opens the store for writing, which also creates
+    a half-created one again, upgrades an older one and imports recovery files first (so a run whose results
+    wait there is not taken for stale). Read-only commands never call it; they show such runs as `stale?`.
 
     Returns:
         The run ids marked.
 
     """
-    import platform
-
     if not Path(db).exists():
         return []
-    with connect(db, read_only=True) as con:
-        rows = con.execute(
-            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [platform.node()]
-        ).fetchall()
-    dead = [run_id for run_id, pid in rows if pid is not None and not _alive(pid)]
+    with connect(db) as con:
+        rows = con.execute("SELECT run_id, host, pid, pid_start FROM runs WHERE status = 'running'").fetchall()
+        dead = [run_id for run_id, host, pid, pid_start in rows if _is_stale(host, pid, pid_start)]
+        for run_id in dead:
+            con.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE run_id = ? AND "
+                "status = 'running'",
+                [now(), "stale: its process is gone (killed without a chance to record it)", run_id],
+            )
     if dead:
-        with connect(db) as con:
-            for run_id in dead:
-                con.execute(
-                    "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE run_id = ? AND "
-                    "status = 'running'",
-                    [now(), "stale: its process is gone (killed without a chance to record it)", run_id],
-                )
+        log.info("marked %d run(s) whose process is gone as interrupted: %s", len(dead), ", ".join(dead))
     return dead
+
+
+def _mark_stale(run: dict[str, Any]) -> dict[str, Any]:
+    """Show a `running` run whose process is gone as `stale?` (read-only commands: the row is not changed)."""
+    if run.get("status") == "running" and _is_stale(run.get("host"), run.get("pid"), run.get("pid_start")):
+        run["status"] = "stale?"
+    return run
+
+
+def process_identity(pid: int) -> str | None:
+    """``"<boot id> <pid namespace> <start time>"`` of a live process, from /proc (Linux; None elsewhere).
+
+    The start time is field 22 of ``/proc/<pid>/stat`` (clock ticks since boot): with the boot id it tells a
+    process from a later one that got the same pid; the pid namespace tells whether a pid can be checked here
+    at all (containers on one machine may share a hostname but not their pids).
+    """
+    stat = _stat(pid)
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return None if stat is None else f"{boot} {namespace} {stat[1]}"
+
+
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, or None if there is none (or no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _is_stale(host: str | None, pid: int | None, pid_start: str | None) -> bool:
+    """Whether a `running` row's process is certainly gone; False whenever it cannot be told from here.
+
+    Rows of other hosts are not judged. With a recorded identity (see :func:`process_identity`): another boot
+    of this host means gone; another pid namespace (another container) cannot be checked; otherwise the pid
+    must still run, not as a zombie, and have started at the recorded time (not a reused pid). Rows recorded
+    without one (older embx, no /proc) fall back to whether the pid exists.
+    """
+    if host != platform.node() or pid is None:
+        return False
+    mine = process_identity(os.getpid()) if pid_start else None
+    if not pid_start or mine is None:
+        return not _alive(pid)
+    boot, namespace, started = (pid_start.split(" ") + ["", "", ""])[:3]
+    my_boot, my_namespace, _ = mine.split(" ")
+    if boot != my_boot:
+        return True  # this host has restarted since the run began
+    if namespace != my_namespace:
+        return False  # another container's process: its pid means nothing here
+    stat = _stat(pid)
+    return stat is None or stat[0] == "Z" or stat[1] != started
 
 
 def _alive(pid: int) -> bool:
@@ -598,11 +951,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    stat = _stat(pid)
+    return stat is None or stat[0] != "Z"
 
 
 def save_study(db: str | Path, summary: dict[str, Any]) -> None:

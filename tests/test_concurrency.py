@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 from helpers import cli, query, run_record
 
@@ -231,22 +230,24 @@ def test_sigkilled_run_is_reaped_and_the_store_stays_usable(long_spec, tmp_path)
     assert query(db, "SELECT run_id, status, pid, error FROM runs") == [(run["run_id"], "running", proc.pid, None)]
     assert query(db, "SELECT count(*) FROM metrics") == [(0,)]
 
-    # The next command notices the dead process and marks its run interrupted.
+    # A read-only command notices the dead process and shows its run as `stale?`, writing nothing ...
     listed = cli("ls", "--db", db, "--json")
     assert listed.exit_code == 0, listed.output
     (stale,) = json.loads(listed.stdout)
     assert stale["run_id"] == run["run_id"]
-    assert stale["status"] == "interrupted"
-    assert stale["error"].startswith("stale: ")
-    assert stale["finished_at"] is not None
+    assert stale["status"] == "stale?"
+    assert query(db, "SELECT status FROM runs") == [("running",)]
 
-    # The same spec runs to the end afterwards (one epoch instead of a hundred, to stay quick).
+    # ... and the next writing command marks it interrupted; the same spec runs to the end afterwards (one
+    # epoch instead of a hundred, to stay quick).
     again = cli("run", long_spec, "--db", db, "--set", "train.epochs=1")
     assert again.exit_code == 0, again.output
     assert query(db, "SELECT status, error IS NULL FROM runs ORDER BY started_at, run_id") == [
         ("interrupted", False),
         ("ok", True),
     ]
+    (error, finished) = query(db, "SELECT error, finished_at FROM runs WHERE status = 'interrupted'")[0]
+    assert error.startswith("stale: ") and finished is not None
     (ok_id,) = query(db, "SELECT run_id FROM runs WHERE status = 'ok'")[0]
     assert query(db, "SELECT stage FROM metrics WHERE run_id = ? AND split = 'test' ORDER BY stage", [ok_id]) == [
         ("base",),
@@ -299,7 +300,7 @@ def test_connect_waits_for_a_lock_held_by_another_process(tmp_path):
         try:
             assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
             # The lock is real: a single attempt fails ...
-            with pytest.raises(duckdb.IOException, match="(?i)lock"), store.connect(db, attempts=1):
+            with pytest.raises(store.StoreLocked, match="locked by another process"), store.connect(db, attempts=1):
                 pass
             # ... and the store's own calls wait for it and succeed.
             started = time.monotonic()

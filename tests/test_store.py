@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 import duckdb
@@ -67,6 +68,43 @@ def test_migrations_are_idempotent(tmp_path):
         tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     assert [v for (v,) in versions] == list(range(1, len(store.MIGRATIONS) + 1))
     assert {"experiments", "runs", "metrics", "query_scores", "rankings", "train_log"} <= tables
+
+
+# Migrations are applied in order and never edited once released: a store at version N has run exactly these.
+MIGRATION_SHA256 = [
+    "b1f9fb47577b5711cda714ac15cdc5bd001e0e83fd1a97eb3d815660c284c5f3",
+    "506fd0a22322e9aa7335a261fb8bbfb8e4ae41d9fdcb398adf0e3d9f557ce7dd",
+    "1830db40902cf97f9e1dd63df413158c7eec85b226bf86939e869da2a6326344",
+]
+
+
+def test_released_migrations_are_never_edited():
+    released = store.MIGRATIONS[: len(MIGRATION_SHA256)]
+    assert [hashlib.sha256(sql.encode()).hexdigest() for sql in released] == MIGRATION_SHA256
+
+
+def test_migration_4_records_the_process_start_of_a_run():
+    assert len(store.MIGRATIONS) == 4
+    assert "ALTER TABLE runs ADD COLUMN pid_start VARCHAR" in store.MIGRATIONS[3]
+
+
+def test_a_version_3_store_is_upgraded_in_place_keeping_its_runs(tmp_path):
+    db = tmp_path / "r.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for version, sql in enumerate(store.MIGRATIONS[:3], 1):
+        con.execute(sql)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
+    con.execute("INSERT INTO runs (run_id, experiment, status, host, pid) VALUES ('old', 'exp', 'ok', 'box', 7)")
+    con.close()
+    store.start_run(db, record("new"))
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT max(version) FROM schema_migrations").fetchone() == (len(store.MIGRATIONS),)
+        rows = con.execute("SELECT run_id, status, pid, pid_start FROM runs ORDER BY run_id").fetchall()
+    finally:
+        con.close()
+    assert rows == [("new", "running", 42, None), ("old", "ok", 7, None)]
 
 
 def test_start_finish_round_trip(tmp_path):
