@@ -137,6 +137,7 @@ def run_spec(
     rows.timings = result.timings = dict(run.timer)
     saved = store.finish_run(db, run.run_id, rows)
     if saved is not None:
+        result.info["recovery_file"] = str(saved)
         log.warning(
             "run %s: could not write %s (locked by another process, or not writable): results saved to %s;"
             " they will be imported into %s by the next `embx run` or `embx search`",

@@ -70,7 +70,10 @@ def print_result(result: Any, db: str) -> None:
     )
     for warning in result.warnings:
         out.print(f"[bold red]WARNING:[/] {warning}")
-    out.print(f"run [bold]{result.run_id}[/] recorded in {db}")
+    if result.info.get("recovery_file"):
+        out.print(f"run [bold]{result.run_id}[/]: {db} was locked; results saved to {result.info['recovery_file']}")
+    else:
+        out.print(f"run [bold]{result.run_id}[/] recorded in {db}")
 
 
 def print_runs(runs: list[dict[str, Any]]) -> None:
