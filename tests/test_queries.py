@@ -200,7 +200,7 @@ class FakeLLM:
                 try:
                     if cid.startswith("ECHOKEY"):  # an endpoint that quotes the key deep inside its error text
                         key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                        message = "x" * 190 + f" invalid key {key} given"
+                        message = "x" * 150 + f" invalid key {key} given"  # the key straddles the 200-character cut
                         return self._send(400, {"error": {"message": message, "type": "invalid_request_error"}})
                     if cid.startswith("FAIL500"):
                         return self._send(500, {"error": {"message": "boom", "type": "server_error"}})

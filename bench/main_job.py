@@ -1,0 +1,75 @@
+"""The main job as a new user runs it: `embx run specs/medical.yaml`, timed, with its metrics and machine.
+
+Runs the command in a fresh folder (its own results store and runs/ folder, so no cached corpus embeddings
+from earlier runs), then reads the run back with `embx show RUN --json` and writes one result file:
+
+    python bench/main_job.py --out bench/results/main_job_cpu.json [--set train.precision=fp32 ...]
+
+The wall time is the whole command (model load, data checks, base evaluation, mining, training, evaluation).
+Run it on a quiet machine: it is a speed figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import cpu_info  # noqa: E402
+
+
+def main() -> None:
+    """Parse arguments, run the main job once, write the result file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default=str(ROOT / "specs" / "medical.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="embx run --set KEY=VALUE")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="embx-main-job-") as folder:
+        db = Path(folder) / "results.duckdb"
+        command = [sys.executable, "-m", "runner.cli", "run", args.spec, "--db", str(db)]
+        for item in args.overrides:
+            command += ["--set", item]
+        started = time.perf_counter()
+        proc = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            sys.exit(f"embx run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        listed = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "ls", "--db", str(db), "--json"], capture_output=True, text=True
+        )
+        run_id = json.loads(listed.stdout)[0]["run_id"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "show", run_id, "--db", str(db), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    run = json.loads(shown.stdout)
+    result = {
+        "command": "embx run specs/medical.yaml" + "".join(f" --set {o}" for o in args.overrides),
+        "wall_seconds": round(wall, 1),
+        "machine": cpu_info(),
+        "precision": run["info"]["train"]["precision"],
+        "test": run["metrics"],
+        "dev": run["metrics_by_split"].get("dev"),
+        "train": run["info"]["train"],
+        "timings": run.get("timings"),
+        "versions": run.get("versions"),
+        "git_commit": run.get("git_commit"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    base, tuned = run["metrics"]["base"]["ndcg@10"], run["metrics"]["tuned"]["ndcg@10"]
+    print(f"{result['command']}: {wall:.1f} s, test ndcg@10 {base:.4f} -> {tuned:.4f} ({result['precision']})")
+
+
+if __name__ == "__main__":
+    main()
