@@ -43,3 +43,31 @@ def run_record(run_id: str, **fields) -> store.RunRecord:
         "pid": 1,
     }
     return store.RunRecord(**{**base, **fields})
+
+
+class FallingDev:
+    """A stand-in for the dev split: returns fixed scores per epoch and keeps a copy of the weights it scored.
+
+    Scores peak at epoch `peak` and fall afterwards, so early stopping must restore that epoch's weights:
+    ``snapshots[i]`` holds the model's state after epoch i + 1, the state a backend must hand back.
+    """
+
+    def __init__(self, scores: tuple[float, ...] = (0.5, 0.9, 0.7, 0.6, 0.1, 0.1), metric: str = "recall@10"):
+        self.scores, self.metric = scores, metric
+        self.snapshots: list[dict] = []
+
+    @property
+    def peak(self) -> int:
+        """The 1-based epoch with the highest score."""
+        return self.scores.index(max(self.scores)) + 1
+
+    def __call__(self, model) -> dict[str, float]:
+        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        return {self.metric: self.scores[len(self.snapshots) - 1], "ndcg@10": 0.0}
+
+
+def same_weights(state: dict, other: dict) -> bool:
+    """Whether two state dicts hold the same tensors under the same names (exactly)."""
+    import torch
+
+    return state.keys() == other.keys() and all(torch.equal(state[k].cpu(), other[k].cpu()) for k in state)

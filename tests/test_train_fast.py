@@ -173,3 +173,37 @@ def test_compile_keeps_the_steps_and_the_weight_names(model_dir, tiny_beir):
     assert compiled.details["compile"] is True
     assert [r[3] for r in compiled.log if r[2] == "loss"] == pytest.approx([r[3] for r in plain.log if r[2] == "loss"])
     assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
+
+
+def test_samples_count_the_pairs_trained_not_the_pairs_given(model_dir, tiny_beir):
+    """Three pairs share one positive, so no batch may hold two of them: with 8 pairs in batches of 4 one of
+    them finds no batch and sits out each epoch. `samples` counts the pairs the loss trained on (7 per epoch),
+    not len(pairs) x epochs."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from runner.train.fast import train_loop
+
+    shared = "One shared passage about joints."
+    pairs = [Pair(f"joint question {i}", shared) for i in range(3)]
+    pairs += [Pair(f"question {w}", f"A passage about {w}.") for w in ("salt", "iron", "bone", "sleep", "eye")]
+    spec = Spec.model_validate(
+        {
+            "name": "samples",
+            "model": {"base": str(model_dir), "max_seq_length": 24},
+            "data": {"path": str(tiny_beir), "splits": {"dev": None}},
+            "negatives": {"mode": "in-batch"},
+            "train": {"epochs": 3, "batch_size": 4, "precision": "fp32", "early_stopping": None},
+        }
+    )
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    seen: list[int] = []
+    mnrl = MultipleNegativesRankingLoss(model)
+
+    def loss(features, labels):
+        seen.append(len(features[0]["input_ids"]))
+        return mnrl(features, labels)
+
+    outcome = train_loop(model, loss, pairs, spec, None, "fp32")
+    assert outcome.epochs_run == 3
+    assert outcome.samples == sum(seen) == 3 * 7

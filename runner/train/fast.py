@@ -285,7 +285,7 @@ def train_loop(
     log_rows: list[tuple[int, float, str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     bad_epochs = 0
-    step = epochs_run = tokens = padded = 0
+    step = epochs_run = tokens = padded = samples = 0
     eval_seconds = 0.0
     running = torch.zeros((), device=device)
     running_n = 0
@@ -298,6 +298,7 @@ def train_loop(
             for batch in batches:
                 features, n_tokens = collate(columns, batch, pad_id, multiple)
                 tokens += n_tokens
+                samples += len(batch)  # the planner may leave a pair out or add one to a batch
                 padded += sum(f["input_ids"].numel() for f in features)
                 features = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in features]
                 with torch.autocast(device.type, dtype=dtype, enabled=amp):
@@ -362,7 +363,7 @@ def train_loop(
         best_epoch=best_epoch,
         seconds=seconds,
         eval_seconds=eval_seconds,
-        samples=len(pairs) * epochs_run,
+        samples=samples,
         steps=step,
         precision=precision,
         details={

@@ -46,6 +46,13 @@ def _dataset(pairs: list[Pair], query_prefix: str, passage_prefix: str):
     return Dataset.from_dict(columns)
 
 
+def rows_of(features) -> int:
+    """Texts in one tokenised column (a feature dict), i.e. the pairs of the batch it belongs to."""
+    if "attention_mask" in features:
+        return len(features["attention_mask"])
+    return len(next(iter(features.values())))
+
+
 class SentenceTransformersBackend:
     """Fine-tuning with sentence-transformers' modules and loss, in embx's loop or SentenceTransformerTrainer."""
 
@@ -138,8 +145,17 @@ class SentenceTransformersBackend:
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)  # our callback keeps the log; no dict dumps on stdout
+        trained = [0]  # rows of the batches the loss saw in this process
+
+        def count(module, args):
+            trained[0] += rows_of(args[0][0])
+
+        hook = loss.register_forward_pre_hook(count)
         started = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            hook.remove()
         seconds = time.perf_counter() - started
         state = trainer.state
         epochs_run = math.ceil(state.epoch or 0)
@@ -155,7 +171,7 @@ class SentenceTransformersBackend:
             best_epoch=best_epoch,
             seconds=seconds,
             eval_seconds=evaluator.seconds if evaluator else 0.0,
-            samples=round(len(pairs) * (state.epoch or 0.0)),
+            samples=trained[0] * world,  # the distributed sampler gives every process as many pairs
             steps=state.global_step,
             precision=precision,
             details={"loop": "trainer"},
