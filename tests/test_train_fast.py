@@ -108,11 +108,17 @@ def test_collate_gives_what_sentence_transformers_tokenises(model_dir):
     assert rounded[0]["input_ids"].shape[1] % 8 == 0
 
 
-def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir):
-    """One batch per epoch, no dropout, fp32: both loops see the same batch and take the same AdamW steps."""
+def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir, monkeypatch):
+    """One batch per epoch, no dropout, fp32: both loops see the same batch and take the same AdamW steps.
+
+    Also after a bf16 trainer run in the same process: transformers leaves ACCELERATE_MIXED_PRECISION=bf16 in
+    the environment, which the next fp32 trainer must not inherit.
+    """
     from sentence_transformers import SentenceTransformer
 
     from runner.train import get_backend
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what TrainingArguments(bf16=True) leaves behind
 
     words = ["salt", "iron", "bone", "sleep", "heart", "liver", "skin", "lung", "eye", "gut", "vein", "nerve"]
     pairs = [Pair(f"what about {w}", f"The {w} needs care: facts about {w} and health.") for w in words]

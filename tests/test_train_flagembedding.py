@@ -199,3 +199,20 @@ def test_samples_are_the_queries_trained(tiny_model, tiny_beir, tmp_path):
     outcome = get_backend("flagembedding").train(model, PAIRS, spec, None, tmp_path)
     assert outcome.epochs_run == 2 and outcome.steps == 2 * 2
     assert outcome.samples == 2 * 16
+
+
+def test_fp32_after_a_bf16_run_trains_in_fp32(tiny_model, tiny_beir, tmp_path, monkeypatch):
+    """transformers leaves ACCELERATE_MIXED_PRECISION=bf16 in the environment after a bf16 run; a later fp32
+    FlagEmbedding run in the same process (an ablation, a search) must still train in fp32: same weights as
+    a run in a clean environment."""
+    from sentence_transformers import SentenceTransformer
+
+    spec = fe_spec(tiny_model, tiny_beir, epochs=1)
+    weights = []
+    for leftover in ("no", "bf16"):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", leftover)
+        model = SentenceTransformer(str(tiny_model), device="cpu")
+        outcome = get_backend("flagembedding").train(model, PAIRS, spec, None, tmp_path / leftover)
+        assert outcome.precision == "fp32"
+        weights.append(outcome.model.state_dict())
+    assert same_weights(*weights)

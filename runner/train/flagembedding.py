@@ -226,6 +226,7 @@ class FlagEmbeddingBackend:
         from transformers.trainer_callback import PrinterCallback
 
         from runner.models import pooling_of, set_pooling
+        from runner.train.sentence_transformers import pin_mixed_precision
 
         _check_modules(model)
         cfg = spec.train
@@ -265,6 +266,7 @@ class FlagEmbeddingBackend:
             "logging_steps": max(1, steps_per_epoch // 10),
             **cfg.flagembedding,
         }
+        pin_mixed_precision(precision)
         model_args, data_args, training_args = parse_arguments(values)
         with _quiet():
             runner = EncoderOnlyEmbedderRunner(model_args=model_args, data_args=data_args, training_args=training_args)
