@@ -275,8 +275,12 @@ def train_loop(
     amp = precision in ("bf16", "fp16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    compiled = None
     if cfg.compile:
-        model[0].auto_model.compile(dynamic=True)
+        # sentence-transformers calls the transformer's forward method, not the module, so the module's own
+        # compile() never ran: the method is compiled in place (weight names unchanged) for the loop's duration.
+        compiled = model[0].auto_model
+        compiled.forward = torch.compile(compiled.forward, dynamic=True)
     params = [p for p in model.parameters() if p.requires_grad]
     stopping = cfg.early_stopping
     dev_metric = stopping.metric if stopping else spec.eval.main
@@ -351,6 +355,8 @@ def train_loop(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    if compiled is not None:
+        del compiled.forward  # evaluation and saving use the module's own forward again
     best_epoch = epochs_run
     if best is not None:
         model.load_state_dict(best[2])
