@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -71,3 +72,28 @@ def same_weights(state: dict, other: dict) -> bool:
     import torch
 
     return state.keys() == other.keys() and all(torch.equal(state[k].cpu(), other[k].cpu()) for k in state)
+
+
+def unavailable(reason: str):
+    """Skip a test whose tool is missing here, but fail it under CI (CI set), where nothing may be skipped."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run this test (.ci/run installs what it needs)")
+    pytest.skip(reason)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the Linux kernel reports in /proc/cpuinfo (empty without it)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return set()
+    for line in info.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def auto_cpu_precision() -> str:
+    """What precision auto must resolve to on this CPU, from the kernel's flags: bf16 with AMX, else fp32."""
+    return "bf16" if "amx_bf16" in cpu_flags() else "fp32"

@@ -6,12 +6,12 @@ import json
 
 import duckdb
 import pytest
+from helpers import auto_cpu_precision
 
 from runner import store
 from runner.data.types import DataError
 from runner.pipeline import run_spec
 from runner.spec import load_spec
-from runner.train import resolve_precision
 
 # One epoch and no early stopping (so no checkpoints): the shortest run that still trains and scores dev.
 FAST = {"train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}}
@@ -67,7 +67,7 @@ def test_each_negative_mode_runs_end_to_end(mode_runs, mode):
         assert negatives["candidates"] == TRAIN_PAIRS * (20 - 2)  # every rank in mine_range, for every pair
         assert negatives["dropped_positive"] + negatives["dropped_margin"] <= negatives["candidates"]
         assert 0 <= negatives["filled_random"] <= 2 * TRAIN_PAIRS
-    assert info["train"]["epochs_run"] == 1 and info["train"]["precision"] == resolve_precision("auto", "cpu")
+    assert info["train"]["epochs_run"] == 1 and info["train"]["precision"] == auto_cpu_precision()
     assert info["train"]["loop"] == "embx" and 0 < info["train"]["padding_efficiency"] <= 1
     assert info["train"]["samples"] == TRAIN_PAIRS
     assert stored["spec_hash"] == load_spec_hash(stored)

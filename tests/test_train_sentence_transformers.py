@@ -75,3 +75,30 @@ def test_trainer_counts_the_samples_its_loss_saw(tiny_model, tiny_beir, tmp_path
     outcome = get_backend("sentence-transformers").train(model, PAIRS, spec, None, tmp_path)
     assert outcome.samples == sum(seen) == 2 * len(PAIRS)
     assert outcome.steps == len(seen) == 2 * 3
+
+
+@pytest.mark.parametrize("loop", ["embx", "trainer"])
+def test_bf16_training_on_any_cpu(loop, tiny_model, tiny_beir, tmp_path, monkeypatch):
+    """train.precision bf16 trains under bf16 autocast on any CPU (the AMX detector is forced off, as on an
+    AVX2-only machine): the transformer's matrix products run in bf16, the fp32 master weights change."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    import runner.train
+
+    monkeypatch.setattr(runner.train, "cpu_has_bf16_matrix_units", lambda: False)
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    seen = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    spec = spec_for(tiny_model, tiny_beir, loop, epochs=1, precision="bf16", early_stopping=None)
+    outcome = get_backend("sentence-transformers").train(model, PAIRS, spec, None, tmp_path)
+    assert outcome.precision == "bf16" and outcome.steps == 3
+    assert seen == {torch.bfloat16}
+    after = outcome.model.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert not same_weights(after, before)
+    losses = [r[3] for r in outcome.log if r[2] == "loss"]
+    assert losses and all(0 < v < 10 for v in losses)
