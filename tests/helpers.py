@@ -97,3 +97,12 @@ def cpu_flags() -> set[str]:
 def auto_cpu_precision() -> str:
     """What precision auto must resolve to on this CPU, from the kernel's flags: bf16 with AMX, else fp32."""
     return "bf16" if "amx_bf16" in cpu_flags() else "fp32"
+
+
+def force_amx(monkeypatch, present: bool) -> None:
+    """Make the AMX detector answer `present`, in the module whose resolve_precision consults it."""
+    import sys
+
+    from runner.train import resolve_precision
+
+    monkeypatch.setattr(sys.modules[resolve_precision.__module__], "cpu_has_bf16_matrix_units", lambda: present)

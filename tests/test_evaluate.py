@@ -200,13 +200,14 @@ def linear_output_dtypes(model) -> tuple[set, list]:
 def test_bf16_inference_on_any_cpu(tiny_model, tiny_beir, monkeypatch):
     """eval.precision bf16 embeds under bf16 autocast on any CPU (AMX or not: the detector is forced off) and
     stays close to fp32: cosine > 0.99 per text, yet not the fp32 numbers (the autocast really ran)."""
-    import runner.train
+    from helpers import force_amx
+
     from runner.data.beir import load_beir
     from runner.evaluate import encode
     from runner.models import load_model
     from runner.spec import ModelSpec
 
-    monkeypatch.setattr(runner.train, "cpu_has_bf16_matrix_units", lambda: False)  # an AVX2-only CPU
+    force_amx(monkeypatch, False)  # an AVX2-only CPU
     texts = list(load_beir(tiny_beir).corpus.values())
     model = load_model(ModelSpec(base=str(tiny_model), max_seq_length=32), "cpu")
     seen, handles = linear_output_dtypes(model)

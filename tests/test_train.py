@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import auto_cpu_precision, unavailable
+from helpers import auto_cpu_precision, force_amx, unavailable
 
-import runner.train
 from runner.train import get_backend, resolve_precision
 
 
@@ -15,7 +14,7 @@ from runner.train import get_backend, resolve_precision
 def test_cpu_precision_with_and_without_amx(monkeypatch, amx, auto):
     """On CPU, auto is bf16 only with AMX matrix units; an explicit bf16 or fp32 is kept on any CPU; fp16 needs
     CUDA."""
-    monkeypatch.setattr(runner.train, "cpu_has_bf16_matrix_units", lambda: amx)
+    force_amx(monkeypatch, amx)
     assert resolve_precision("auto", "cpu") == auto
     assert resolve_precision("auto", "cpu", inference=True) == auto
     assert resolve_precision("bf16", "cpu") == "bf16"

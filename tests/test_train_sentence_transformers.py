@@ -4,7 +4,7 @@ early stopping hands back the best epoch's weights, and the trained-sample count
 from __future__ import annotations
 
 import pytest
-from helpers import FallingDev, same_weights
+from helpers import FallingDev, force_amx, same_weights
 
 from runner.data.types import Pair
 from runner.spec import Spec
@@ -84,9 +84,7 @@ def test_bf16_training_on_any_cpu(loop, tiny_model, tiny_beir, tmp_path, monkeyp
     import torch
     from sentence_transformers import SentenceTransformer
 
-    import runner.train
-
-    monkeypatch.setattr(runner.train, "cpu_has_bf16_matrix_units", lambda: False)
+    force_amx(monkeypatch, False)  # an AVX2-only CPU
     model = SentenceTransformer(str(tiny_model), device="cpu")
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     seen = set()
