@@ -234,3 +234,90 @@ def test_report_charts_are_drawn_in_headless_chromium(ablation_db, tmp_path):
     for found in charts.values():
         for chart in found:
             assert_drawn(chart)
+
+
+FAST = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}
+
+
+@pytest.fixture(scope="module")
+def two_stores(make_spec, tmp_path_factory):
+    """Experiment alpha in one store; experiments beta and gamma in another (one short run each)."""
+    from helpers import cli
+
+    root = tmp_path_factory.mktemp("stores")
+    stores = {"one": root / "one.duckdb", "two": root / "two.duckdb"}
+    for name, db in (("alpha", "one"), ("beta", "two"), ("gamma", "two")):
+        spec = make_spec(root / f"{name}.yaml", name=name, data={"limit": 8}, train=FAST)
+        assert cli("run", spec, "--db", stores[db]).exit_code == 0
+    return stores
+
+
+def sections(html: str) -> list[str]:
+    """The experiments the report has a section for, in order."""
+    return re.findall(r"<h2>Experiment ([^<]+)</h2>", html)
+
+
+def test_report_over_several_stores_and_experiments(two_stores, tmp_path):
+    """`embx report --db A --db B --experiment X --experiment Y` shows each named experiment, wherever it is
+    stored, side by side; without --experiment only the latest experiment of the first store; an experiment in
+    none of the stores is an error (exit 2)."""
+    from helpers import cli
+
+    one, two = str(two_stores["one"]), str(two_stores["two"])
+    out = tmp_path / "report.html"
+
+    def report(*args):
+        result = cli("report", *args, "-o", out)
+        return result, out.read_text() if result.exit_code == 0 else ""
+
+    result, html = report("--db", one, "--db", two, "--experiment", "alpha", "--experiment", "gamma")
+    assert result.exit_code == 0, result.output
+    assert sections(html) == ["alpha", "gamma"]
+    side = html[html.index("<h2>Side by side</h2>") : html.index('<section class="experiment"')]
+    assert side.count("<tr>") == 3 and ">alpha<" in side and ">gamma<" in side  # header + two experiments
+    assert one in html and two in html  # the page names the stores it read
+
+    result, html = report("--db", two, "--experiment", "beta", "--experiment", "gamma")
+    assert result.exit_code == 0 and sections(html) == ["beta", "gamma"]
+    result, html = report("--db", one, "--db", two)
+    assert result.exit_code == 0 and sections(html) == ["alpha"] and "Side by side" not in html
+
+    result, _ = report("--db", one, "--experiment", "beta")
+    assert result.exit_code == 2 and "no experiment 'beta'" in result.stderr
+
+
+def test_report_search_section_after_embx_search(make_spec, tmp_path):
+    """After a tiny `embx search` (3 trials, then the best spec on test), the report has the study's section:
+    every trial in the trials table, the best parameters, and a trials chart that chromium draws."""
+    from helpers import cli, query
+
+    space = {
+        "trials": 3,
+        "objective": "ndcg@10",
+        "sampler": "random",
+        "params": {
+            "train.learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
+            "train.batch_size": {"choices": [4, 8]},
+        },
+    }
+    spec = make_spec(tmp_path / "tune.yaml", name="tune", data={"limit": 16}, train=FAST, search=space)
+    db = tmp_path / "results.duckdb"
+    result = cli("search", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report.html"
+    assert cli("report", "--db", db, "-o", out).exit_code == 0
+    html = out.read_text()
+    assert "<h3>Search: study tune</h3>" in html
+    assert "Objective: dev ndcg@10 (maximize)" in html and "3 trials" in html
+    trials = html[html.index("<summary>trials</summary>") :].split("</table>")[0]
+    runs = dict(query(db, "SELECT trial, run_id FROM runs WHERE variant LIKE 'trial %'"))
+    assert sorted(runs) == [0, 1, 2] and all(run_id in trials for run_id in runs.values())
+    best = html[html.index('<table class="search-best">') :].split("</table>")[0]
+    assert "train.learning_rate" in best and "train.batch_size" in best
+    ((final,),) = query(db, "SELECT run_id FROM runs WHERE variant = 'best of tune'")
+    assert f"by run {final}" in html
+    charts = drawn_charts(out, tmp_path)
+    assert len(charts["search-trials"]) == 1
+    for found in charts.values():
+        for chart in found:
+            assert_drawn(chart)
