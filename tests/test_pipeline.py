@@ -116,8 +116,10 @@ def test_modes_train_on_different_examples(mode_runs):
 
 
 def test_early_stopping_and_limit(tmp_path, write_spec):
-    # A learning rate so small that the dev metric cannot move: epoch 2 does not improve on epoch 1, so with
-    # patience 1 training stops after epoch 2 of 4 and keeps epoch 1.
+    # The bookkeeping of early stopping through the pipeline (epochs run, best epoch, log, samples). A learning
+    # rate so small that the dev metric cannot move: epoch 2 does not improve on epoch 1, so with patience 1
+    # training stops after epoch 2 of 4 and keeps epoch 1. That the kept weights are epoch 1's is tested with
+    # falling dev scores and a real learning rate in test_train_sentence_transformers.py.
     path = write_spec(
         data={"limit": 16},
         train={"epochs": 4, "batch_size": 8, "learning_rate": 1e-12, "early_stopping": {"patience": 1}},

@@ -146,7 +146,9 @@ def test_in_batch_and_explicit_pooling(fe_runs):
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path, write_spec):
-    # A learning rate so small that dev cannot move: epoch 2 does not beat epoch 1, patience 1 stops after it.
+    # Bookkeeping through the pipeline; the restored weights are tested in
+    # test_early_stopping_restores_the_best_epochs_weights. A learning rate so small that dev cannot move: epoch 2
+    # does not beat epoch 1, patience 1 stops after it.
     path = write_spec(
         data={"limit": 16},
         train={**FE, "epochs": 4, "learning_rate": 1e-12, "early_stopping": {"patience": 1}},
