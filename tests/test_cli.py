@@ -169,3 +169,77 @@ def test_light_commands_do_not_import_torch(args, write_spec):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "clean"
+
+
+def test_a_run_that_fails_exits_1_and_is_recorded_failed(cli, write_spec, tmp_path):
+    """A run that fails after it started (here: fp16 inference asked for on a CPU) exits 1, says so, and the
+    store holds it as failed with the error."""
+    db = tmp_path / "results.duckdb"
+    result = cli("run", write_spec(**FAST), "--db", db, "--set", "eval.precision=fp16")
+    assert result.exit_code == 1
+    assert "error: ValueError: precision fp16 needs a CUDA GPU" in result.stderr
+    assert f"(run recorded as failed in {db})" in result.stderr
+    (run,) = json.loads(cli("ls", "--db", db, "--json").stdout)
+    assert run["status"] == "failed" and "fp16 needs a CUDA GPU" in run["error"]
+
+
+def wide_console(monkeypatch, color: bool = False) -> None:
+    """Print the run summary 240 columns wide (no wrapping in table cells), with ANSI colours if `color`."""
+    from rich.console import Console
+
+    import runner.summary
+
+    console = Console(force_terminal=color, color_system="standard" if color else None, width=240)
+    monkeypatch.setattr(runner.summary, "out", console)
+
+
+def test_an_ablation_with_a_failed_variant_exits_1(cli, write_spec, tmp_path, monkeypatch):
+    """The other variants still run and are printed; the failed one is listed as failed and the exit code is 1."""
+    wide_console(monkeypatch)
+    db = tmp_path / "results.duckdb"
+    spec = write_spec(data={"limit": 8}, ablate={"factors": {"eval.precision": ["fp16"]}}, **FAST)
+    result = cli("run", spec, "--db", db)
+    assert result.exit_code == 1
+    (row,) = [line for line in result.stdout.splitlines() if 'eval.precision="fp16"' in line]
+    assert "failed: ValueError: precision fp16 needs a CUDA GPU" in row
+    assert "tiny: test" in result.stdout  # the variant that worked is printed
+    statuses = {r["variant"]: r["status"] for r in json.loads(cli("ls", "--db", db, "--json").stdout)}
+    assert statuses == {"base": "ok", 'eval.precision="fp16"': "failed"}
+
+
+def test_a_tuned_model_worse_than_the_base_is_a_red_warning(cli, write_spec, tmp_path, monkeypatch):
+    """A learning rate of 0.5 wrecks the tiny model: the summary ends with red WARNING lines naming both splits
+    and both scores."""
+    import re
+
+    wide_console(monkeypatch, color=True)
+    train = {**FAST["train"], "learning_rate": 0.5}
+    result = cli("run", write_spec(train=train), "--db", tmp_path / "results.duckdb")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stdout.splitlines() if "WARNING:" in line]
+    assert len(warnings) == 2
+    for split, line in zip(("dev", "test"), warnings):
+        assert line.startswith("\x1b[1;31mWARNING:\x1b[0m")  # bold red
+        text = re.sub(r"\x1b\[[0-9;]*m", "", line)
+        assert f"WARNING: the tuned model is WORSE than the base model on {split}: ndcg@10 0." in text
+        tuned, base = (float(x) for x in text.split("ndcg@10 ")[1].split(" < "))
+        assert tuned < base
+
+
+def test_force_reruns_a_finished_variant(cli, write_spec, tmp_path, caplog):
+    """A spec whose run is already ok is skipped (no new run); with --force it runs again."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="runner")
+    db = tmp_path / "results.duckdb"
+    path = write_spec(data={"limit": 8}, **FAST)
+    assert cli("run", path, "--db", db).exit_code == 0
+    (first,) = json.loads(cli("ls", "--db", db, "--json").stdout)
+    again = cli("run", path, "--db", db)
+    assert again.exit_code == 0 and "recorded in" not in again.stdout
+    assert f"skip base (repeat 0): run {first['run_id']} is already ok" in caplog.text
+    assert len(json.loads(cli("ls", "--db", db, "--json").stdout)) == 1
+    forced = cli("run", path, "--db", db, "--force")
+    assert forced.exit_code == 0, forced.output
+    runs = json.loads(cli("ls", "--db", db, "--json").stdout)
+    assert [r["status"] for r in runs] == ["ok", "ok"] and runs[0]["spec_hash"] == runs[1]["spec_hash"]

@@ -184,3 +184,41 @@ def test_base_corpus_embeddings_are_cached_on_disk(tmp_path, tiny_model, monkeyp
     assert len(calls) == 6
     ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
     assert len(calls) == 6
+
+
+def linear_output_dtypes(model) -> tuple[set, list]:
+    """Record the dtype of every Linear layer's output in `model` (a set) and the hook handles to remove."""
+    seen: set = set()
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
+    return seen, handles
+
+
+def test_bf16_inference_on_any_cpu(tiny_model, tiny_beir, monkeypatch):
+    """eval.precision bf16 embeds under bf16 autocast on any CPU (AMX or not: the detector is forced off) and
+    stays close to fp32: cosine > 0.99 per text, yet not the fp32 numbers (the autocast really ran)."""
+    from helpers import force_amx
+
+    from runner.data.beir import load_beir
+    from runner.evaluate import encode
+    from runner.models import load_model
+    from runner.spec import ModelSpec
+
+    force_amx(monkeypatch, False)  # an AVX2-only CPU
+    texts = list(load_beir(tiny_beir).corpus.values())
+    model = load_model(ModelSpec(base=str(tiny_model), max_seq_length=32), "cpu")
+    seen, handles = linear_output_dtypes(model)
+    fp32 = encode(model, texts, 16, True, "fp32", "fp32")
+    assert seen == {torch.float32}
+    seen.clear()
+    bf16 = encode(model, texts, 16, True, "bf16", "bf16")
+    for handle in handles:
+        handle.remove()
+    assert seen == {torch.bfloat16}
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    cosine = torch.nn.functional.cosine_similarity(bf16, fp32, dim=1)
+    assert cosine.min() > 0.99
+    assert (bf16 - fp32).abs().max() > 1e-6

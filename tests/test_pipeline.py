@@ -6,12 +6,12 @@ import json
 
 import duckdb
 import pytest
+from helpers import auto_cpu_precision
 
 from runner import store
 from runner.data.types import DataError
 from runner.pipeline import run_spec
 from runner.spec import load_spec
-from runner.train import resolve_precision
 
 # One epoch and no early stopping (so no checkpoints): the shortest run that still trains and scores dev.
 FAST = {"train": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}}
@@ -67,7 +67,7 @@ def test_each_negative_mode_runs_end_to_end(mode_runs, mode):
         assert negatives["candidates"] == TRAIN_PAIRS * (20 - 2)  # every rank in mine_range, for every pair
         assert negatives["dropped_positive"] + negatives["dropped_margin"] <= negatives["candidates"]
         assert 0 <= negatives["filled_random"] <= 2 * TRAIN_PAIRS
-    assert info["train"]["epochs_run"] == 1 and info["train"]["precision"] == resolve_precision("auto", "cpu")
+    assert info["train"]["epochs_run"] == 1 and info["train"]["precision"] == auto_cpu_precision()
     assert info["train"]["loop"] == "embx" and 0 < info["train"]["padding_efficiency"] <= 1
     assert info["train"]["samples"] == TRAIN_PAIRS
     assert stored["spec_hash"] == load_spec_hash(stored)
@@ -116,8 +116,10 @@ def test_modes_train_on_different_examples(mode_runs):
 
 
 def test_early_stopping_and_limit(tmp_path, write_spec):
-    # A learning rate so small that the dev metric cannot move: epoch 2 does not improve on epoch 1, so with
-    # patience 1 training stops after epoch 2 of 4 and keeps epoch 1.
+    # The bookkeeping of early stopping through the pipeline (epochs run, best epoch, log, samples). A learning
+    # rate so small that the dev metric cannot move: epoch 2 does not improve on epoch 1, so with patience 1
+    # training stops after epoch 2 of 4 and keeps epoch 1. That the kept weights are epoch 1's is tested with
+    # falling dev scores and a real learning rate in test_train_sentence_transformers.py.
     path = write_spec(
         data={"limit": 16},
         train={"epochs": 4, "batch_size": 8, "learning_rate": 1e-12, "early_stopping": {"patience": 1}},
@@ -231,3 +233,85 @@ def test_a_second_run_reads_the_base_corpus_embeddings_from_disk(tmp_path, write
     assert second.metrics["base"] == first.metrics["base"]
     assert second.info["negatives"] == first.info["negatives"]
     assert len(list((tmp_path / "out" / "embeddings").glob("*.pt"))) == 1
+
+
+# A small medical BEIR set for the bundled MiniLM: distinct questions, one per passage, and one training query that
+# paraphrases a test query (not equal after normalisation, MiniLM cosine about 0.96).
+PARAPHRASE_DOCS = {
+    "bp": "Less salt, regular exercise and weight loss lower blood pressure without drugs.",
+    "diabetes": "Thirst, frequent urination and tiredness are early signs of type 2 diabetes.",
+    "migraine": "Triptans stop a migraine attack; beta blockers can prevent new attacks.",
+    "asthma": "An inhaled steroid reduces airway inflammation in asthma.",
+    "gout": "Uric acid crystals in a joint cause the sudden pain of gout.",
+    "sleep": "A regular bedtime and no screens before sleep help with insomnia.",
+}
+PARAPHRASE_QUERIES = {
+    "train": {
+        "t-diabetes": ("Which blood test confirms diabetes?", "diabetes"),
+        "t-migraine": ("Which drugs prevent migraine attacks?", "migraine"),
+        "t-asthma": ("What does an asthma inhaler contain?", "asthma"),
+        "t-sleep": ("How can I fall asleep faster at night?", "sleep"),
+        "planted": ("What are ways to lower blood pressure without medicine?", "bp"),
+    },
+    "dev": {"d-gout": ("Why does gout hurt so suddenly?", "gout")},
+    "test": {
+        "q-bp": ("How can I lower my blood pressure without medication?", "bp"),
+        "q-diabetes": ("What are the first signs of diabetes?", "diabetes"),
+        "q-gout": ("Which foods raise uric acid levels?", "gout"),
+    },
+}
+
+
+@pytest.fixture
+def paraphrase_beir(tmp_path):
+    root = tmp_path / "paraphrase"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in PARAPHRASE_DOCS.items())
+    )
+    queries = [(q, text) for split in PARAPHRASE_QUERIES.values() for q, (text, _) in split.items()]
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries))
+    for split, rows in PARAPHRASE_QUERIES.items():
+        lines = [f"{q}\t{doc}\t1\n" for q, (_, doc) in rows.items()]
+        (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(lines))
+    return root
+
+
+def test_near_leak_of_a_paraphrase_with_minilm(tmp_path, make_spec, paraphrase_beir):
+    """With the bundled MiniLM and the default data.leak_similarity, a training query that paraphrases a test
+    query is found as a near-identical leak (and only it): `embx prepare` reports it in the data card, and a
+    run with on_leak: error stops on it before training."""
+    from helpers import cli, query
+
+    from runner.spec import DataSpec
+
+    sections = {
+        "model": {"base": "all-MiniLM-L6-v2", "max_seq_length": 64},
+        "negatives": {"mode": "in-batch"},
+        **FAST,
+    }
+    warn = make_spec(tmp_path / "warn.yaml", data={"path": str(paraphrase_beir), "on_leak": "warn"}, **sections)
+    assert "leak_similarity" not in warn.read_text()  # the default threshold
+    result = cli("prepare", warn, "-o", tmp_path / "prepared")
+    assert result.exit_code == 0, result.output
+    checks = json.loads((tmp_path / "prepared" / "data_card.json").read_text())["checks"]
+    counts = checks["counts"]
+    assert counts["leaks"] == 1 and counts["leaking_pairs"] == 1
+    assert counts["test_query_near"] == 1 and counts["test_query_exact"] == 0
+    assert counts["dev_query_near"] == 0 and counts["dev_query_exact"] == 0
+    (leak,) = checks["leaks"]
+    assert (leak["kind"], leak["split"], leak["train_query"], leak["eval_query"]) == (
+        "query-near",
+        "test",
+        "planted",
+        "q-bp",
+    )
+    assert DataSpec.model_fields["leak_similarity"].default <= leak["similarity"] < 1.0
+
+    error = make_spec(tmp_path / "error.yaml", data={"path": str(paraphrase_beir), "on_leak": "error"}, **sections)
+    db = tmp_path / "runs.duckdb"
+    with pytest.raises(DataError) as err:
+        run_spec(load_spec(error), db)
+    assert "query-near: training query 'planted'" in str(err.value) and "'q-bp'" in str(err.value)
+    ((status,),) = query(db, "SELECT status FROM runs")
+    assert status == "failed"

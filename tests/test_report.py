@@ -6,11 +6,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_record
+from click.testing import CliRunner
+from helpers import run_record, unavailable
 
 from runner.cli import main
 from runner.report import build_report, conclude, paired_test
@@ -139,19 +139,20 @@ def test_failed_variant_is_shown_as_failed(ablation_db, tmp_path):
     assert "no result: the run failed" in html
 
 
-def test_report_cli_and_headless_chromium_render(ablation_db, tmp_path):
-    from click.testing import CliRunner
-
-    spec, db = ablation_db
-    out = tmp_path / "report.html"
-    result = CliRunner().invoke(main, ["report", "--db", str(db), "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing in CI: .ci/run installs Debian's chromium package")
-        pytest.skip("chromium not installed (apt-get install chromium); CI installs it")
-    flags = [
+def chromium_driver(profile: Path):
+    """A headless Debian chromium under chromedriver (selenium), or skip (fail under CI) when one is missing."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        unavailable("chromium or chromedriver is not installed (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install -e '.[test]')")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -160,16 +161,163 @@ def test_report_cli_and_headless_chromium_render(ablation_db, tmp_path):
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ]
-    dom = subprocess.run([browser, *flags, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
-    assert "<table" in dom.stdout and 'class="ablation"' in dom.stdout
-    assert dom.stdout.count("<svg") >= 3  # two factor charts and the training curves
-    shot = Path(os.environ.get("EMBX_SCREENSHOT_DIR", tmp_path)) / "report.png"
-    subprocess.run(
-        [browser, *flags, "--window-size=1300,2000", f"--screenshot={shot}", out.as_uri()],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+        f"--user-data-dir={profile}",
+        "--window-size=1300,2000",
+        "--hide-scrollbars",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+
+
+def drawn_charts(html: Path, tmp_path: Path) -> dict[str, list[dict]]:
+    """Open a report in headless chromium; per chart class (factor, curves, search-trials...), what each chart's
+    SVG drew: its rendered size and its pixels (grey-level spread, share of non-white pixels)."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    driver = chromium_driver(tmp_path / "profile")
+    charts: dict[str, list[dict]] = {}
+    try:
+        driver.get(html.as_uri())
+        assert driver.find_element(By.CSS_SELECTOR, "h1").text == "embx report"
+        shot = Path(os.environ.get("EMBX_SCREENSHOT_DIR", tmp_path)) / f"{html.stem}.png"
+        driver.save_screenshot(str(shot))
+        for figure in driver.find_elements(By.CSS_SELECTOR, "figure.chart"):
+            kind = figure.get_attribute("class").split()[-1]
+            svg = figure.find_element(By.CSS_SELECTOR, "svg")
+            # Where the browser laid the chart out (viewport pixels, after scrolling it into view), and the
+            # pixels there in a screenshot of the viewport.
+            box = driver.execute_script(
+                "const e = arguments[0]; e.scrollIntoView(); const r = e.getBoundingClientRect();"
+                "return {x: r.left, y: r.top, width: r.width, height: r.height, view: window.innerWidth};",
+                svg,
+            )
+            page = Image.open(BytesIO(driver.get_screenshot_as_png())).convert("L")
+            scale = page.width / box["view"]
+            image = page.crop(
+                tuple(round(v * scale) for v in (box["x"], box["y"], box["x"] + box["width"], box["y"] + box["height"]))
+            )
+            pixels = np.asarray(image, dtype=float) if image.width and image.height else np.full(1, 255.0)
+            charts.setdefault(kind, []).append(
+                {
+                    "displayed": svg.is_displayed(),
+                    "size": {"width": box["width"], "height": box["height"]},
+                    "spread": float(pixels.std()),
+                    "ink": float((pixels < 200).mean()),
+                }
+            )
+    finally:
+        driver.quit()
+    return charts
+
+
+def assert_drawn(chart: dict) -> None:
+    """A chart rendered at a real size with something drawn in it: not blank, not a solid block."""
+    assert chart["displayed"], chart
+    assert chart["size"]["width"] > 100 and chart["size"]["height"] > 100, chart
+    assert chart["spread"] > 10, chart  # a blank (all-white) region has none
+    assert 0.005 < chart["ink"] < 0.6, chart
+
+
+def test_report_charts_are_drawn_in_headless_chromium(ablation_db, tmp_path):
+    """`embx report` writes a page whose charts chromium really draws: both factor charts and the training
+    curves have a rendered size and non-blank pixels (skipped without chromium, failed under CI)."""
+    spec, db = ablation_db
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--db", str(db), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    charts = drawn_charts(out, tmp_path)
+    assert {kind: len(found) for kind, found in charts.items()} == {"factor": 2, "curves": 1}
+    for found in charts.values():
+        for chart in found:
+            assert_drawn(chart)
+
+
+FAST = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}
+
+
+@pytest.fixture(scope="module")
+def two_stores(make_spec, tmp_path_factory):
+    """Experiment alpha in one store; experiments beta and gamma in another (one short run each)."""
+    from helpers import cli
+
+    root = tmp_path_factory.mktemp("stores")
+    stores = {"one": root / "one.duckdb", "two": root / "two.duckdb"}
+    for name, db in (("alpha", "one"), ("beta", "two"), ("gamma", "two")):
+        spec = make_spec(root / f"{name}.yaml", name=name, data={"limit": 8}, train=FAST)
+        assert cli("run", spec, "--db", stores[db]).exit_code == 0
+    return stores
+
+
+def sections(html: str) -> list[str]:
+    """The experiments the report has a section for, in order."""
+    return re.findall(r"<h2>Experiment ([^<]+)</h2>", html)
+
+
+def test_report_over_several_stores_and_experiments(two_stores, tmp_path):
+    """`embx report --db A --db B --experiment X --experiment Y` shows each named experiment, wherever it is
+    stored, side by side; without --experiment only the latest experiment of the first store; an experiment in
+    none of the stores is an error (exit 2)."""
+    from helpers import cli
+
+    one, two = str(two_stores["one"]), str(two_stores["two"])
+    out = tmp_path / "report.html"
+
+    def report(*args):
+        result = cli("report", *args, "-o", out)
+        return result, out.read_text() if result.exit_code == 0 else ""
+
+    result, html = report("--db", one, "--db", two, "--experiment", "alpha", "--experiment", "gamma")
+    assert result.exit_code == 0, result.output
+    assert sections(html) == ["alpha", "gamma"]
+    side = html[html.index("<h2>Side by side</h2>") : html.index('<section class="experiment"')]
+    assert side.count("<tr>") == 3 and ">alpha<" in side and ">gamma<" in side  # header + two experiments
+    assert one in html and two in html  # the page names the stores it read
+
+    result, html = report("--db", two, "--experiment", "beta", "--experiment", "gamma")
+    assert result.exit_code == 0 and sections(html) == ["beta", "gamma"]
+    result, html = report("--db", one, "--db", two)
+    assert result.exit_code == 0 and sections(html) == ["alpha"] and "Side by side" not in html
+
+    result, _ = report("--db", one, "--experiment", "beta")
+    assert result.exit_code == 2 and "no experiment 'beta'" in result.stderr
+
+
+def test_report_search_section_after_embx_search(make_spec, tmp_path):
+    """After a tiny `embx search` (3 trials, then the best spec on test), the report has the study's section:
+    every trial in the trials table, the best parameters, and a trials chart that chromium draws."""
+    from helpers import cli, query
+
+    space = {
+        "trials": 3,
+        "objective": "ndcg@10",
+        "sampler": "random",
+        "params": {
+            "train.learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
+            "train.batch_size": {"choices": [4, 8]},
+        },
+    }
+    spec = make_spec(tmp_path / "tune.yaml", name="tune", data={"limit": 16}, train=FAST, search=space)
+    db = tmp_path / "results.duckdb"
+    result = cli("search", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report.html"
+    assert cli("report", "--db", db, "-o", out).exit_code == 0
+    html = out.read_text()
+    assert "<h3>Search: study tune</h3>" in html
+    assert "Objective: dev ndcg@10 (maximize)" in html and "3 trials" in html
+    trials = html[html.index("<summary>trials</summary>") :].split("</table>")[0]
+    runs = dict(query(db, "SELECT trial, run_id FROM runs WHERE variant LIKE 'trial %'"))
+    assert sorted(runs) == [0, 1, 2] and all(run_id in trials for run_id in runs.values())
+    best = html[html.index('<table class="search-best">') :].split("</table>")[0]
+    assert "train.learning_rate" in best and "train.batch_size" in best
+    ((final,),) = query(db, "SELECT run_id FROM runs WHERE variant = 'best of tune'")
+    assert f"by run {final}" in html
+    charts = drawn_charts(out, tmp_path)
+    assert len(charts["search-trials"]) == 1
+    for found in charts.values():
+        for chart in found:
+            assert_drawn(chart)

@@ -108,11 +108,17 @@ def test_collate_gives_what_sentence_transformers_tokenises(model_dir):
     assert rounded[0]["input_ids"].shape[1] % 8 == 0
 
 
-def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir):
-    """One batch per epoch, no dropout, fp32: both loops see the same batch and take the same AdamW steps."""
+def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir, monkeypatch):
+    """One batch per epoch, no dropout, fp32: both loops see the same batch and take the same AdamW steps.
+
+    Also after a bf16 trainer run in the same process: transformers leaves ACCELERATE_MIXED_PRECISION=bf16 in
+    the environment, which the next fp32 trainer must not inherit.
+    """
     from sentence_transformers import SentenceTransformer
 
     from runner.train import get_backend
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what TrainingArguments(bf16=True) leaves behind
 
     words = ["salt", "iron", "bone", "sleep", "heart", "liver", "skin", "lung", "eye", "gut", "vein", "nerve"]
     pairs = [Pair(f"what about {w}", f"The {w} needs care: facts about {w} and health.") for w in words]
@@ -149,8 +155,8 @@ def test_embx_loop_takes_the_trainers_steps(model_dir, tiny_beir):
         assert torch.allclose(value, weights[name], atol=1e-5), name
 
 
-def test_compile_keeps_the_steps_and_the_weight_names(model_dir, tiny_beir):
-    """train.compile: the compiled transformer takes the same steps (fp32, no dropout) and saves as before."""
+def compile_runs(model_dir, beir) -> dict:
+    """Train the tiny model with and without train.compile (fp32, no dropout); outcomes by the flag."""
     from sentence_transformers import SentenceTransformer
 
     from runner.train import get_backend
@@ -162,14 +168,91 @@ def test_compile_keeps_the_steps_and_the_weight_names(model_dir, tiny_beir):
             {
                 "name": "compile",
                 "model": {"base": str(model_dir), "max_seq_length": 24},
-                "data": {"path": str(tiny_beir), "splits": {"dev": None}},
+                "data": {"path": str(beir), "splits": {"dev": None}},
                 "negatives": {"mode": "in-batch"},
                 "train": {"compile": compile_, "batch_size": 8, "precision": "fp32", "early_stopping": None},
             }
         )
         model = SentenceTransformer(str(model_dir), device="cpu")
         outcomes[compile_] = get_backend("sentence-transformers").train(model, pairs, spec, None, model_dir.parent)
+    return outcomes
+
+
+def assert_same_training(outcomes: dict) -> None:
+    """The compiled run took the same steps as the plain one and its weights keep their names."""
     plain, compiled = outcomes[False], outcomes[True]
-    assert compiled.details["compile"] is True
     assert [r[3] for r in compiled.log if r[2] == "loss"] == pytest.approx([r[3] for r in plain.log if r[2] == "loss"])
     assert list(compiled.model.state_dict()) == list(plain.model.state_dict())
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo with no compiled code and zeroed counters, before and after the test."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def test_compile_hands_the_transformer_to_the_compiler(model_dir, tiny_beir, monkeypatch, fresh_dynamo):
+    """train.compile: dynamo captures the transformer's forward and the compiled code is what trains. A
+    counting backend stands in for inductor (which takes tens of seconds on CPU; the slow test below uses it):
+    it sees the graph once per shape class, runs it as captured, and the steps equal the plain run's."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: compile_(fn, **{**kwargs, "backend": counter}))
+    outcomes = compile_runs(model_dir, tiny_beir)
+    assert outcomes[True].details["compile"] is True
+    assert counter.frame_count >= 1 and counter.op_count >= 20  # a transformer's worth of operations
+    assert fresh_dynamo["stats"]["unique_graphs"] >= 1
+    assert_same_training(outcomes)
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_keeps_the_steps(model_dir, tiny_beir, fresh_dynamo):
+    """train.compile with torch's default backend (inductor): a graph is compiled to code and trains to the same
+    losses as the plain run."""
+    outcomes = compile_runs(model_dir, tiny_beir)
+    assert fresh_dynamo["stats"]["unique_graphs"] >= 1
+    inductor = fresh_dynamo["inductor"]
+    assert inductor["fxgraph_cache_miss"] + inductor["fxgraph_cache_hit"] >= 1  # code generated (or reused)
+    assert_same_training(outcomes)
+
+
+def test_samples_count_the_pairs_trained_not_the_pairs_given(model_dir, tiny_beir):
+    """Three pairs share one positive, so no batch may hold two of them: with 8 pairs in batches of 4 one of
+    them finds no batch and sits out each epoch. `samples` counts the pairs the loss trained on (7 per epoch),
+    not len(pairs) x epochs."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from runner.train.fast import train_loop
+
+    shared = "One shared passage about joints."
+    pairs = [Pair(f"joint question {i}", shared) for i in range(3)]
+    pairs += [Pair(f"question {w}", f"A passage about {w}.") for w in ("salt", "iron", "bone", "sleep", "eye")]
+    spec = Spec.model_validate(
+        {
+            "name": "samples",
+            "model": {"base": str(model_dir), "max_seq_length": 24},
+            "data": {"path": str(tiny_beir), "splits": {"dev": None}},
+            "negatives": {"mode": "in-batch"},
+            "train": {"epochs": 3, "batch_size": 4, "precision": "fp32", "early_stopping": None},
+        }
+    )
+    model = SentenceTransformer(str(model_dir), device="cpu")
+    seen: list[int] = []
+    mnrl = MultipleNegativesRankingLoss(model)
+
+    def loss(features, labels):
+        seen.append(len(features[0]["input_ids"]))
+        return mnrl(features, labels)
+
+    outcome = train_loop(model, loss, pairs, spec, None, "fp32")
+    assert outcome.epochs_run == 3
+    assert outcome.samples == sum(seen) == 3 * 7

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from helpers import FallingDev, same_weights
 
 from runner import store
+from runner.data.types import Pair
 from runner.pipeline import run_spec
-from runner.spec import SpecError, load_spec
+from runner.spec import Spec, SpecError, load_spec
+from runner.train import get_backend
 from runner.train.flagembedding import _argv, parse_arguments
 
 FE = {"backend": "flagembedding", "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": None}
@@ -143,7 +146,9 @@ def test_in_batch_and_explicit_pooling(fe_runs):
 
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path, write_spec):
-    # A learning rate so small that dev cannot move: epoch 2 does not beat epoch 1, patience 1 stops after it.
+    # Bookkeeping through the pipeline; the restored weights are tested in
+    # test_early_stopping_restores_the_best_epochs_weights. A learning rate so small that dev cannot move: epoch 2
+    # does not beat epoch 1, patience 1 stops after it.
     path = write_spec(
         data={"limit": 16},
         train={**FE, "epochs": 4, "learning_rate": 1e-12, "early_stopping": {"patience": 1}},
@@ -152,3 +157,64 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, write_spec):
     assert result.info["train"]["epochs_run"] == 2
     assert result.info["train"]["best_epoch"] == 1
     assert result.info["train"]["samples"] == 32
+
+
+def fe_spec(model_dir, beir, **train) -> Spec:
+    """A FlagEmbedding spec on the tiny model, fp32, with a real learning rate (epochs differ)."""
+    return Spec.model_validate(
+        {
+            "name": "fe-backend",
+            "model": {"base": str(model_dir), "max_seq_length": 24},
+            "data": {"path": str(beir)},
+            "negatives": {"mode": "in-batch"},
+            "train": {**FE, "epochs": 6, "precision": "fp32", **train},
+        }
+    )
+
+
+PAIRS = [Pair(f"what about topic {i}", f"Topic {i} needs care: facts about topic {i} and health.") for i in range(20)]
+
+
+def test_early_stopping_restores_the_best_epochs_weights(tiny_model, tiny_beir, tmp_path):
+    """Dev peaks after epoch 2 and falls: FlagEmbedding's training stops after epoch 4 and the model handed
+    back carries the weights scored after epoch 2 (_EpochDev.restore_best), not those of the last epoch."""
+    from sentence_transformers import SentenceTransformer
+
+    dev = FallingDev()
+    spec = fe_spec(tiny_model, tiny_beir, early_stopping={"patience": 2, "metric": "recall@10"})
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    outcome = get_backend("flagembedding").train(model, PAIRS, spec, dev, tmp_path)
+    assert len(dev.snapshots) == 4 and outcome.epochs_run == 4 and outcome.best_epoch == dev.peak == 2
+    assert not same_weights(dev.snapshots[1], dev.snapshots[3])  # a real learning rate: the epochs differ
+    tuned = outcome.model.state_dict()
+    assert same_weights(tuned, dev.snapshots[1])
+    assert not same_weights(tuned, dev.snapshots[3])
+
+
+def test_samples_are_the_queries_trained(tiny_model, tiny_beir, tmp_path):
+    """With dataloader_drop_last the trainer leaves 4 of 20 pairs out of every epoch (batches of 8): samples
+    count the 16 trained per epoch, not len(pairs) x epochs."""
+    from sentence_transformers import SentenceTransformer
+
+    spec = fe_spec(tiny_model, tiny_beir, epochs=2, flagembedding={"dataloader_drop_last": True})
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    outcome = get_backend("flagembedding").train(model, PAIRS, spec, None, tmp_path)
+    assert outcome.epochs_run == 2 and outcome.steps == 2 * 2
+    assert outcome.samples == 2 * 16
+
+
+def test_fp32_after_a_bf16_run_trains_in_fp32(tiny_model, tiny_beir, tmp_path, monkeypatch):
+    """transformers leaves ACCELERATE_MIXED_PRECISION=bf16 in the environment after a bf16 run; a later fp32
+    FlagEmbedding run in the same process (an ablation, a search) must still train in fp32: same weights as
+    a run in a clean environment."""
+    from sentence_transformers import SentenceTransformer
+
+    spec = fe_spec(tiny_model, tiny_beir, epochs=1)
+    weights = []
+    for leftover in ("no", "bf16"):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", leftover)
+        model = SentenceTransformer(str(tiny_model), device="cpu")
+        outcome = get_backend("flagembedding").train(model, PAIRS, spec, None, tmp_path / leftover)
+        assert outcome.precision == "fp32"
+        weights.append(outcome.model.state_dict())
+    assert same_weights(*weights)

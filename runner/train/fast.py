@@ -275,8 +275,12 @@ def train_loop(
     amp = precision in ("bf16", "fp16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    compiled = None
     if cfg.compile:
-        model[0].auto_model.compile(dynamic=True)
+        # sentence-transformers calls the transformer's forward method, not the module, so the module's own
+        # compile() never ran: the method is compiled in place (weight names unchanged) for the loop's duration.
+        compiled = model[0].auto_model
+        compiled.forward = torch.compile(compiled.forward, dynamic=True)
     params = [p for p in model.parameters() if p.requires_grad]
     stopping = cfg.early_stopping
     dev_metric = stopping.metric if stopping else spec.eval.main
@@ -285,7 +289,7 @@ def train_loop(
     log_rows: list[tuple[int, float, str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     bad_epochs = 0
-    step = epochs_run = tokens = padded = 0
+    step = epochs_run = tokens = padded = samples = 0
     eval_seconds = 0.0
     running = torch.zeros((), device=device)
     running_n = 0
@@ -298,6 +302,7 @@ def train_loop(
             for batch in batches:
                 features, n_tokens = collate(columns, batch, pad_id, multiple)
                 tokens += n_tokens
+                samples += len(batch)  # the planner may leave a pair out or add one to a batch
                 padded += sum(f["input_ids"].numel() for f in features)
                 features = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in features]
                 with torch.autocast(device.type, dtype=dtype, enabled=amp):
@@ -350,6 +355,8 @@ def train_loop(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    if compiled is not None:
+        del compiled.forward  # evaluation and saving use the module's own forward again
     best_epoch = epochs_run
     if best is not None:
         model.load_state_dict(best[2])
@@ -362,7 +369,7 @@ def train_loop(
         best_epoch=best_epoch,
         seconds=seconds,
         eval_seconds=eval_seconds,
-        samples=len(pairs) * epochs_run,
+        samples=samples,
         steps=step,
         precision=precision,
         details={

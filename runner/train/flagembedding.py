@@ -72,6 +72,7 @@ class FlagEmbeddingBackend:
         from transformers.trainer_callback import PrinterCallback
 
         from runner.models import pooling_of, set_pooling
+        from runner.train.sentence_transformers import pin_mixed_precision
 
         _check_modules(model)
         cfg = spec.train
@@ -111,6 +112,7 @@ class FlagEmbeddingBackend:
             "logging_steps": max(1, steps_per_epoch // 10),
             **cfg.flagembedding,
         }
+        pin_mixed_precision(precision)
         model_args, data_args, training_args = parse_arguments(values)
         with _quiet():
             runner = EncoderOnlyEmbedderRunner(model_args=model_args, data_args=data_args, training_args=training_args)
@@ -125,9 +127,20 @@ class FlagEmbeddingBackend:
         trainer.remove_callback(PrinterCallback)
         for callback in (log_callback(log_rows, None), tracker.callback()):
             trainer.add_callback(callback)
+        trained = [0]  # queries of the batches FlagEmbedding's model saw in this process
+
+        def count(module, args, kwargs):
+            queries = kwargs.get("queries", args[0] if args else None)
+            for features in queries if isinstance(queries, list) else [queries]:
+                trained[0] += len(features["attention_mask"])
+
+        hook = runner.model.register_forward_pre_hook(count, with_kwargs=True)
         started = time.perf_counter()
-        with _quiet():
-            trainer.train()
+        try:
+            with _quiet():
+                trainer.train()
+        finally:
+            hook.remove()
         seconds = time.perf_counter() - started
         tracker.restore_best()
         state = trainer.state
@@ -140,7 +153,7 @@ class FlagEmbeddingBackend:
             best_epoch=tracker.best_epoch if tracker.patience is not None else epochs_run,
             seconds=seconds,
             eval_seconds=tracker.seconds,
-            samples=round(len(pairs) * (state.epoch or 0.0)),
+            samples=trained[0] * world,  # the distributed sampler gives every process as many pairs
             steps=state.global_step,
             precision=precision,
             notes=notes,

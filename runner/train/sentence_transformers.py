@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,23 @@ def _dataset(pairs: list[Pair], query_prefix: str, passage_prefix: str):
     for i in range(width):
         columns[f"negative_{i + 1}"] = [passage_prefix + p.negatives[i] for p in pairs]
     return Dataset.from_dict(columns)
+
+
+def pin_mixed_precision(precision: str) -> None:
+    """Make the next transformers Trainer autocast as `precision` says, whatever an earlier one asked for.
+
+    TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION=bf16 into the environment, and later
+    TrainingArguments with bf16=False keep reading it: without this, an fp32 run after a bf16 one in the same
+    process (an ablation, a search, the tests) silently trains under bf16 autocast.
+    """
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+
+
+def rows_of(features) -> int:
+    """Texts in one tokenised column (a feature dict), i.e. the pairs of the batch it belongs to."""
+    if "attention_mask" in features:
+        return len(features["attention_mask"])
+    return len(next(iter(features.values())))
 
 
 class SentenceTransformersBackend:
@@ -98,6 +116,7 @@ class SentenceTransformersBackend:
             return train_loop(model, loss, pairs, spec, dev if evaluate else None, precision)
         steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         keep_best = evaluate and stopping is not None
+        pin_mixed_precision(precision)
         args = SentenceTransformerTrainingArguments(
             output_dir=str(workdir / "checkpoints"),
             num_train_epochs=cfg.epochs,
@@ -138,8 +157,17 @@ class SentenceTransformersBackend:
             callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)  # our callback keeps the log; no dict dumps on stdout
+        trained = [0]  # rows of the batches the loss saw in this process
+
+        def count(module, args):
+            trained[0] += rows_of(args[0][0])
+
+        hook = loss.register_forward_pre_hook(count)
         started = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            hook.remove()
         seconds = time.perf_counter() - started
         state = trainer.state
         epochs_run = math.ceil(state.epoch or 0)
@@ -155,7 +183,7 @@ class SentenceTransformersBackend:
             best_epoch=best_epoch,
             seconds=seconds,
             eval_seconds=evaluator.seconds if evaluator else 0.0,
-            samples=round(len(pairs) * (state.epoch or 0.0)),
+            samples=trained[0] * world,  # the distributed sampler gives every process as many pairs
             steps=state.global_step,
             precision=precision,
             details={"loop": "trainer"},
