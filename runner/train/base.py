@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,3 +130,13 @@ def log_callback(outcome_log: list, dev_metric: str | None):
                         log.info("epoch %.2f: dev %s = %.4f", state.epoch or 0.0, dev_metric, value)
 
     return LogAndProgress()
+
+
+def pin_mixed_precision(precision: str) -> None:
+    """Make the next transformers Trainer autocast as `precision` says, whatever an earlier one asked for.
+
+    TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION=bf16 into the environment, and later
+    TrainingArguments with bf16=False keep reading it: without this, an fp32 run after a bf16 one in the same
+    process (an ablation, a search, the tests) silently trains under bf16 autocast.
+    """
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")

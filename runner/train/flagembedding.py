@@ -27,7 +27,15 @@ from runner.spec.external import MANAGED as MANAGED
 from runner.spec.external import _argv as _argv
 from runner.spec.external import argument_names as argument_names
 from runner.spec.external import check_arguments as check_arguments
-from runner.train.base import DevEval, TrainOutcome, cross_device, ddp_backend, dist_env, log_callback
+from runner.train.base import (
+    DevEval,
+    TrainOutcome,
+    cross_device,
+    ddp_backend,
+    dist_env,
+    log_callback,
+    pin_mixed_precision,
+)
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -72,7 +80,6 @@ class FlagEmbeddingBackend:
         from transformers.trainer_callback import PrinterCallback
 
         from runner.models import pooling_of, set_pooling
-        from runner.train.sentence_transformers import pin_mixed_precision
 
         _check_modules(model)
         cfg = spec.train

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from runner.train.base import (
     ddp_backend,
     dist_env,
     log_callback,
+    pin_mixed_precision,
 )
 
 if TYPE_CHECKING:
@@ -45,16 +45,6 @@ def _dataset(pairs: list[Pair], query_prefix: str, passage_prefix: str):
     for i in range(width):
         columns[f"negative_{i + 1}"] = [passage_prefix + p.negatives[i] for p in pairs]
     return Dataset.from_dict(columns)
-
-
-def pin_mixed_precision(precision: str) -> None:
-    """Make the next transformers Trainer autocast as `precision` says, whatever an earlier one asked for.
-
-    TrainingArguments(bf16=True) writes ACCELERATE_MIXED_PRECISION=bf16 into the environment, and later
-    TrainingArguments with bf16=False keep reading it: without this, an fp32 run after a bf16 one in the same
-    process (an ablation, a search, the tests) silently trains under bf16 autocast.
-    """
-    os.environ["ACCELERATE_MIXED_PRECISION"] = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
 
 
 def rows_of(features) -> int:
