@@ -208,7 +208,7 @@ def wait_training(proc: subprocess.Popen, db: Path, tmp: Path, timeout: float = 
         if proc.poll() is not None:
             pytest.fail(f"embx run exited {proc.returncode} early:\n{log.read_text()[-3000:]}")
         runs = store.list_runs(db) if db.exists() else []
-        if runs and runs[0]["status"] == "running" and list(tmp.glob(f"embx-{runs[0]['run_id']}-*")):
+        if runs and runs[0]["status"] == "running" and list(tmp.glob(f"embx-*-{runs[0]['run_id']}-*")):
             return runs[0]
         time.sleep(0.2)
     pytest.fail(f"the run did not start training within {timeout} s:\n{log.read_text()[-3000:]}")
