@@ -59,8 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     for precision in ("fp32", "bf16"):
         start = time.perf_counter()
         emb[precision] = {
-            "passages": encode(model, docs, args.batch_size, True, f"{precision} passages", precision=precision),
-            "queries": encode(model, queries, args.batch_size, True, f"{precision} queries", precision=precision),
+            "passages": encode(
+                model,
+                docs,
+                batch_size=args.batch_size,
+                normalize=True,
+                description=f"{precision} passages",
+                precision=precision,
+            ),
+            "queries": encode(
+                model,
+                queries,
+                batch_size=args.batch_size,
+                normalize=True,
+                description=f"{precision} queries",
+                precision=precision,
+            ),
         }
         seconds[precision] = round(time.perf_counter() - start, 2)
 

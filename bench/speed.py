@@ -414,12 +414,12 @@ def run_embx(work: dict[str, Any], device: str) -> dict[str, Any]:
         t = time.perf_counter()
         result = evaluate(
             m,
-            label,
-            index,
-            work["queries"],
-            qrels,
-            spec.model,
-            spec.eval.metrics,
+            label=label,
+            index=index,
+            queries=work["queries"],
+            qrels=qrels,
+            spec=spec.model,
+            metrics=spec.eval.metrics,
             depth=spec.eval.depth,
             batch_size=spec.eval.batch_size,
             precision=spec.eval.precision,

@@ -226,9 +226,24 @@ def search(
             if loaded.spec.search is None:
                 raise SearchError(f"{spec}: no `search:` section")
             loaded.spec.search.trials = trials or loaded.spec.search.trials
-            run_worker(loaded, db, storage or default_storage(db), study_name or loaded.spec.name, share, index)
+            run_worker(
+                loaded,
+                db,
+                storage_url=storage or default_storage(db),
+                study_name=study_name or loaded.spec.name,
+                trials=share,
+                worker=index,
+            )
             return
-        result = run_search(loaded, db, trials, storage, study_name, workers, list(overrides))
+        result = run_search(
+            loaded,
+            db,
+            trials=trials,
+            storage=storage,
+            study_name=study_name,
+            workers=workers,
+            overrides=list(overrides),
+        )
     except (SearchError, store.StoreError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

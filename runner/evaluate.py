@@ -47,6 +47,7 @@ def inference_settings(model: SentenceTransformer, batch_size: int | None, preci
 def encode(
     model: SentenceTransformer,
     texts: list[str],
+    *,
     batch_size: int | None,
     normalize: bool,
     description: str,
@@ -229,7 +230,14 @@ class CorpusIndex:
             except Exception as exc:  # a damaged cache file (torch raises many kinds) is encoded again
                 log.warning("ignoring unreadable embedding cache %s: %s: %s", path, type(exc).__name__, exc)
         texts = [spec.passage_prefix + t for t in self.texts]
-        emb = encode(model, texts, batch_size, spec.normalize, f"encode corpus ({label or 'dev'})", precision)
+        emb = encode(
+            model,
+            texts,
+            batch_size=batch_size,
+            normalize=spec.normalize,
+            description=f"encode corpus ({label or 'dev'})",
+            precision=precision,
+        )
         if label is not None:
             self.embeddings[label] = emb
         if path is not None:
@@ -242,6 +250,7 @@ class CorpusIndex:
 
 def evaluate(
     model: SentenceTransformer,
+    *,
     label: str | None,
     index: CorpusIndex,
     queries: dict[str, str],
@@ -279,10 +288,10 @@ def evaluate(
     q_emb = encode(
         model,
         [spec.query_prefix + queries[q] for q in qids],
-        batch_size,
-        spec.normalize,
-        f"encode queries ({label or 'dev'})",
-        precision,
+        batch_size=batch_size,
+        normalize=spec.normalize,
+        description=f"encode queries ({label or 'dev'})",
+        precision=precision,
     )
     ids = index.ids
     if allowed is not None:

@@ -130,7 +130,14 @@ class EmbxEncoder:
         if not texts:
             raise ValueError("mteb asked to encode no texts")
         label = f"mteb {task_metadata.name}: encode {prompt_type.value if prompt_type is not None else 'texts'}"
-        emb = encode(self.model, texts, kwargs.get("batch_size"), self.spec.normalize, label, self.precision)
+        emb = encode(
+            self.model,
+            texts,
+            batch_size=kwargs.get("batch_size"),
+            normalize=self.spec.normalize,
+            description=label,
+            precision=self.precision,
+        )
         return emb.cpu().numpy()
 
     def similarity(self, embeddings1: Array, embeddings2: Array) -> torch.Tensor:
@@ -249,6 +256,7 @@ def _flat_scores(result: TaskResult, split: str, metrics: list[str]) -> dict[str
 
 def mteb_local_scores(
     model: SentenceTransformer,
+    *,
     model_spec: ModelSpec,
     corpus: dict[str, str],
     queries: dict[str, str],
@@ -301,6 +309,7 @@ def mteb_local_scores(
 
 def mteb_hub_scores(
     model: SentenceTransformer,
+    *,
     model_spec: ModelSpec,
     task_names: list[str],
     metrics: list[str],

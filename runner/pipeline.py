@@ -152,7 +152,9 @@ def run_spec(
 def _record_end(run: _Run, exc: BaseException, status: str, error: str, train_log: list | None = None) -> None:
     """Record how a run ended, and say where on the exception (``embx_recorded``, printed by the CLI)."""
     try:
-        saved = store.end_run(run.db, run.run_id, status, error, dict(run.timer), run.info, train_log)
+        saved = store.end_run(
+            run.db, run.run_id, status=status, error=error, timings=dict(run.timer), info=run.info, train_log=train_log
+        )
     except store.StoreError as err:
         log.error("run %s was not recorded as %s: %s", run.run_id, status, err)
         exc.embx_recorded = f"not recorded: {err}"
@@ -246,7 +248,7 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
             raise ValueError("search trials train in one process: train.distributed is not supported in search")
         # The job folder is kept when training fails (its logs), removed when it succeeds.
         job = Path(distributed.workdir or Path(spec.output.dir) / "jobs") / run.run_id
-        return launch(model, pairs, spec, scorer.dev, job)
+        return launch(model, pairs=pairs, spec=spec, dev=scorer.dev, folder=job)
     from runner.train import get_backend
 
     epochs = iter(range(1, 10_000))

@@ -206,7 +206,9 @@ def results_rows(
 def run_result(scores: Scores, *, run_id: str, spec: Spec, info: dict[str, Any], notes: list[str]) -> RunResult:
     """The summary `embx run` prints: test and dev metrics by stage, other sources, warnings."""
     by = {split: {stage: ev.metrics for (s, stage), ev in scores.dense.items() if s == split} for split in (TEST, DEV)}
-    result = RunResult(run_id, spec.name, "ok", spec.eval.main, by[TEST], by[DEV], info=info)
+    result = RunResult(
+        run_id=run_id, experiment=spec.name, status="ok", main=spec.eval.main, metrics=by[TEST], dev=by[DEV], info=info
+    )
     for (source, stage), values in scores.others.items():
         result.other.setdefault(source, {})[stage] = values
     for (stage, split), values in scores.mteb.items():

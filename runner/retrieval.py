@@ -109,6 +109,7 @@ def fuse_rrf(runs: list[Run], k: int, rrf_k: int = RRF_K) -> Run:
 
 def two_stage_run(
     q_emb: torch.Tensor,
+    *,
     coarse_ids: list[str],
     coarse_emb: torch.Tensor,
     fine_ids: list[str],

@@ -74,14 +74,14 @@ class RetrievalEvaluator:
         cfg = self.settings
         return evaluate(
             model,
-            label,
-            self.index,
-            self.queries,
-            self.qrels,
-            self.model,
-            cfg.metrics,
-            cfg.depth,
-            cfg.batch_size,
+            label=label,
+            index=self.index,
+            queries=self.queries,
+            qrels=self.qrels,
+            spec=self.model,
+            metrics=cfg.metrics,
+            depth=cfg.depth,
+            batch_size=cfg.batch_size,
             allowed=self.allowed,
             precision=cfg.precision,
         )
@@ -284,21 +284,35 @@ class RunScorer:
             fine_emb = self.index.embed(label, model, m, cfg.batch_size, cfg.precision)  # already encoded
             coarse_ids = list(data.coarse)
             coarse_texts = [m.passage_prefix + data.coarse[c] for c in coarse_ids]
-            coarse_emb = encode(model, coarse_texts, cfg.batch_size, m.normalize, "encode coarse chunks", cfg.precision)
+            coarse_emb = encode(
+                model,
+                coarse_texts,
+                batch_size=cfg.batch_size,
+                normalize=m.normalize,
+                description="encode coarse chunks",
+                precision=cfg.precision,
+            )
             qids = list(qrels)
             q_texts = [m.query_prefix + queries[q] for q in qids]
-            q_emb = encode(model, q_texts, cfg.batch_size, m.normalize, "encode queries (two-stage)", cfg.precision)
+            q_emb = encode(
+                model,
+                q_texts,
+                batch_size=cfg.batch_size,
+                normalize=m.normalize,
+                description="encode queries (two-stage)",
+                precision=cfg.precision,
+            )
             run = two_stage_run(
                 q_emb,
-                coarse_ids,
-                coarse_emb,
-                self.index.ids,
-                fine_emb,
-                data.parents,
-                qids,
-                cfg.two_stage,
-                depth,
-                allowed,
+                coarse_ids=coarse_ids,
+                coarse_emb=coarse_emb,
+                fine_ids=self.index.ids,
+                fine_emb=fine_emb,
+                parent_of=data.parents,
+                qids=qids,
+                top_coarse=cfg.two_stage,
+                k=depth,
+                allowed=allowed,
             )
             out["two-stage"] = score_run(qrels, run, cfg.metrics)[0]
         return out
@@ -336,17 +350,22 @@ class RunScorer:
         if cfg.mteb_local:
             out[TEST] = mteb_eval.mteb_local_scores(
                 model,
-                self.spec.model,
-                self.data.corpus,
-                self.data.queries,
-                self.test_qrels,
-                cfg.metrics,
-                cfg.batch_size,
+                model_spec=self.spec.model,
+                corpus=self.data.corpus,
+                queries=self.data.queries,
+                qrels=self.test_qrels,
+                metrics=cfg.metrics,
+                batch_size=cfg.batch_size,
                 precision=cfg.precision,
             )
         if cfg.mteb:
             for task, scores in mteb_eval.mteb_hub_scores(
-                model, self.spec.model, cfg.mteb, cfg.metrics, cfg.batch_size, cfg.precision
+                model,
+                model_spec=self.spec.model,
+                task_names=cfg.mteb,
+                metrics=cfg.metrics,
+                batch_size=cfg.batch_size,
+                precision=cfg.precision,
             ).items():
                 out[f"{MTEB_SPLIT_PREFIX}{task}"] = scores
         return out

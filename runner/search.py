@@ -168,7 +168,9 @@ def make_study(spec: Spec, storage_url: str, study_name: str, worker: int = 0):
         raise SearchError(f"cannot open study {study_name!r} in {redact(storage_url)}: {exc}") from exc
 
 
-def run_worker(loaded: LoadedSpec, db: str | Path, storage_url: str, study_name: str, trials: int, worker: int) -> None:
+def run_worker(
+    loaded: LoadedSpec, db: str | Path, *, storage_url: str, study_name: str, trials: int, worker: int
+) -> None:
     """Run `trials` trials of the study in this process (each an embx run scored on dev)."""
     import optuna
 
@@ -216,7 +218,7 @@ def run_worker(loaded: LoadedSpec, db: str | Path, storage_url: str, study_name:
     )
 
 
-def _best_yaml(loaded: LoadedSpec, best: Spec, study_name: str, trial: int, value: float, objective: str) -> Path:
+def _best_yaml(loaded: LoadedSpec, *, best: Spec, study_name: str, trial: int, value: float, objective: str) -> Path:
     """Write the best trial's full spec next to the input as <stem>.best.yaml; data paths relative to it."""
     import os
 
@@ -242,6 +244,7 @@ def _best_yaml(loaded: LoadedSpec, best: Spec, study_name: str, trial: int, valu
 def run_search(
     loaded: LoadedSpec,
     db: str | Path,
+    *,
     trials: int | None = None,
     storage: str | None = None,
     study_name: str | None = None,
@@ -281,7 +284,7 @@ def run_search(
     log.info("study %s in %s: %d trial(s) to run in %d worker(s)", name, redact(storage_url), remaining, workers)
     if workers == 1:
         if remaining:
-            run_worker(loaded, db, storage_url, name, remaining, 0)
+            run_worker(loaded, db, storage_url=storage_url, study_name=name, trials=remaining, worker=0)
     else:
         # The storage URL (it may hold a password) reaches the workers through the environment, not argv.
         env = {**os.environ, STORAGE_ENV: storage_url}
@@ -307,7 +310,9 @@ def run_search(
         raise SearchError(f"study {name!r} has no completed trial")
     best = study.best_trial
     best_spec = spec.variant(best.params)
-    best_yaml = _best_yaml(loaded, best_spec, name, best.number, best.value, spec.search.objective)
+    best_yaml = _best_yaml(
+        loaded, best=best_spec, study_name=name, trial=best.number, value=best.value, objective=spec.search.objective
+    )
     log.info("best trial %d: dev %s = %.4f with %s", best.number, spec.search.objective, best.value, best.params)
     # The test split is scored once, by one final run of the best spec.
     from runner.ablate import Variant
@@ -339,13 +344,13 @@ def run_search(
         },
     )
     return SearchResult(
-        name,
-        redact(storage_url),
-        best.number,
-        best.value,
-        best.params,
-        best_yaml,
-        spec.search.objective,
-        counts,
-        final,
+        study=name,
+        storage=redact(storage_url),
+        best_trial=best.number,
+        best_value=best.value,
+        best_params=best.params,
+        best_yaml=best_yaml,
+        objective=spec.search.objective,
+        trials=counts,
+        final=final,
     )

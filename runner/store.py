@@ -544,12 +544,12 @@ def finish_run(db: str | Path, run_id: str, results: RunResults, *, timeout: flo
 def end_run(
     db: str | Path,
     run_id: str,
+    *,
     status: str,
     error: str,
     timings: dict[str, float],
     info: dict[str, Any],
     train_log: list[tuple[int, float, str, float]] | None = None,
-    *,
     timeout: float | None = None,
 ) -> Path | None:
     """Mark a run failed, interrupted or pruned, with its error; no metrics are written.
@@ -583,7 +583,7 @@ def _record_end(
     finished_at = now()
     try:
         with connect(db, timeout=timeout) as con:
-            _write_end(con, run_id, status, error, finished_at, results, db)
+            _write_end(con, run_id=run_id, status=status, error=error, finished_at=finished_at, results=results, db=db)
         return None
     except (StoreError, duckdb.IOException, OSError) as exc:
         record = {
@@ -600,6 +600,7 @@ def _record_end(
 
 def _write_end(
     con: duckdb.DuckDBPyConnection,
+    *,
     run_id: str,
     status: str,
     error: str | None,
@@ -677,7 +678,15 @@ def _import_recoveries(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             if row[0] == "running" or (row[0] == "interrupted" and (row[1] or "").startswith("stale:")):
                 results = RunResults(**record["results"])
                 finished_at = datetime.fromisoformat(record["finished_at"])
-                _write_end(con, run_id, record["status"], record["error"], finished_at, results, path)
+                _write_end(
+                    con,
+                    run_id=run_id,
+                    status=record["status"],
+                    error=record["error"],
+                    finished_at=finished_at,
+                    results=results,
+                    db=path,
+                )
                 log.warning("imported run %s (%s) into %s from %s", run_id, record["status"], path, file)
         except (OSError, ValueError, KeyError, TypeError, duckdb.Error, StoreError) as exc:
             log.warning("could not import %s into %s (%s); the file stays", file, path, exc)

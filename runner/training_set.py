@@ -103,7 +103,9 @@ class TrainingSet:
 
         pairs = self.pairs
         self.pairs, self.negative_stats = memo.get(
-            "negatives", negatives_key(spec), lambda: attach_negatives(spec, pairs, self.data, model, index)
+            "negatives",
+            negatives_key(spec),
+            lambda: attach_negatives(spec, pairs, data=self.data, model=model, index=index),
         )
         if not self.mixed:
             return self.pairs
@@ -122,14 +124,14 @@ def _check(spec: Spec, data: RetrievalData, pairs: list[Pair], model: SentenceTr
     splits = spec.data.splits
     report = check_data(
         data,
-        splits.train,
-        [s for s in (splits.dev, splits.test) if s],
-        pairs,
-        spec.negatives.mode,
-        spec.negatives.per_query,
-        spec.data.min_chars,
-        spec.data.leak_similarity,
-        embedder(model, spec.eval.batch_size, spec.eval.precision),
+        train=splits.train,
+        evals=[s for s in (splits.dev, splits.test) if s],
+        pairs=pairs,
+        negatives_mode=spec.negatives.mode,
+        per_query=spec.negatives.per_query,
+        min_chars=spec.data.min_chars,
+        leak_similarity=spec.data.leak_similarity,
+        embed=embedder(model, spec.eval.batch_size, spec.eval.precision),
         positives_are_leaks=spec.data.source == "documents",
     )
     for note in report.notes:

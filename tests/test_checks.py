@@ -62,7 +62,7 @@ def run_checks(data: RetrievalData, **kw):
     }
     args.update(kw)
     pairs = data.pairs("train")
-    return pairs, check_data(data, "train", ["test"], pairs, **args)
+    return pairs, check_data(data, train="train", evals=["test"], pairs=pairs, **args)
 
 
 def test_normalize():
@@ -130,7 +130,18 @@ def test_apply_leak_policy(caplog):
     with pytest.raises(ValueError):
         apply_leak_policy(report, pairs, "ignore")  # type: ignore[arg-type]
     clean = [Pair("unrelated question about bones", "Bones need calcium.", "x1", "dx")]
-    clean_report = check_data(make_data(), "train", ["test"], clean, "in-batch", 3, 10, 0.95, fake_embed, False)
+    clean_report = check_data(
+        make_data(),
+        train="train",
+        evals=["test"],
+        pairs=clean,
+        negatives_mode="in-batch",
+        per_query=3,
+        min_chars=10,
+        leak_similarity=0.95,
+        embed=fake_embed,
+        positives_are_leaks=False,
+    )
     assert not clean_report.leaks
     assert apply_leak_policy(clean_report, clean, "error") == clean
 
@@ -138,7 +149,18 @@ def test_apply_leak_policy(caplog):
 def test_drop_refuses_to_remove_every_pair():
     data = make_data()
     pairs = [data.pairs("train")[0]]  # t1 only: leaks
-    report = check_data(data, "train", ["test"], pairs, "in-batch", 3, 10, 0.95, None, False)
+    report = check_data(
+        data,
+        train="train",
+        evals=["test"],
+        pairs=pairs,
+        negatives_mode="in-batch",
+        per_query=3,
+        min_chars=10,
+        leak_similarity=0.95,
+        embed=None,
+        positives_are_leaks=False,
+    )
     with pytest.raises(DataError, match="removed all"):
         apply_leak_policy(report, pairs, "drop")
 
@@ -146,7 +168,18 @@ def test_drop_refuses_to_remove_every_pair():
 def test_other_findings():
     data = make_data()
     pairs = [*data.pairs("train"), Pair("empty positive", "  ", "t9", "d7")]
-    report = check_data(data, "train", ["test"], pairs, "hard", 8, 10, 0.95, None, False)
+    report = check_data(
+        data,
+        train="train",
+        evals=["test"],
+        pairs=pairs,
+        negatives_mode="hard",
+        per_query=8,
+        min_chars=10,
+        leak_similarity=0.95,
+        embed=None,
+        positives_are_leaks=False,
+    )
     c, ex = report.counts, report.examples
     assert c["corpus_duplicates"] == 1 and ex["corpus_duplicates"] == ["d3 = d5"]
     assert c["queries_duplicates"] == 2  # t4 repeats t3, e1 is t1 after normalisation
@@ -160,5 +193,16 @@ def test_other_findings():
     assert any("1:8" in n and "outside" in n for n in report.notes)
     _, in_batch = run_checks(data)
     assert any("in-batch only" in n for n in in_batch.notes)
-    ok = check_data(data, "train", ["test"], pairs, "random", 4, 10, 0.95, None, False)
+    ok = check_data(
+        data,
+        train="train",
+        evals=["test"],
+        pairs=pairs,
+        negatives_mode="random",
+        per_query=4,
+        min_chars=10,
+        leak_similarity=0.95,
+        embed=None,
+        positives_are_leaks=False,
+    )
     assert any("1:4" in n and "outside" not in n for n in ok.notes)

@@ -32,9 +32,10 @@ def test_a_variant_changing_eval_precision_encodes_the_corpus_again(write_spec, 
     seen = []
     real = evaluate.encode
 
-    def spy(model, texts, batch_size, normalize, description, precision="auto"):
-        seen.append((description, evaluate.inference_settings(model, batch_size, precision)[1]))
-        return real(model, texts, batch_size, normalize, description, precision)
+    def spy(model, texts, **settings):
+        precision = evaluate.inference_settings(model, settings["batch_size"], settings.get("precision", "auto"))[1]
+        seen.append((settings["description"], precision))
+        return real(model, texts, **settings)
 
     monkeypatch.setattr(evaluate, "encode", spy)
     path = write_spec(
@@ -88,13 +89,13 @@ def test_torchrun_dev_scoring_uses_the_runs_precision_and_filter(tmp_path, tiny_
     seen = []
     real = evaluate.encode
 
-    def spy(model, texts, batch_size, normalize, description, precision="auto"):
-        seen.append(precision)
-        return real(model, texts, batch_size, normalize, description, precision)
+    def spy(model, texts, **settings):
+        seen.append(settings.get("precision", "auto"))
+        return real(model, texts, **settings)
 
     monkeypatch.setattr(evaluate, "encode", spy)
     job = tmp_path / "job"
-    launch.write_job(job, model, training.pairs, spec, scorer.dev)
+    launch.write_job(job, model=model, pairs=training.pairs, spec=spec, dev=scorer.dev)
     distributed = worker._dev_scorer(job, spec, rank=0)(model)
     assert set(seen) == {"fp32"}
     assert distributed == in_process

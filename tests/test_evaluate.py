@@ -132,7 +132,17 @@ def test_evaluate_end_to_end(tiny_model, tiny_beir):
     model = load_model(spec, "cpu")
     index = CorpusIndex(data.corpus)
     metrics = ["recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"]
-    result = evaluate(model, "base", index, data.queries, qrels, spec, metrics, depth=100, batch_size=16)
+    result = evaluate(
+        model,
+        label="base",
+        index=index,
+        queries=data.queries,
+        qrels=qrels,
+        spec=spec,
+        metrics=metrics,
+        depth=100,
+        batch_size=16,
+    )
 
     assert set(result.per_query) == set(qrels)
     assert all(set(row) == set(metrics) for row in result.per_query.values())
@@ -164,7 +174,7 @@ def test_base_corpus_embeddings_are_cached_on_disk(tmp_path, tiny_model, monkeyp
     corpus = {"a": "the heart pumps blood", "b": "the lungs move air", "c": "bones hold calcium"}
     calls = []
     real = ev.encode
-    monkeypatch.setattr(ev, "encode", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(ev, "encode", lambda *a, **k: calls.append(k["description"]) or real(*a, **k))
 
     first = ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
     again = ev.CorpusIndex(corpus, tmp_path / "emb", "model-key").embed("base", model, spec, 8)
@@ -211,10 +221,10 @@ def test_bf16_inference_on_any_cpu(tiny_model, tiny_beir, monkeypatch):
     texts = list(load_beir(tiny_beir).corpus.values())
     model = load_model(ModelSpec(base=str(tiny_model), max_seq_length=32), "cpu")
     seen, handles = linear_output_dtypes(model)
-    fp32 = encode(model, texts, 16, True, "fp32", "fp32")
+    fp32 = encode(model, texts, batch_size=16, normalize=True, description="fp32", precision="fp32")
     assert seen == {torch.float32}
     seen.clear()
-    bf16 = encode(model, texts, 16, True, "bf16", "bf16")
+    bf16 = encode(model, texts, batch_size=16, normalize=True, description="bf16", precision="bf16")
     for handle in handles:
         handle.remove()
     assert seen == {torch.bfloat16}

@@ -48,9 +48,21 @@ def tiny_data(tiny_beir):
 
 def compare(model, spec, corpus, queries, qrels, label):
     """Native and mteb metrics of one model on one split, printed side by side; returns both."""
-    native = evaluate(model, None, CorpusIndex(corpus), queries, qrels, spec, METRICS, depth=100, batch_size=16)
+    native = evaluate(
+        model,
+        label=None,
+        index=CorpusIndex(corpus),
+        queries=queries,
+        qrels=qrels,
+        spec=spec,
+        metrics=METRICS,
+        depth=100,
+        batch_size=16,
+    )
     # batch_size None: the spec's default (eval.batch_size by device), which mteb's dataloader must get as a number.
-    via_mteb = mteb_local_scores(model, spec, corpus, queries, qrels, METRICS, batch_size=None)
+    via_mteb = mteb_local_scores(
+        model, model_spec=spec, corpus=corpus, queries=queries, qrels=qrels, metrics=METRICS, batch_size=None
+    )
     print(f"\n{label} ({len(qrels)} queries, {len(corpus)} passages)")
     for key in METRICS:
         print(f"  {key:12s} native {native.metrics[key]:.6f}  mteb {via_mteb[key]:.6f}")
@@ -86,7 +98,17 @@ def test_prefixes_and_truncation_match_native(tiny_model, tiny_data, monkeypatch
     assert max(len(model.tokenizer.tokenize(t)) + 2 for t in passages) > 16  # + [CLS] and [SEP]
 
     plain = ModelSpec(base=str(tiny_model), max_seq_length=16)
-    unprefixed = evaluate(model, None, CorpusIndex(corpus), queries, qrels, plain, METRICS, depth=100, batch_size=16)
+    unprefixed = evaluate(
+        model,
+        label=None,
+        index=CorpusIndex(corpus),
+        queries=queries,
+        qrels=qrels,
+        spec=plain,
+        metrics=METRICS,
+        depth=100,
+        batch_size=16,
+    )
     assert unprefixed.metrics != prefixed, "the prefixes should change this model's ranking"
 
 
@@ -111,7 +133,16 @@ def test_bundled_minilm_agrees(tiny_data):
 def test_unreported_metric_is_left_out(tiny_model, tiny_data, caplog):
     spec = ModelSpec(base=str(tiny_model))
     with caplog.at_level(logging.WARNING, logger="runner.mteb_eval"):
-        scores = mteb_local_scores(load_model(spec, "cpu"), spec, *tiny_data, ["ndcg@10", "bogus@3"], batch_size=16)
+        corpus, queries, qrels = tiny_data
+        scores = mteb_local_scores(
+            load_model(spec, "cpu"),
+            model_spec=spec,
+            corpus=corpus,
+            queries=queries,
+            qrels=qrels,
+            metrics=["ndcg@10", "bogus@3"],
+            batch_size=16,
+        )
     assert list(scores) == ["ndcg@10"]
     assert "bogus@3" in caplog.text
     with pytest.raises(ValueError, match="name@k"):
@@ -141,12 +172,22 @@ def test_hub_path_on_preloaded_data(tiny_model, tiny_data, monkeypatch):
     spec = ModelSpec(base=str(tiny_model), query_prefix="query: ")
     model = load_model(spec, "cpu")
     metrics = [*METRICS, "recall@7"]  # a cutoff SciFact does not report by itself
-    scores = mteb_hub_scores(model, spec, ["SciFact"], metrics, batch_size=16)
-    native = evaluate(model, None, CorpusIndex(corpus), queries, qrels, spec, metrics, depth=100, batch_size=16)
+    scores = mteb_hub_scores(model, model_spec=spec, task_names=["SciFact"], metrics=metrics, batch_size=16)
+    native = evaluate(
+        model,
+        label=None,
+        index=CorpusIndex(corpus),
+        queries=queries,
+        qrels=qrels,
+        spec=spec,
+        metrics=metrics,
+        depth=100,
+        batch_size=16,
+    )
     assert list(scores) == ["SciFact"] and set(scores["SciFact"]) == set(metrics)
     for key in metrics:
         assert abs(scores["SciFact"][key] - native.metrics[key]) <= TOLERANCE, key
-    assert mteb_hub_scores(model, spec, [], metrics, batch_size=16) == {}
+    assert mteb_hub_scores(model, model_spec=spec, task_names=[], metrics=metrics, batch_size=16) == {}
 
 
 def test_unknown_task_names_get_suggestions():
@@ -156,7 +197,7 @@ def test_unknown_task_names_get_suggestions():
     assert "'NFCorpus'" in str(info.value).split("'nfcorpus'")[1]
     # Checked before any model or download is touched.
     with pytest.raises(ValueError, match="SciFakt"):
-        mteb_hub_scores(None, ModelSpec(), ["SciFakt"], ["ndcg@10"], batch_size=16)
+        mteb_hub_scores(None, model_spec=ModelSpec(), task_names=["SciFakt"], metrics=["ndcg@10"], batch_size=16)
 
 
 def test_a_run_stores_mteb_scores_beside_native_ones(tmp_path, write_spec):

@@ -133,7 +133,7 @@ def test_failed_variant_is_shown_as_failed(ablation_db, tmp_path):
         changes={"negatives.mode": "hard"},
     )
     store.start_run(failed_db, rec)
-    store.end_run(failed_db, rec.run_id, "failed", "RuntimeError: out of memory <b>", {}, {})
+    store.end_run(failed_db, rec.run_id, status="failed", error="RuntimeError: out of memory <b>", timings={}, info={})
     html = build_report([failed_db])
     assert 'class="failed"' in html and "RuntimeError: out of memory &lt;b&gt;" in html
     assert "no result: the run failed" in html

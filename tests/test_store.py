@@ -153,7 +153,9 @@ def test_list_runs_newest_first_and_by_experiment(tmp_path):
 def test_failed_run_keeps_error_and_no_metrics(tmp_path):
     db = tmp_path / "r.duckdb"
     store.start_run(db, record("run-x"))
-    store.end_run(db, "run-x", "failed", "DataError: bad line", {"data": 0.1}, {"device": "cpu"})
+    store.end_run(
+        db, "run-x", status="failed", error="DataError: bad line", timings={"data": 0.1}, info={"device": "cpu"}
+    )
     run = store.get_run(db, "run-x")
     assert run["status"] == "failed"
     assert run["error"] == "DataError: bad line"

@@ -121,7 +121,15 @@ def test_end_run_saves_the_end_beside_a_store_that_stays_locked(tmp_path, monkey
     store.start_run(db, run_record("run-p"))
     monkeypatch.setenv("EMBX_LOCK_TIMEOUT", "1")
     with lock_held(db):
-        saved = store.end_run(db, "run-p", "pruned", "pruned: trial 3", {"total": 2.0}, {}, [(1, 1.0, "dev", 0.1)])
+        saved = store.end_run(
+            db,
+            "run-p",
+            status="pruned",
+            error="pruned: trial 3",
+            timings={"total": 2.0},
+            info={},
+            train_log=[(1, 1.0, "dev", 0.1)],
+        )
     assert saved == tmp_path / "results.duckdb.recovery" / "run-p.json"
     assert store.reap_stale(db) == []  # a writing command: imports first, so the run is not taken for stale
     run = store.get_run(db, "run-p")

@@ -253,6 +253,6 @@ def test_samples_count_the_pairs_trained_not_the_pairs_given(model_dir, tiny_bei
         seen.append(len(features[0]["input_ids"]))
         return mnrl(features, labels)
 
-    outcome = train_loop(model, loss, pairs, spec, None, "fp32")
+    outcome = train_loop(model, loss_fn=loss, pairs=pairs, spec=spec, dev=None, precision="fp32")
     assert outcome.epochs_run == 3
     assert outcome.samples == sum(seen) == 3 * 7

@@ -185,6 +185,7 @@ def _embed(embed: Callable[[list[str]], np.ndarray], texts: list[str]) -> np.nda
 
 def _query_leaks(
     report: DataReport,
+    *,
     data: RetrievalData,
     evals: list[str],
     pairs: list[Pair],
@@ -240,6 +241,7 @@ def _query_leaks(
 
 def _positive_leaks(
     report: DataReport,
+    *,
     data: RetrievalData,
     evals: list[str],
     pairs: list[Pair],
@@ -349,6 +351,7 @@ def _ratio_note(report: DataReport, negatives_mode: str, per_query: int) -> None
 
 def check_data(
     data: RetrievalData,
+    *,
     train: str,
     evals: list[str],
     pairs: list[Pair],
@@ -381,8 +384,16 @@ def check_data(
     started = time.perf_counter()
     report = DataReport()
     evals = [s for s in evals if s and s != train]
-    _query_leaks(report, data, evals, pairs, leak_similarity, embed)
-    _positive_leaks(report, data, evals, pairs, leak_similarity, embed, positives_are_leaks)
+    _query_leaks(report, data=data, evals=evals, pairs=pairs, threshold=leak_similarity, embed=embed)
+    _positive_leaks(
+        report,
+        data=data,
+        evals=evals,
+        pairs=pairs,
+        threshold=leak_similarity,
+        embed=embed,
+        positives_are_leaks=positives_are_leaks,
+    )
     if embed is None and evals:
         report.notes.append("near-identical leak checks skipped (no embedding model)")
     report.counts["leaks"] = len(report.leaks)

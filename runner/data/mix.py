@@ -49,5 +49,5 @@ def mix_negatives(spec: Spec, mixed: list[tuple[Any, Any]], model, memo: Memo) -
                 )
             }
         )
-        out += attach_negatives(spec_for, pairs, data, model, CorpusIndex(data.corpus))[0]
+        out += attach_negatives(spec_for, pairs, data=data, model=model, index=CorpusIndex(data.corpus))[0]
     return out

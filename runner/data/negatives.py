@@ -87,6 +87,7 @@ def random_negatives(
 
 def mine_hard_negatives(
     pairs: list[Pair],
+    *,
     pool: list[str],
     query_emb: torch.Tensor,
     positive_emb: torch.Tensor,
@@ -157,7 +158,7 @@ def mine_hard_negatives(
     return out, stats
 
 
-def attach_negatives(spec, pairs: list[Pair], data, model, index) -> tuple[list[Pair], NegativeStats]:
+def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[list[Pair], NegativeStats]:
     """Give every pair the negatives the spec's `negatives.mode` asks for.
 
     The pool is the corpus for BEIR/hf sources, and every pos/neg text of the file for JSONL sources.
@@ -196,11 +197,25 @@ def attach_negatives(spec, pairs: list[Pair], data, model, index) -> tuple[list[
         pool_emb = index.embed(pool_label, model, m, spec.eval.batch_size, spec.eval.precision)
     else:
         pool_texts = [m.passage_prefix + t for t in pool]
-        pool_emb = encode(model, pool_texts, spec.eval.batch_size, m.normalize, "encode pool", spec.eval.precision)
+        pool_emb = encode(
+            model,
+            pool_texts,
+            batch_size=spec.eval.batch_size,
+            normalize=m.normalize,
+            description="encode pool",
+            precision=spec.eval.precision,
+        )
     row = {text: i for i, text in enumerate(pool)}
     queries = list(dict.fromkeys(p.query for p in pairs))
     q_texts = [m.query_prefix + q for q in queries]
-    q_emb = encode(model, q_texts, spec.eval.batch_size, m.normalize, "mine negatives", spec.eval.precision)
+    q_emb = encode(
+        model,
+        q_texts,
+        batch_size=spec.eval.batch_size,
+        normalize=m.normalize,
+        description="mine negatives",
+        precision=spec.eval.precision,
+    )
     q_row = {q: i for i, q in enumerate(queries)}
     query_emb = q_emb[[q_row[p.query] for p in pairs]]
     if pool_label is not None:  # the corpus: find positives by id (a training positive may differ, e.g. ICT)
@@ -208,4 +223,13 @@ def attach_negatives(spec, pairs: list[Pair], data, model, index) -> tuple[list[
         positive_emb = pool_emb[[id_row[p.positive_id] for p in pairs]]
     else:
         positive_emb = pool_emb[[row[p.positive] for p in pairs]]
-    return mine_hard_negatives(pairs, pool, query_emb, positive_emb, pool_emb, cfg, spec.data.seed, known)
+    return mine_hard_negatives(
+        pairs,
+        pool=pool,
+        query_emb=query_emb,
+        positive_emb=positive_emb,
+        pool_emb=pool_emb,
+        spec=cfg,
+        seed=spec.data.seed,
+        known=known,
+    )

@@ -31,7 +31,18 @@ def embedder(model: SentenceTransformer, batch_size: int | None = None, precisio
     from runner.evaluate import encode
 
     def embed(texts: list[str]) -> np.ndarray:
-        return encode(model, texts, batch_size, True, "embed texts (checks, chunking)", precision).cpu().numpy()
+        return (
+            encode(
+                model,
+                texts,
+                batch_size=batch_size,
+                normalize=True,
+                description="embed texts (checks, chunking)",
+                precision=precision,
+            )
+            .cpu()
+            .numpy()
+        )
 
     return embed
 

@@ -104,14 +104,20 @@ def generate_queries(
     if spec.generator == "llm":
         assert spec.llm is not None  # the spec validator guarantees it
         cache = _resolve(spec.llm.cache, base) if spec.llm.cache else cache_path
-        candidates = _llm_candidates(fine, docs, spec, cache, base, stats, skipped)
+        candidates = _llm_candidates(
+            fine, docs=docs, spec=spec, cache_path=cache, base=base, stats=stats, skipped=skipped
+        )
     elif spec.generator == "ict":
         candidates = _ict_candidates(fine, spec, stats, skipped)
     elif spec.generator == "heading":
         candidates, cap, min_words = _heading_candidates(fine, docs, stats, skipped), 1, None
     elif spec.generator == "qa_pairs":
         assert spec.qa_pairs is not None  # the spec validator guarantees it
-        candidates, cap, min_words = _qa_candidates(fine, docs, spec.qa_pairs, base, stats, skipped), None, None
+        candidates, cap, min_words = (
+            _qa_candidates(fine, docs=docs, qa=spec.qa_pairs, base=base, stats=stats, skipped=skipped),
+            None,
+            None,
+        )
     else:  # pragma: no cover - the spec's Literal rules it out
         raise ValueError(f"unknown query generator {spec.generator!r}")
     queries = _finish(candidates, min_words, cap, stats, heading=spec.generator == "heading")
@@ -231,6 +237,7 @@ def _heading_candidates(
 
 def _qa_candidates(
     fine: list[Chunk],
+    *,
     docs: dict[str, Document],
     qa: QAPairsSpec,
     base: Path,
@@ -388,6 +395,7 @@ class _Failure(Exception):
 
 def _llm_candidates(
     fine: list[Chunk],
+    *,
     docs: dict[str, Document],
     spec: QueriesSpec,
     cache_path: Path | None,

@@ -235,6 +235,7 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: s
 
 def train_loop(
     model: SentenceTransformer,
+    *,
     loss_fn: torch.nn.Module,
     pairs: Sequence[Pair],
     spec: Spec,

@@ -45,7 +45,7 @@ class TrainingFailed(RuntimeError):
 
 
 def write_job(
-    folder: Path, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: RetrievalEvaluator | None
+    folder: Path, *, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: RetrievalEvaluator | None
 ) -> None:
     """Write what the training processes need: spec, pairs, the base model and the dev split."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def _dead_ranks(output: str) -> dict[str, str]:
 
 
 def launch(
-    model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: RetrievalEvaluator | None, folder: Path
+    model: SentenceTransformer, *, pairs: list[Pair], spec: Spec, dev: RetrievalEvaluator | None, folder: Path
 ) -> TrainOutcome:
     """Train through torchrun on the leader node and return the outcome with the tuned model loaded.
 
@@ -161,7 +161,7 @@ def launch(
     from runner.models import load_model
 
     cfg = spec.train.distributed
-    write_job(folder, model, pairs, spec, dev)
+    write_job(folder, model=model, pairs=pairs, spec=spec, dev=dev)
     if cfg.nnodes > 1:
         _announce(Path(cfg.workdir), folder)
     code, output = _run_torchrun(cfg, folder)

@@ -103,7 +103,9 @@ class SentenceTransformersBackend:
         if cfg.loop == "embx" or (cfg.loop == "auto" and world == 1):
             from runner.train.fast import train_loop
 
-            return train_loop(model, loss, pairs, spec, dev if evaluate else None, precision)
+            return train_loop(
+                model, loss_fn=loss, pairs=pairs, spec=spec, dev=dev if evaluate else None, precision=precision
+            )
         steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         keep_best = evaluate and stopping is not None
         pin_mixed_precision(precision)

@@ -76,7 +76,16 @@ def mine(per_query=2, mine_range=(0, 6), margin=0.05, seed=0, pairs=None, known=
     query_emb = torch.ones(len(pairs), 1)
     positive_emb = torch.tensor([[SCORES[p.positive]] for p in pairs])
     spec = NegativesSpec(mode="hard", per_query=per_query, mine_range=mine_range, relative_margin=margin)
-    return mine_hard_negatives(pairs, HARD_POOL, query_emb, positive_emb, pool_emb, spec, seed, known)
+    return mine_hard_negatives(
+        pairs,
+        pool=HARD_POOL,
+        query_emb=query_emb,
+        positive_emb=positive_emb,
+        pool_emb=pool_emb,
+        spec=spec,
+        seed=seed,
+        known=known,
+    )
 
 
 def test_hard_excludes_positives_and_near_duplicates_and_respects_range():
@@ -161,7 +170,7 @@ def spec_for(mode: str, **neg):
 
 def test_in_batch_leaves_negatives_empty():
     pairs = [Pair("a", "p", "qa", "da", negatives=["from file"]), Pair("b", "p2")]
-    out, stats = attach_negatives(spec_for("in-batch"), pairs, None, None, None)
+    out, stats = attach_negatives(spec_for("in-batch"), pairs, data=None, model=None, index=None)
     assert [p.negatives for p in out] == [[], []]
     assert [(p.query, p.positive, p.query_id, p.positive_id) for p in out] == [
         ("a", "p", "qa", "da"),
@@ -187,7 +196,7 @@ def test_attach_random_excludes_positives_left_out_of_the_pairs():
     for seed in range(30):
         spec = spec_for("random", per_query=8)
         spec.data.seed = seed
-        out, stats = attach_negatives(spec, pairs, data, None, CorpusIndex(data.corpus))
+        out, stats = attach_negatives(spec, pairs, data=data, model=None, index=CorpusIndex(data.corpus))
         assert len(out[0].negatives) == 8
         assert not {"doc 0", "doc 1"} & set(out[0].negatives)
         assert stats.mode == "random" and stats.per_query == 8
@@ -196,7 +205,9 @@ def test_attach_random_excludes_positives_left_out_of_the_pairs():
 def test_attach_random_for_jsonl_draws_from_file_texts():
     data = beir_like()
     data.train_pairs = [Pair("x", "px", negatives=["n1", "n2"]), Pair("y", "py", negatives=["n3"])]
-    out, _ = attach_negatives(spec_for("random", per_query=3), list(data.train_pairs), data, None, None)
+    out, _ = attach_negatives(
+        spec_for("random", per_query=3), list(data.train_pairs), data=data, model=None, index=None
+    )
     assert set(out[0].negatives) <= {"py", "n1", "n2", "n3"}
     assert set(out[1].negatives) <= {"px", "n1", "n2", "n3"}
     assert all(len(p.negatives) == 3 for p in out)
