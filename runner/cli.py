@@ -290,6 +290,33 @@ def show(run_id: str, db: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--experiment", default=None, help="Only this experiment's runs.")
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@db_option
+def gc(experiment: str | None, yes: bool, db: str | None) -> None:
+    """Remove the saved models of runs that are not the best of their experiment (asks first)."""
+    from runner import store
+    from runner.keep import removable, remove_models
+
+    path = db or store.default_db()
+    candidates = _read(lambda p: removable(p, experiment=experiment), path)
+    if not candidates:
+        click.echo("nothing to remove: every saved model is its experiment's best")
+        return
+    for item in candidates:
+        click.echo(f"{item.run_id} ({item.experiment}): {item.path}  [best: {item.best_run_id}]")
+    if not yes and not click.confirm(f"remove these {len(candidates)} model folder(s)?", default=False):
+        click.echo("nothing removed")
+        return
+    try:
+        removed = remove_models(path, experiment=experiment)
+    except store.StoreError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"removed {len(removed)} model folder(s)")
+
+
+@main.command()
 @click.option("--db", "dbs", multiple=True, metavar="PATH", help="Results store(s) to read together (repeatable).")
 @click.option("--experiment", "experiments", multiple=True, help="Experiment(s); default: the latest (repeatable).")
 @click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))

@@ -207,8 +207,8 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         outcome = _train(run, model=model, pairs=pairs, scorer=scorer)
     info["train"] = _train_info(spec, outcome)
     scorer.tuned(outcome.model, into=scores, timer=timer)
-    if spec.output.save_model:
-        info["saved_model"] = _save(outcome.model, folder=Path(spec.output.dir) / run.run_id)
+    if spec.output.save_model != "none":
+        info["saved_model"] = _save(outcome.model, spec=spec, folder=Path(spec.output.dir) / run.run_id)
     result = records.run_result(scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes)
     info["warnings"] = result.warnings
     info["dataset"] = data_key(spec)
@@ -313,10 +313,19 @@ def _train_info(spec: Spec, outcome: TrainOutcome) -> dict[str, Any]:
     }
 
 
-def _save(model: SentenceTransformer, *, folder: Path) -> str:
-    """Save the tuned model (sentence-transformers format); returns its absolute path."""
+def _save(model: SentenceTransformer, *, spec: Spec, folder: Path) -> dict[str, str]:
+    """Save the tuned model (sentence-transformers format, its prefixes as prompts) and say where and what.
+
+    Returns:
+        ``{"path": absolute folder, "sha256": content hash of its weight files}`` (the `saved_model` info).
+
+    """
+    from runner.keep import weights_sha256
+
+    prompts = {"query": spec.model.query_prefix, "document": spec.model.passage_prefix}
+    model.prompts = {**model.prompts, **{name: text for name, text in prompts.items() if text}}
     model.save(str(folder))
-    return str(folder.resolve())
+    return {"path": str(folder.resolve()), "sha256": weights_sha256(folder)}
 
 
 @dataclass
@@ -360,6 +369,10 @@ def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> E
                     raise
                 out.failed.append((variant.label, f"{type(exc).__name__}: {exc}"))
                 log.error("variant %s failed: %s", variant.label, exc)
+    if loaded.spec.output.save_model == "best" and len(variants) > 1:
+        from runner.keep import remove_models
+
+        remove_models(db, experiment=loaded.spec.name)
     return out
 
 

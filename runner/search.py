@@ -187,6 +187,9 @@ def run_worker(
     def objective(trial: optuna.Trial) -> float:
         changes = {name: suggest(trial, spec, name, param) for name, param in cfg.params.items()}
         variant_spec = spec.variant(changes)
+        if spec.output.save_model == "best":  # trials keep no model: the final run of the best trial saves one
+            output = variant_spec.output.model_copy(update={"save_model": "none"})
+            variant_spec = variant_spec.model_copy(update={"output": output})
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[cfg.objective], epoch)

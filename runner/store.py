@@ -718,7 +718,7 @@ def list_runs(db: str | Path, experiment: str | None = None) -> list[dict[str, A
         runs = _rows(
             con,
             "SELECT r.run_id, r.experiment, r.status, r.error, r.spec_hash, r.started_at, r.finished_at, r.device,"
-            " r.variant, r.study, r.trial, r.host, r.pid, r.pid_start,"
+            " r.variant, r.study, r.trial, r.host, r.pid, r.pid_start, r.info,"
             f" r.spec_json FROM runs r {where} ORDER BY r.started_at DESC, r.run_id DESC",
             [experiment] if experiment else [],
         )
@@ -737,6 +737,7 @@ def list_runs(db: str | Path, experiment: str | None = None) -> list[dict[str, A
         main = spec.get("eval", {}).get("main")
         run["main_metric"] = main
         run["metrics"] = by_run.get(run["run_id"], {})
+        run["model"] = saved_model_of(json.loads(run.pop("info") or "{}"))
         out.append(_decode(run))
     return out
 
@@ -1008,3 +1009,54 @@ def load_studies(db: str | Path, experiment: str) -> list[dict[str, Any]]:
                 ).fetchall()
                 trial["curve"] = [list(row) for row in curve]
     return studies
+
+
+def saved_models(db: str | Path, *, experiment: str | None = None) -> list[dict[str, Any]]:
+    """Ok runs whose tuned model is on disk: run_id, experiment, started_at, path and the score that ranks them.
+
+    The score is the tuned main metric on dev, or on test for a run without a dev split (None: neither).
+    """
+    where = " AND experiment = ?" if experiment else ""
+    with connect(db, read_only=True) as con:
+        runs = _rows(
+            con,
+            f"SELECT run_id, experiment, started_at, info, spec_json FROM runs WHERE status = 'ok'{where}",
+            [experiment] if experiment else [],
+        )
+        scores = _rows(
+            con,
+            "SELECT run_id, split, name, value FROM metrics WHERE stage = 'tuned' AND source = 'native'"
+            " AND split IN ('dev', 'test')",
+        )
+    by_run: dict[str, dict[tuple[str, str], float]] = {}
+    for row in scores:
+        by_run.setdefault(row["run_id"], {})[row["split"], row["name"]] = row["value"]
+    out = []
+    for run in runs:
+        saved = json.loads(run["info"] or "{}").get("saved_model")
+        path = saved.get("path") if isinstance(saved, dict) and not saved.get("removed") else saved
+        if not isinstance(path, str) or not Path(path).is_dir():
+            continue
+        main = json.loads(run["spec_json"] or "{}").get("eval", {}).get("main")
+        values = by_run.get(run["run_id"], {})
+        score = values.get(("dev", main), values.get(("test", main)))
+        out.append({**{k: run[k] for k in ("run_id", "experiment", "started_at")}, "path": path, "score": score})
+    return out
+
+
+def saved_model_of(info: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's saved model as {"path", "sha256", "removed"?} from its info (older runs stored a bare path)."""
+    saved = info.get("saved_model")
+    if isinstance(saved, str):
+        return {"path": saved, "sha256": None}
+    return saved if isinstance(saved, dict) else None
+
+
+def forget_saved_model(db: str | Path, run_id: str, *, reason: str) -> None:
+    """Record in a run's info that its saved model was removed (the path is kept, with the reason)."""
+    with connect(db) as con:
+        (info,) = con.execute("SELECT info FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        data = json.loads(info or "{}")
+        saved = data.get("saved_model")
+        data["saved_model"] = {**(saved if isinstance(saved, dict) else {"path": saved}), "removed": reason}
+        con.execute("UPDATE runs SET info = ? WHERE run_id = ?", [json.dumps(data, default=str), run_id])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -79,7 +80,7 @@ def print_result(result: Any, db: str) -> None:
 def print_runs(runs: list[dict[str, Any]]) -> None:
     """`embx ls` table."""
     table = Table()
-    for col in ("run_id", "experiment", "variant", "status", "started", "main", "base", "tuned", "delta"):
+    for col in ("run_id", "experiment", "variant", "status", "started", "main", "base", "tuned", "delta", "model"):
         table.add_column(col, no_wrap=col == "run_id")
     for run in runs:
         main = run.get("main_metric")
@@ -100,8 +101,22 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
             _fmt(base),
             _fmt(tuned),
             delta,
+            _model_cell(run.get("model")),
         )
     out.print(table)
+
+
+def _model_cell(model: dict[str, Any] | None) -> str:
+    """The `model` column of `embx ls`: the saved folder (relative to here when it is below), or why there is none."""
+    if not model:
+        return "-"
+    if model.get("removed"):
+        return "removed"
+    path = Path(model["path"])
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def print_run(run: dict[str, Any]) -> None:
@@ -117,6 +132,12 @@ def print_run(run: dict[str, Any]) -> None:
             out.print(metric_table(f"{split} ({source})", stages.get("base", {}), stages.get("tuned", {}), None))
     if run.get("timings"):
         out.print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in run["timings"].items()))
+    model = (run.get("info") or {}).get("saved_model")
+    if isinstance(model, str):
+        out.print(f"model: {model}")
+    elif isinstance(model, dict):
+        state = f"[yellow]{model['removed']}[/]" if model.get("removed") else f"sha256 {model.get('sha256')}"
+        out.print(f"model: {model.get('path')} ({state})")
     for warning in (run.get("info") or {}).get("warnings", []):
         out.print(f"[bold red]WARNING:[/] {warning}")
 

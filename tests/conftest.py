@@ -92,6 +92,18 @@ def build_tiny_model(root: Path, seed: int = 0, dropout: float = 0.1, max_seq_le
     return st_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _work_in_a_temporary_folder(tmp_path_factory):
+    """Run every test from an empty folder: what runs write relative to the working directory (saved models
+    under ./runs, the default ./results.duckdb, prepared/) never lands in the checkout."""
+    import os
+
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny model (dropout 0.1), built once per session."""

@@ -19,7 +19,18 @@ from runner.spec.train import TrainSpec
 class OutputSpec(_Model):
     """What is written besides the store."""
 
-    save_model: bool = Field(False, description="Keep the tuned model under `dir`/<run_id>.")
+    save_model: Literal["best", "all", "none"] = Field(
+        "best",
+        description="Keep the tuned model (sentence-transformers format) under `dir`/<run_id>. best: every run saves "
+        "its model, and when an ablation or a search ends only its best run's model (by the dev main metric; test "
+        "without a dev split) is kept. all: keep every run's model. none: keep none. true/false mean all/none.",
+    )
+
+    @field_validator("save_model", mode="before")
+    @classmethod
+    def _booleans(cls, value: Any) -> Any:
+        return {True: "all", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
     dir: str = Field("runs", description="Folder for saved models and checkpoints (relative: to the cwd).")
     embedding_cache: bool = Field(
         True,
@@ -176,5 +187,10 @@ class Spec(_Model):
         return Spec.model_validate(data)
 
     def spec_hash(self) -> str:
-        """Content hash of the resolved spec: equal hashes mean the same experiment."""
-        return hashlib.sha256(self.resolved_json().encode()).hexdigest()[:16]
+        """Content hash of the resolved spec without `output:`: equal hashes mean the same experiment.
+
+        `output:` says where results go and what is kept (models, embedding cache), never what they are, so a
+        change there does not make a finished run look unfinished.
+        """
+        section = self.model_dump(mode="json", exclude={"output"})
+        return hashlib.sha256(json.dumps(section, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
