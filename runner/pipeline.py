@@ -203,12 +203,17 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     if training.mixed:
         info["data"]["mix"] = training.mix_info(spec)
         info["data"]["train_pairs"] = len(pairs)
+    base_weights = _snapshot(model) if spec.merge else None
     with timer("train"):
         outcome = _train(run, model=model, pairs=pairs, scorer=scorer)
     info["train"] = _train_info(spec, outcome)
-    scorer.tuned(outcome.model, into=scores, timer=timer)
+    tuned = outcome.model
+    if spec.merge:
+        with timer("merge"):
+            tuned, info["merge"] = _merge(spec, base=base_weights, outcome=outcome, scorer=scorer, memo=memo)
+    scorer.tuned(tuned, into=scores, timer=timer)
     if spec.output.save_model != "none":
-        info["saved_model"] = _save(outcome.model, spec=spec, folder=Path(spec.output.dir) / run.run_id)
+        info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id)
     result = records.run_result(scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes)
     info["warnings"] = result.warnings
     info["dataset"] = data_key(spec)
@@ -293,6 +298,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _snapshot(model: SentenceTransformer):
+    """The base weights, kept before training for the merge."""
+    from runner.merge import snapshot
+
+    return snapshot(model)
+
+
+def _merge(spec: Spec, *, base, outcome: TrainOutcome, scorer: RunScorer, memo: Memo):
+    """The forgetting guard: the merged model to score and keep, and the `merge` info section."""
+    from runner.merge import choose, guard_evaluators
+
+    merged = choose(spec, base=base, tuned=outcome.model, dev=scorer.dev, guards=guard_evaluators(spec, memo=memo))
+    if merged.warning:
+        outcome.notes.append(merged.warning)
+    return merged.model, merged.info()
 
 
 def _train_info(spec: Spec, outcome: TrainOutcome) -> dict[str, Any]:

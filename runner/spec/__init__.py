@@ -27,7 +27,7 @@ from runner.spec.data import (
 )
 from runner.spec.docs import json_schema, reference_markdown
 from runner.spec.eval import EvalSet, EvalSpec
-from runner.spec.experiment import AblateSpec, OutputSpec, SearchParam, SearchSpec, Spec
+from runner.spec.experiment import AblateSpec, MergeSpec, OutputSpec, SearchParam, SearchSpec, Spec
 from runner.spec.load import (
     LoadedSpec,
     Position,
@@ -53,6 +53,7 @@ __all__ = [
     "LLMSpec",
     "LoadedSpec",
     "MixSource",
+    "MergeSpec",
     "ModelSpec",
     "NegativesSpec",
     "OutputSpec",

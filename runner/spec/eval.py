@@ -17,6 +17,11 @@ class EvalSet(_Model):
     source: Literal["beir", "hf"] = Field("beir", description="Format, as data.source.")
     path: str = Field(..., description="Location (relative to the spec).")
     split: str = Field("test", description="Split to score.")
+    guard: bool = Field(
+        False,
+        description="A guard set for `merge:`: the general-domain set the base model was good at, whose relative "
+        "drop after tuning must stay within merge.max_guard_drop.",
+    )
 
 
 class EvalSpec(_Model):

@@ -40,6 +40,34 @@ class OutputSpec(_Model):
     )
 
 
+class MergeSpec(_Model):
+    """The forgetting guard: weight interpolations between the base and the tuned model (WiSE-FT, LM-Cocktail)."""
+
+    alphas: list[float] = Field(
+        [0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        min_length=1,
+        description="Weights of the tuned model tried: theta = alpha x tuned + (1 - alpha) x base (0: the base "
+        "model, 1: the tuned one). Each is scored on dev and on the guard sets.",
+    )
+    max_guard_drop: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Largest relative drop of a guard set's main metric, against the base model, that an alpha may "
+        "cause (0.02: 2%). The alpha with the best dev main metric among those within it is kept.",
+    )
+    on_fail: Literal["base", "tuned"] = Field(
+        "base", description="What to keep when no alpha keeps every guard set within max_guard_drop."
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _unit(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in value):
+            raise ValueError("every alpha is between 0 (the base model) and 1 (the tuned model)")
+        return sorted(set(value))
+
+
 class AblateSpec(_Model):
     """Variants of the spec, each run as its own run under the same experiment."""
 
@@ -123,6 +151,9 @@ class Spec(_Model):
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Outputs besides the store.")
+    merge: MergeSpec | None = Field(
+        None, description="Forgetting guard: merge base and tuned weights as far as the guard sets allow; see below."
+    )
     ablate: AblateSpec | None = Field(None, description="Ablation: variants run as separate runs; see below.")
     search: SearchSpec | None = Field(None, description="Optuna search space for `embx search`; see below.")
 
@@ -160,6 +191,16 @@ class Spec(_Model):
             raise ValueError("train.loop: embx is the sentence-transformers backend's loop; use auto")
         if self.train.loop == "embx" and self.train.distributed.world_size > 1:
             raise ValueError("train.loop: embx trains in one process; under torchrun use auto or trainer")
+        return self
+
+    @model_validator(mode="after")
+    def _merge_needs_dev_and_guards(self) -> Spec:
+        if self.merge is None:
+            return self
+        if self.data.splits.dev is None:
+            raise ValueError("data.splits.dev: merge chooses its alpha on the dev split: set data.splits.dev")
+        if not any(entry.guard for entry in self.eval.sets):
+            raise ValueError("merge: needs a guard set: an eval.sets entry with guard: true (a general-domain set)")
         return self
 
     @model_validator(mode="after")
