@@ -259,6 +259,46 @@ def _search_charts(study: dict[str, Any]) -> dict[str, str | None]:
     return out
 
 
+def _merges(variants: list, main: str) -> list[dict[str, Any]]:
+    """The forgetting guard of each variant that ran one: its alpha table and a chart of domain gain vs guard drop."""
+    out = []
+    for v in variants:
+        run = v.runs[-1] if v.runs else None
+        merge = ((run or {}).get("info") or {}).get("merge") if v.status == "ok" else None
+        if not merge:
+            continue
+        out.append({"label": v.label, "merge": merge, "chart": _merge_chart(merge, main)})
+    return out
+
+
+def _merge_chart(merge: dict[str, Any], main: str) -> str:
+    """Dev main metric against the largest guard drop, one point per alpha (the chosen one filled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
+    import matplotlib.pyplot as plt
+
+    rows = merge["alphas"]
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    drops = [100 * max(r["drop"].values(), default=0.0) for r in rows]
+    devs = [r["dev"] for r in rows]
+    ax.plot(drops, devs, color="#8c959f", zorder=1)
+    for row, x, y in zip(rows, drops, devs):
+        chosen = row["alpha"] == merge["chosen_alpha"]
+        ax.scatter([x], [y], color="#1a7f37" if row["ok"] else "#cf222e", s=60 if chosen else 25, zorder=3)
+        ax.annotate(
+            f"α {row['alpha']}" + (" (kept)" if chosen else ""),
+            (x, y),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("largest guard drop vs the base model (%)", fontsize=8)
+    ax.set_ylabel(f"dev {main}", fontsize=8)
+    return _svg(fig)
+
+
 def analyse(data: dict[str, Any]) -> dict[str, Any]:
     """Turn one experiment's stored rows into the report's sections (search trials go to the search part)."""
     searches = [{**study, "charts": _search_charts(study)} for study in data.get("studies", [])]
@@ -404,6 +444,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
             }
         ),
         "factor_charts": _factor_charts(factors, base_model, main) if factors else [],
+        "merges": _merges(ok_variants, main),
         "curve_chart": _curve_chart(ok_variants, dev_metric),
         "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
         "example_variant": (best or reference).label if (best or reference) else None,

@@ -57,6 +57,11 @@ def test_a_run_scores_every_alpha_and_keeps_one_the_guard_allows(write_spec, tin
     assert rows[0]["drop"] == {"general": 0.0}  # alpha 0 is the base model itself
     chosen = next(r for r in rows if r["alpha"] == info["merge"]["chosen_alpha"])
     assert chosen["ok"] and chosen["dev"] == max(r["dev"] for r in rows if r["ok"])
+    # the report draws domain gain against guard drop and tables every alpha
+    assert cli("report", "--db", db, "-o", tmp_path / "report.html").exit_code == 0
+    html = (tmp_path / "report.html").read_text()
+    section = html[html.index("Forgetting guard") :]
+    assert "<svg" in section and section.count("<td>0.5</td>") == 1 and "chosen" in section
 
 
 def test_no_alpha_within_the_guard_keeps_the_base_model_loudly(write_spec, tiny_beir, tmp_path: Path):
