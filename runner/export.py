@@ -258,7 +258,9 @@ def _write(fmt: str, *, source: Path, folder: Path, quantization: str) -> dict[s
             file_name = f"onnx/model_{ONNX_OPTIMIZATION}.onnx"
         else:
             export_dynamic_quantized_onnx_model(model, quantization, str(folder))
-            file_name = f"onnx/model_qint8_{quantization}.onnx"
+            # named model_<weights dtype>_<config>.onnx: qint8 for most configs, quint8 for avx2
+            written = sorted((folder / "onnx").glob(f"model_*int8_{quantization}.onnx"))
+            file_name = f"onnx/{written[0].name}" if written else f"onnx/model_qint8_{quantization}.onnx"
     except ExportError:
         raise
     except Exception as exc:  # the exporters raise many kinds: unsupported operators, architectures, modules
