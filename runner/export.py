@@ -435,3 +435,57 @@ def _compare_rankings(ref, new, *, qids: list[str], dids: list[str], qrels, norm
         "top10_overlap": round(float(np.mean(overlap)), 4),
         "top10_overlap_min": round(float(np.min(overlap)), 4),
     }
+
+
+def push_to_hub(
+    db: str | Path,
+    result: ExportResult,
+    *,
+    repo: str,
+    private: bool = False,
+    token: str | None = None,
+) -> ExportResult:
+    """Upload a passed export to a Hub model repository (created if missing) and record it.
+
+    The card's usage snippet is rewritten to name the repository before the upload. The token comes from the
+    caller (the CLI reads ``$HF_TOKEN``; None: huggingface_hub's own login) and is never stored or printed;
+    ``$HF_ENDPOINT`` points huggingface_hub at another Hub.
+
+    Raises:
+        ExportError: The export did not pass, or the Hub refused the repository or the upload (the message
+            carries the Hub's answer, never the token).
+
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from runner.card import render_card
+    from runner.spec import ModelSpec
+
+    if not result.ok or result.path is None:
+        raise ExportError("only an export that passed its parity check can be pushed")
+    run = store.get_run(db, result.run_id)
+    model_spec = ModelSpec.model_validate(json.loads(run.get("spec_json") or "{}").get("model") or {"base": "?"})
+    folder = Path(result.path)
+    card = folder / "README.md"
+    meta = card.read_text(encoding="utf-8").split("---\n")[1] if card.is_file() else ""
+    text = render_card(db, run, result=result, model_spec=model_spec, repo=repo)
+    if meta:  # the metadata block as written at export (language, license): only the body changes
+        text = "---\n" + meta + "---\n" + text.split("---\n", 2)[2]
+    card.write_text(text, encoding="utf-8")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo,
+            folder_path=str(folder),
+            repo_type="model",
+            commit_message=f"embx export of run {result.run_id} ({result.format})",
+        )
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ExportError(f"pushing to the Hub repository {repo} failed: {type(exc).__name__}: {exc}") from exc
+    result.hub_repo = repo
+    store.record_export(
+        db, result.run_id, fmt=result.format, path=result.path, parity=result.parity, ok=True, hub_repo=repo
+    )
+    return result

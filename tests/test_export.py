@@ -260,3 +260,34 @@ def test_saved_model_as_a_dict_with_its_sha256(saved_run, tmp_path):
     parity = json.loads((tmp_path / "out" / "parity.json").read_text())
     assert parity["texts"] == "probe" and parity["ok"]  # no texts stored in this store: probe sentences
     assert f"saved model sha256: `{digest}`" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_push_to_hub_creates_the_repo_uploads_the_folder_and_never_prints_the_token(saved_run, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    db, run_id, _ = saved_run
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create", repo_id, kwargs["private"]))
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            calls.append(("card", (Path(folder_path) / "README.md").read_text()))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+    out = tmp_path / "pushed"
+    result = cli("export", run_id, "-o", out, "--push-to-hub", "me/tiny", "--private", "--language", "en", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "hf_secret_token" not in result.output and "pushed to the Hub: me/tiny" in result.output
+    assert calls[0] == ("token", "hf_secret_token") and calls[1] == ("create", "me/tiny", True)
+    assert calls[2][0] == "upload" and {"README.md", "parity.json", "modules.json"} <= set(calls[2][2])
+    card = calls[3][1]
+    assert "SentenceTransformer('me/tiny')" in card and "language:\n- en" in card
+    assert "hf_secret_token" not in card and "hf_secret_token" not in (out / "README.md").read_text()
+    assert query(db, "SELECT hub_repo FROM exports WHERE hub_repo IS NOT NULL") == [("me/tiny",)]
