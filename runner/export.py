@@ -17,6 +17,7 @@ import os
 import platform
 import secrets
 import shutil
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,6 +188,7 @@ def export_run(
     model_spec = ModelSpec.model_validate(spec.get("model") or {"base": str(source)})
 
     tmp = target.parent / f".{target.name}.embx-export-{os.getpid()}-{secrets.token_hex(3)}"
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         load = _write(format, source=source, folder=tmp, quantization=int8_config(quantization))
@@ -199,6 +201,9 @@ def export_run(
         (tmp / "README.md").write_text(card, encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # the parents this export created, innermost first, if still empty
+            with suppress(OSError):
+                folder.rmdir()
         raise
     if not parity["ok"]:
         if keep_failed:

@@ -245,7 +245,7 @@ def test_bad_input_exits_2_and_writes_nothing(saved_run, tmp_path, case, message
     assert result.exit_code == 2, result.output
     assert message in result.output.replace("\n", " ")
     if case not in ("not-empty", "a-file", "inside"):
-        assert not out.exists()
+        assert not out.parent.exists()  # not even the parent folder
     assert _left_over(out.parent) == []
     assert (_exports(db) if db.exists() else None) == before
 
