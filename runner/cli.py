@@ -336,6 +336,108 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
     click.echo(f"wrote {output}")
 
 
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Export folder (new or empty).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["sentence-transformers", "onnx", "onnx-int8"]),
+    default="sentence-transformers",
+    show_default=True,
+    help="onnx: fp32 ONNX (O2-optimised); onnx-int8: dynamically quantised for CPUs.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (once the new export passed).")
+@click.option(
+    "--int8-config",
+    type=click.Choice(["auto", "arm64", "avx2", "avx512", "avx512_vnni"]),
+    default="auto",
+    show_default=True,
+    help="Quantisation config of onnx-int8 (auto: for this CPU; avx2 runs correctly on any x86-64 CPU).",
+)
+@click.option("--language", default=None, help="Language code(s) of the card's metadata, e.g. en or en,de.")
+@click.option("--license", "license_", default=None, help="License identifier for the card (default: unknown).")
+@click.option("--keep-failed", is_flag=True, help="Keep the temporary folder of an export that fails parity.")
+@click.option("--push-to-hub", "repo", default=None, metavar="REPO", help="Upload the export to this Hub repository.")
+@click.option("--private", is_flag=True, help="Create the Hub repository as private.")
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def export(
+    run_id: str,
+    output: str,
+    fmt: str,
+    overwrite: bool,
+    int8_config: str,
+    language: str | None,
+    license_: str | None,
+    keep_failed: bool,
+    repo: str | None,
+    private: bool,
+    db: str | None,
+    as_json: bool,
+) -> None:
+    """Export a run's saved model (RUN_ID or a unique prefix) with a model card and a parity check.
+
+    Exit 2 for bad input (nothing written), 1 when the export does not reproduce the run's embeddings.
+    """
+    import os
+
+    from runner import store
+
+    _setup_logging(False)
+    from runner.export import ExportError, ParityError, export_run
+
+    path = db or store.default_db()
+    try:
+        result = export_run(
+            path,
+            run_id,
+            output=output,
+            format=fmt,
+            overwrite=overwrite,
+            quantization=int8_config,
+            language=language,
+            license=license_,
+            keep_failed=keep_failed,
+        )
+        if repo:
+            from runner.export import push_to_hub
+
+            push_to_hub(path, result, repo=repo, private=private, token=os.environ.get("HF_TOKEN"))
+    except (ExportError, store.StoreError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except ParityError as exc:
+        if as_json:
+            click.echo(json.dumps(exc.result.as_dict(), indent=2, default=str))
+        else:
+            _print_parity(exc.result.parity)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2, default=str))
+        return
+    _print_parity(result.parity)
+    loaded = f", file {result.load['file_name']}" if result.load.get("file_name") else ""
+    click.echo(f"exported run {result.run_id} as {result.format} to {result.path}{loaded}; card: README.md")
+    if result.hub_repo:
+        click.echo(f"pushed to the Hub: {result.hub_repo}")
+
+
+def _print_parity(parity: dict) -> None:
+    """One or two lines of parity figures."""
+    line = (
+        f"parity ({parity['queries']} queries, {parity['passages']} passages): min cosine {parity['min_cosine']:.6f},"
+        f" mean {parity['mean_cosine']:.6f}"
+    )
+    if rank := parity.get("ranking"):
+        line += (
+            f"; ndcg@10 torch {rank['ndcg@10_torch']:.4f} vs export {rank['ndcg@10_exported']:.4f}"
+            f" ({rank['ndcg@10_delta']:+.4f}), top-10 overlap {rank['top10_overlap']:.3f}"
+        )
+    click.echo(line + f" [{parity['criterion']}: {'ok' if parity['ok'] else 'FAILED'}]")
+
+
 def _read(fn, db: str | None, *more: str):
     """Call fn(path) of a read-only command: it never writes (no stale-run sweep: those runs show as `stale?`).
 

@@ -143,6 +143,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN pid_start VARCHAR;  -- "<boot id> <pid namespace> <start ticks>" (Linux)
     """,
+    # 5: exports of saved models (`embx export`), each with its parity check against the run's own model.
+    """
+    CREATE TABLE exports (
+        run_id VARCHAR NOT NULL,
+        format VARCHAR NOT NULL,          -- sentence-transformers | onnx | onnx-int8
+        path VARCHAR,                     -- the export folder (absolute); none when parity failed
+        parity VARCHAR,                   -- JSON: the parity figures
+        ok BOOLEAN NOT NULL,              -- whether the parity check passed
+        hub_repo VARCHAR,                 -- the Hub repository it was pushed to, if any
+        created_at TIMESTAMP
+    );
+    """,
 ]
 
 
@@ -1060,3 +1072,56 @@ def forget_saved_model(db: str | Path, run_id: str, *, reason: str) -> None:
         saved = data.get("saved_model")
         data["saved_model"] = {**(saved if isinstance(saved, dict) else {"path": saved}), "removed": reason}
         con.execute("UPDATE runs SET info = ? WHERE run_id = ?", [json.dumps(data, default=str), run_id])
+
+
+def record_export(
+    db: str | Path,
+    run_id: str,
+    *,
+    fmt: str,
+    path: str | None,
+    parity: dict[str, Any],
+    ok: bool,
+    hub_repo: str | None = None,
+) -> None:
+    """Record an export of a run's saved model (`embx export`), passed or failed, with its parity figures."""
+    with connect(db) as con:
+        con.execute(
+            "INSERT INTO exports (run_id, format, path, parity, ok, hub_repo, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [run_id, fmt, path, json.dumps(parity, default=str), ok, hub_repo, now()],
+        )
+
+
+def list_exports(db: str | Path, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Exports, oldest first (of one run, if given), with their parity figures decoded."""
+    with connect(db, read_only=True) as con:
+        where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
+        rows = _rows(con, f"SELECT * FROM exports {where} ORDER BY created_at, run_id", params)
+    for row in rows:
+        row["parity"] = json.loads(row["parity"] or "{}")
+        if isinstance(row.get("created_at"), datetime):
+            row["created_at"] = row["created_at"].isoformat(timespec="seconds")
+    return rows
+
+
+def dataset_texts(
+    db: str | Path, dataset: str
+) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, dict[str, int]]]]:
+    """The texts and judgements stored for a dataset (a run's test queries and the documents its reports show).
+
+    Returns:
+        (queries {id: text}, documents {id: text}, qrels {split: {query id: {document id: grade}}}); empty when
+        nothing was stored (e.g. runs that never scored the test split).
+
+    """
+    with connect(db, read_only=True) as con:
+        texts = con.execute("SELECT kind, id, text FROM texts WHERE dataset = ? ORDER BY id", [dataset]).fetchall()
+        judged = con.execute(
+            "SELECT split, query_id, doc_id, grade FROM qrels WHERE dataset = ? ORDER BY query_id, doc_id", [dataset]
+        ).fetchall()
+    queries = {i: t for kind, i, t in texts if kind == "query" and t is not None}
+    docs = {i: t for kind, i, t in texts if kind == "doc" and t is not None}
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    for split, qid, did, grade in judged:
+        qrels.setdefault(split, {}).setdefault(qid, {})[did] = grade
+    return queries, docs, qrels

@@ -75,6 +75,8 @@ MIGRATION_SHA256 = [
     "b1f9fb47577b5711cda714ac15cdc5bd001e0e83fd1a97eb3d815660c284c5f3",
     "506fd0a22322e9aa7335a261fb8bbfb8e4ae41d9fdcb398adf0e3d9f557ce7dd",
     "1830db40902cf97f9e1dd63df413158c7eec85b226bf86939e869da2a6326344",
+    "89555c1e3387f7ea73b6009c456cb1fabbbe81a4726a8aef99f88738bf4bc3d9",
+    "11bc1690e15d64e8d469a6021a9f1cb02d722736293e034743a3196f96dc57b8",
 ]
 
 
@@ -84,8 +86,12 @@ def test_released_migrations_are_never_edited():
 
 
 def test_migration_4_records_the_process_start_of_a_run():
-    assert len(store.MIGRATIONS) == 4
     assert "ALTER TABLE runs ADD COLUMN pid_start VARCHAR" in store.MIGRATIONS[3]
+
+
+def test_migration_5_records_exports():
+    assert len(store.MIGRATIONS) == 5
+    assert "CREATE TABLE exports" in store.MIGRATIONS[4]
 
 
 def test_a_version_3_store_is_upgraded_in_place_keeping_its_runs(tmp_path):
