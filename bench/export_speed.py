@@ -139,7 +139,7 @@ def main() -> None:
             "min_cosine_queries": round(float(cos_q.min()), 6),
             **ranking,
         },
-        "passes_embx_int8_criterion": abs(ranking["ndcg@10_delta"]) <= export.INT8_MAX_NDCG_DELTA
+        "passes_embx_int8_criterion": ranking["ndcg@10_delta"] >= -export.INT8_MAX_NDCG_DELTA
         and ranking["top10_overlap"] >= export.INT8_MIN_OVERLAP,
         "export_parity": store_parity,
         "machine": cpu_info(),

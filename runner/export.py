@@ -341,7 +341,8 @@ def check_parity(
 
     fp32 formats pass with a minimum cosine of :data:`FP32_MIN_COSINE`; int8 passes when NDCG@10 over the
     sampled passages is within :data:`INT8_MAX_NDCG_DELTA` of the torch model's and the mean top-10 overlap is
-    at least :data:`INT8_MIN_OVERLAP`.
+    at least :data:`INT8_MIN_OVERLAP`. The NDCG@10 rule is one-sided: quantisation noise that happens to rank
+    better is not a parity failure (on 100 queries it moves NDCG@10 by about 0.01 either way); a loss is.
 
     Returns:
         The figures: texts, min/mean cosine, rankings (when qrels are stored), thresholds, ok and why not.
@@ -387,9 +388,9 @@ def check_parity(
             out["why"].append(f"min cosine {out['min_cosine']:.6f} < {FP32_MIN_COSINE} over {len(texts)} texts")
     elif out["ranking"] is not None:
         rank = out["ranking"]
-        out["criterion"] = f"|delta ndcg@10| <= {INT8_MAX_NDCG_DELTA} and top-10 overlap >= {INT8_MIN_OVERLAP}"
-        if abs(rank["ndcg@10_delta"]) > INT8_MAX_NDCG_DELTA:
-            out["why"].append(f"ndcg@10 moved by {rank['ndcg@10_delta']:+.4f} (allowed {INT8_MAX_NDCG_DELTA})")
+        out["criterion"] = f"delta ndcg@10 >= -{INT8_MAX_NDCG_DELTA} and top-10 overlap >= {INT8_MIN_OVERLAP}"
+        if rank["ndcg@10_delta"] < -INT8_MAX_NDCG_DELTA:
+            out["why"].append(f"ndcg@10 fell by {-rank['ndcg@10_delta']:.4f} (allowed {INT8_MAX_NDCG_DELTA})")
         if rank["top10_overlap"] < INT8_MIN_OVERLAP:
             out["why"].append(f"top-10 overlap {rank['top10_overlap']:.3f} < {INT8_MIN_OVERLAP}")
     else:
@@ -478,7 +479,9 @@ def push_to_hub(
     if meta:  # the metadata block as written at export (language, license): only the body changes
         text = "---\n" + meta + "---\n" + text.split("---\n", 2)[2]
     card.write_text(text, encoding="utf-8")
-    api = HfApi(token=token)
+    import os
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)  # read now: a mirror or a test Hub
     try:
         api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(
