@@ -31,8 +31,14 @@ def main() -> None:
     parser.add_argument("--spec", default=str(ROOT / "specs" / "medical.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="embx run --set KEY=VALUE")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--workdir", type=Path, help="Run here and keep the store and the saved model (default: a temp dir)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="embx-main-job-") as folder:
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="embx-main-job-") as temp:
+        folder = str(args.workdir or temp)
         db = Path(folder) / "results.duckdb"
         command = [sys.executable, "-m", "runner.cli", "run", args.spec, "--db", str(db)]
         for item in args.overrides:
@@ -64,6 +70,8 @@ def main() -> None:
         "timings": run.get("timings"),
         "versions": run.get("versions"),
         "git_commit": run.get("git_commit"),
+        "run_id": run_id,
+        "saved_model": run["info"].get("saved_model"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
