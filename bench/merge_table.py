@@ -42,12 +42,16 @@ def main() -> None:
         "warning": merge["warning"],
         "alphas": merge["alphas"],
         "test": by_split.get("test", {}).get("native"),
+        "dev": by_split.get("dev", {}).get("native"),
         "guard_sets": {k: v.get("native") for k, v in by_split.items() if k.startswith("set:")},
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     guards = sorted(merge["alphas"][0]["guard"])
     print("| alpha | domain dev ndcg@10 | " + " | ".join(f"guard {g} ndcg@10 | drop" for g in guards) + " | kept |")
     print("|---|---|" + "---|---|" * len(guards) + "---|")
+    dev_base = (result["dev"] or {}).get("base", {}).get("ndcg@10")
+    base_cells = " | ".join(f"{result['guard_sets'][f'set:{g}']['base']['ndcg@10']:.4f} | 0.0%" for g in guards)
+    print(f"| 0 (base) | {dev_base:.4f} | {base_cells} | reference |")
     for row in merge["alphas"]:
         cells = " | ".join(f"{row['guard'][g]:.4f} | {row['drop'][g]:.1%}" for g in guards)
         chosen = "**chosen**" if row["alpha"] == merge["chosen_alpha"] else ("ok" if row["ok"] else "too much")
