@@ -168,3 +168,21 @@ def test_machine_record_names_cpu_and_amx(tmp_path, cpuinfo, amx, label):
     info = module.cpu_info(path)
     assert info["amx_bf16"] is amx and info["flags"]["avx2"] is True
     assert info["label"].endswith(f"AMX bf16: {label}") and info["cpu"] in info["label"]
+
+
+def test_readme_main_job_and_export_figures_are_in_their_files():
+    """The main-job paragraph quotes bench/results/main_job_cpu.json and export_speed_cpu.json, machine named."""
+    readme = (ROOT / "README.md").read_text()
+    job = json.loads((BENCH / "results" / "main_job_cpu.json").read_text())
+    speed = json.loads((BENCH / "results" / "export_speed_cpu.json").read_text())
+    test = job["test"]
+    assert f"{job['wall_seconds']} s for the whole command" in readme
+    assert f"base model {test['base']['ndcg@10']:.4f}, of the" in readme
+    assert f"tuned model {test['tuned']['ndcg@10']:.4f}" in readme
+    assert f"best dev epoch {job['train']['best_epoch']} of {job['train']['epochs_run']}" in readme
+    assert job["precision"] == "bf16" and job["machine"]["amx_bf16"] is True  # "with AMX bf16 units ... bf16"
+    assert f"at {speed['torch_fp32_passages_per_s']} passages/s" in readme
+    assert f"{speed['onnx_int8_passages_per_s']} in ONNX int8" in readme
+    parity = speed["parity"]
+    assert f"{parity['ndcg@10_torch']:.4f} and {parity['ndcg@10_exported']:.4f}" in readme
+    assert f"top-10 overlap of {parity['top10_overlap']}" in readme
