@@ -80,8 +80,10 @@ def print_result(result: Any, db: str) -> None:
 def print_runs(runs: list[dict[str, Any]]) -> None:
     """`embx ls` table."""
     table = Table()
+    with_models = any(run.get("model") for run in runs)  # the column only when some run saved a model
     for col in ("run_id", "experiment", "variant", "status", "started", "main", "base", "tuned", "delta", "model"):
-        table.add_column(col, no_wrap=col == "run_id")
+        if col != "model" or with_models:
+            table.add_column(col, no_wrap=col == "run_id")
     for run in runs:
         main = run.get("main_metric")
         base = run["metrics"].get("base", {}).get(main)
@@ -91,18 +93,9 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
         variant = run.get("variant") or "base"
         if run.get("study"):
             variant = f"{variant} ({run['study']})"
-        table.add_row(
-            run["run_id"],
-            run["experiment"],
-            variant,
-            status,
-            str(run["started_at"]),
-            main or "-",
-            _fmt(base),
-            _fmt(tuned),
-            delta,
-            _model_cell(run.get("model")),
-        )
+        cells = [run["run_id"], run["experiment"], variant, status, str(run["started_at"]), main or "-"]
+        cells += [_fmt(base), _fmt(tuned), delta] + ([_model_cell(run.get("model"))] if with_models else [])
+        table.add_row(*cells)
     out.print(table)
 
 

@@ -46,11 +46,12 @@ def _spec(**changes) -> Spec:
 
 def test_spec_hash_is_frozen(golden_dir):
     # Changed on purpose once (was 8550937f14fea47e / 697eeb9186b67065 before): the hash leaves out `output:`,
-    # which says where results go and what is kept, never what they are; so `output.save_model` (whose default
-    # became "best") and later output settings never make a finished run look unfinished.
-    assert _spec().spec_hash() == "06a7c41487d5abc8"
-    assert _spec(**{"train.learning_rate": 1e-5}).spec_hash() == "1f536d10b9192b08"
+    # which says where results go and what is kept, never what they are, and every null field, so a new optional
+    # section (merge:) or output setting never makes a finished run look unfinished.
+    assert _spec().spec_hash() == "42c4a9b7be30fb7d"
+    assert _spec(**{"train.learning_rate": 1e-5}).spec_hash() == "b3655b5bb4494698"
     assert _spec(**{"output.save_model": "none", "output.dir": "elsewhere"}).spec_hash() == _spec().spec_hash()
+    assert _spec(**{"merge": None, "ablate": None}).spec_hash() == _spec().spec_hash()
 
 
 def test_data_key_is_frozen(golden_dir):

@@ -228,10 +228,11 @@ class Spec(_Model):
         return Spec.model_validate(data)
 
     def spec_hash(self) -> str:
-        """Content hash of the resolved spec without `output:`: equal hashes mean the same experiment.
+        """Content hash of the resolved spec without `output:` and unset (null) fields: equal hashes, same experiment.
 
         `output:` says where results go and what is kept (models, embedding cache), never what they are, so a
-        change there does not make a finished run look unfinished.
+        change there does not make a finished run look unfinished; and a null field takes no part, so a new
+        optional section (such as `merge:`) leaves the hashes of existing specs, and their finished runs, alone.
         """
-        section = self.model_dump(mode="json", exclude={"output"})
+        section = self.model_dump(mode="json", exclude={"output"}, exclude_none=True)
         return hashlib.sha256(json.dumps(section, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
