@@ -90,7 +90,9 @@ def guard_evaluators(spec: Spec, *, memo: Memo) -> dict[str, RetrievalEvaluator]
         data = memo.get("data", eval_set_key(entry), lambda e=entry: load_source(e.source, e.path, [e.split]))
         qrels = data.split(entry.split)
         if not qrels:
-            raise ValueError(f"eval.sets {entry.name}: the guard set has no judged queries in split {entry.split!r}")
+            from runner.data.types import DataError
+
+            raise DataError([f"eval.sets {entry.name}: the guard set has no judged queries in split {entry.split!r}"])
         index = memo.get("index", eval_set_index_key(entry, spec), lambda d=data: CorpusIndex(d.corpus))
         out[entry.name] = RetrievalEvaluator(
             index=index, queries=data.queries, qrels=qrels, model=spec.model, settings=spec.eval

@@ -190,6 +190,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     with timer("data"):
         training = TrainingSet.load(spec, model=model, memo=memo)
         scorer = RunScorer(spec, data=training.data, memo=memo, evaluate_test=evaluate_test)
+        guards = _guard_sets(spec, memo=memo)  # loaded now: a bad guard set fails before any training
     with timer("checks"):
         info["checks"] = training.check(spec, model=model, memo=memo)
         info["data"] = training.info()
@@ -210,7 +211,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     tuned = outcome.model
     if spec.merge:
         with timer("merge"):
-            tuned, info["merge"] = _merge(spec, base=base_weights, outcome=outcome, scorer=scorer, memo=memo)
+            tuned, info["merge"] = _merge(spec, base=base_weights, outcome=outcome, scorer=scorer, guards=guards)
     scorer.tuned(tuned, into=scores, timer=timer)
     if spec.output.save_model != "none":
         info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id)
@@ -307,11 +308,20 @@ def _snapshot(model: SentenceTransformer):
     return snapshot(model)
 
 
-def _merge(spec: Spec, *, base, outcome: TrainOutcome, scorer: RunScorer, memo: Memo):
-    """The forgetting guard: the merged model to score and keep, and the `merge` info section."""
-    from runner.merge import choose, guard_evaluators
+def _guard_sets(spec: Spec, *, memo: Memo) -> dict:
+    """The guard sets' evaluators when the spec merges (none otherwise)."""
+    if not spec.merge:
+        return {}
+    from runner.merge import guard_evaluators
 
-    merged = choose(spec, base=base, tuned=outcome.model, dev=scorer.dev, guards=guard_evaluators(spec, memo=memo))
+    return guard_evaluators(spec, memo=memo)
+
+
+def _merge(spec: Spec, *, base, outcome: TrainOutcome, scorer: RunScorer, guards: dict):
+    """The forgetting guard: the merged model to score and keep, and the `merge` info section."""
+    from runner.merge import choose
+
+    merged = choose(spec, base=base, tuned=outcome.model, dev=scorer.dev, guards=guards)
     if merged.warning:
         outcome.notes.append(merged.warning)
     return merged.model, merged.info()

@@ -88,3 +88,15 @@ def test_merge_needs_a_dev_split_and_a_guard_set(write_spec, tiny_beir):
         name="b.yaml", merge={"alphas": [1.5]}, eval={"sets": [{"name": "g", "path": str(tiny_beir), "guard": True}]}
     )
     assert "between 0 (the base model) and 1" in " ".join(cli("validate", bad_alpha).output.split())
+
+
+def test_a_guard_set_without_queries_fails_before_training(write_spec, tiny_beir, tmp_path: Path):
+    guard = Path(shutil.copytree(tiny_beir, tmp_path / "general"))
+    (guard / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    db = tmp_path / "r.duckdb"
+    result = cli("run", _merge_spec(write_spec, guard), "--db", db)
+    assert result.exit_code == 2
+    assert "general" in result.output and "no judgements" in " ".join(result.output.split())
+    assert query(db, "SELECT status FROM runs") == [("failed",)]
+    (info,) = (json.loads(i) for (i,) in query(db, "SELECT info FROM runs"))
+    assert "train" not in info  # it failed before training
