@@ -64,12 +64,26 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @set_option
-def validate(spec: str, overrides: tuple[str, ...]) -> None:
-    """Check a spec; print every problem with file:line:col (exit 2 if any)."""
-    loaded = _load(spec, overrides)
-    click.echo(f"{spec}: ok ({loaded.spec.name}, hash {loaded.spec.spec_hash()})")
+def validate(specs: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Check one or more specs; print every problem with file:line:col (exit 2 if any spec has one)."""
+    from runner.spec import SpecError, check_files, load_spec
+
+    bad = 0
+    for spec in specs:
+        try:
+            loaded = load_spec(spec, list(overrides))
+            check_files(loaded)
+        except SpecError as exc:
+            click.echo(str(exc), err=True)
+            bad += 1
+            continue
+        click.echo(f"{spec}: ok ({loaded.spec.name}, hash {loaded.spec.spec_hash()})")
+    if bad:
+        if len(specs) > 1:
+            click.echo(f"{bad} of {len(specs)} specs have problems", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command()

@@ -245,3 +245,13 @@ def test_force_reruns_a_finished_variant(cli, write_spec, tmp_path, caplog):
     assert forced.exit_code == 0, forced.output
     runs = json.loads(cli("ls", "--db", db, "--json").stdout)
     assert [r["status"] for r in runs] == ["ok", "ok"] and runs[0]["spec_hash"] == runs[1]["spec_hash"]
+
+
+def test_validate_takes_several_specs_and_reports_each(cli, write_spec, tmp_path):
+    good = write_spec(name="good.yaml")
+    bad = write_spec(text="name: bad\ndata: {path: .}\ntrain: {epochs: true}\n", name="bad.yaml")
+    result = cli("validate", good, bad, good)
+    assert result.exit_code == 2
+    assert result.output.count(f"{good}: ok (tiny") == 2
+    assert f"{bad}:3:" in result.output and "1 of 3 specs have problems" in result.output
+    assert cli("validate", good, good).exit_code == 0
