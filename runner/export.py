@@ -18,11 +18,11 @@ import platform
 import secrets
 import shutil
 from contextlib import suppress
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import store
+from runner.card import ExportResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -62,34 +62,6 @@ class ParityError(Exception):
     def __init__(self, message: str, result: ExportResult):
         super().__init__(message)
         self.result = result
-
-
-@dataclass
-class ExportResult:
-    """What `embx export` made.
-
-    Attributes:
-        run_id: The run whose saved model was exported.
-        format: One of :data:`FORMATS`.
-        path: The export folder (absolute); for a failed parity check, the kept temporary folder or None.
-        ok: Whether the parity check passed.
-        parity: The parity figures (also in ``parity.json`` and the card).
-        load: How to load it: ``{"backend": ..., "file_name": ...}``.
-        hub_repo: The Hub repository it was pushed to, if any.
-
-    """
-
-    run_id: str
-    format: str
-    path: str | None
-    ok: bool
-    parity: dict[str, Any]
-    load: dict[str, str | None] = field(default_factory=dict)
-    hub_repo: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data for ``--json``."""
-        return asdict(self)
 
 
 def saved_model_path(run: dict[str, Any]) -> Path:

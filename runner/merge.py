@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 def snapshot(model: SentenceTransformer) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's weights (taken before training: the base side of the merge)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    from runner.models import weights_copy
+
+    return weights_copy(model)
 
 
 def interpolate(

@@ -131,3 +131,8 @@ def set_pooling(model: SentenceTransformer, pooling: str) -> bool:
         return False
     module.pooling_mode = _POOLING_NAMES[pooling]
     return True
+
+
+def weights_copy(module) -> dict:
+    """A CPU copy of a module's state dict (a model's weights at one moment: the best epoch, the base of a merge)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

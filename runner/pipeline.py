@@ -217,14 +217,14 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id)
     result = records.run_result(scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes)
     info["warnings"] = result.warnings
-    info["dataset"] = data_key(spec)
+    info["dataset"] = dataset = data_key(spec)  # fingerprints the data files: once
     rows = records.results_rows(
         scores,
         info=info,
         train_log=outcome.log,
         data=training.data,
         test_qrels=scorer.test_qrels,
-        dataset=data_key(spec),
+        dataset=dataset,
         with_test=evaluate_test,
     )
     return result, rows
@@ -284,21 +284,10 @@ def _remove_orphan_workdirs() -> None:
 
     for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
         found = re.match(rf"{WORKDIR_PREFIX}(\d+)-\d{{8}}-\d{{6}}-", folder.name)
-        if not found or not folder.is_dir() or _alive(int(found.group(1))):
+        if not found or not folder.is_dir() or store.process_alive(int(found.group(1))):
             continue
         log.info("removing %s, left by a process that no longer runs", folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this pid exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _snapshot(model: SentenceTransformer):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runner.ablate import Variant
-    from runner.scoring import Scores
+    from runner.evaluate import EvalResult
     from runner.spec import LoadedSpec, Spec
     from runner.store import RunRecord, RunResults
 
@@ -45,6 +45,26 @@ PACKAGES = (
     "pydantic",
     "numpy",
 )
+
+
+@dataclass
+class Scores:
+    """What a run scored, by stage (base, tuned).
+
+    Attributes:
+        dense: (split, stage) -> dense retrieval result on the run's own data (test and dev).
+        others: (retriever, stage) -> test metrics of bm25, hybrid and two-stage retrieval.
+        sets: (set name, stage) -> metrics on an `eval.sets` entry.
+        mteb: (stage, split) -> metrics by mteb's evaluation ("test", or "mteb:<task>").
+        baseline_from: split -> run id whose base scores were used (this run's, or an earlier one's).
+
+    """
+
+    dense: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
+    others: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    sets: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    mteb: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    baseline_from: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

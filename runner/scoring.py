@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ from runner.memo import (
     index_key,
     model_key,
 )
-from runner.records import BASE, DEV, MTEB_SPLIT_PREFIX, TEST, TUNED
+from runner.records import BASE, DEV, MTEB_SPLIT_PREFIX, TEST, TUNED, Scores
 from runner.spec import EvalSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -115,26 +114,6 @@ class RetrievalEvaluator:
             settings=EvalSpec.model_validate(data["settings"]),
             allowed=set(allowed) if allowed is not None else None,
         )
-
-
-@dataclass
-class Scores:
-    """What a run scored, by stage (base, tuned).
-
-    Attributes:
-        dense: (split, stage) -> dense retrieval result on the run's own data (test and dev).
-        others: (retriever, stage) -> test metrics of bm25, hybrid and two-stage retrieval.
-        sets: (set name, stage) -> metrics on an `eval.sets` entry.
-        mteb: (stage, split) -> metrics by mteb's evaluation ("test", or "mteb:<task>").
-        baseline_from: split -> run id whose base scores were used (this run's, or an earlier one's).
-
-    """
-
-    dense: dict[tuple[str, str], EvalResult] = field(default_factory=dict)
-    others: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
-    sets: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
-    mteb: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
-    baseline_from: dict[str, str] = field(default_factory=dict)
 
 
 class RunScorer:

@@ -954,7 +954,7 @@ def _is_stale(host: str | None, pid: int | None, pid_start: str | None) -> bool:
         return False
     mine = process_identity(os.getpid()) if pid_start else None
     if not pid_start or mine is None:
-        return not _alive(pid)
+        return not process_alive(pid)
     boot, namespace, started = (pid_start.split(" ") + ["", "", ""])[:3]
     my_boot, my_namespace, _ = mine.split(" ")
     if boot != my_boot:
@@ -965,7 +965,7 @@ def _is_stale(host: str | None, pid: int | None, pid_start: str | None) -> bool:
     return stat is None or stat[0] == "Z" or stat[1] != started
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (zombies count as dead)."""
     try:
         os.kill(pid, 0)

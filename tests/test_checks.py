@@ -13,6 +13,21 @@ from runner.data.checks import apply_leak_policy, check_data, normalize
 from runner.data.types import DataError, Pair, RetrievalData
 
 
+def _check(data, pairs, **settings):
+    """check_data with the settings most tests share; keyword arguments override them."""
+    defaults = {
+        "train": "train",
+        "evals": ["test"],
+        "negatives_mode": "in-batch",
+        "per_query": 3,
+        "min_chars": 10,
+        "leak_similarity": 0.95,
+        "embed": None,
+        "positives_are_leaks": False,
+    }
+    return check_data(data, pairs=pairs, **{**defaults, **settings})
+
+
 def fake_embed(texts: list[str]) -> np.ndarray:
     """Character-trigram counts hashed into 512 dims, L2-normalised: light edits keep a high cosine."""
     out = np.zeros((len(texts), 512), dtype=np.float32)
@@ -52,17 +67,8 @@ def make_data() -> RetrievalData:
 
 
 def run_checks(data: RetrievalData, **kw):
-    args = {
-        "negatives_mode": "in-batch",
-        "per_query": 3,
-        "min_chars": 10,
-        "leak_similarity": 0.8,
-        "embed": fake_embed,
-        "positives_are_leaks": False,
-    }
-    args.update(kw)
     pairs = data.pairs("train")
-    return pairs, check_data(data, train="train", evals=["test"], pairs=pairs, **args)
+    return pairs, _check(data, pairs, **{"leak_similarity": 0.8, "embed": fake_embed, **kw})
 
 
 def test_normalize():
@@ -130,18 +136,7 @@ def test_apply_leak_policy(caplog):
     with pytest.raises(ValueError):
         apply_leak_policy(report, pairs, "ignore")  # type: ignore[arg-type]
     clean = [Pair("unrelated question about bones", "Bones need calcium.", "x1", "dx")]
-    clean_report = check_data(
-        make_data(),
-        train="train",
-        evals=["test"],
-        pairs=clean,
-        negatives_mode="in-batch",
-        per_query=3,
-        min_chars=10,
-        leak_similarity=0.95,
-        embed=fake_embed,
-        positives_are_leaks=False,
-    )
+    clean_report = _check(make_data(), clean, embed=fake_embed)
     assert not clean_report.leaks
     assert apply_leak_policy(clean_report, clean, "error") == clean
 
@@ -149,18 +144,7 @@ def test_apply_leak_policy(caplog):
 def test_drop_refuses_to_remove_every_pair():
     data = make_data()
     pairs = [data.pairs("train")[0]]  # t1 only: leaks
-    report = check_data(
-        data,
-        train="train",
-        evals=["test"],
-        pairs=pairs,
-        negatives_mode="in-batch",
-        per_query=3,
-        min_chars=10,
-        leak_similarity=0.95,
-        embed=None,
-        positives_are_leaks=False,
-    )
+    report = _check(data, pairs)
     with pytest.raises(DataError, match="removed all"):
         apply_leak_policy(report, pairs, "drop")
 
@@ -168,18 +152,7 @@ def test_drop_refuses_to_remove_every_pair():
 def test_other_findings():
     data = make_data()
     pairs = [*data.pairs("train"), Pair("empty positive", "  ", "t9", "d7")]
-    report = check_data(
-        data,
-        train="train",
-        evals=["test"],
-        pairs=pairs,
-        negatives_mode="hard",
-        per_query=8,
-        min_chars=10,
-        leak_similarity=0.95,
-        embed=None,
-        positives_are_leaks=False,
-    )
+    report = _check(data, pairs, negatives_mode="hard", per_query=8)
     c, ex = report.counts, report.examples
     assert c["corpus_duplicates"] == 1 and ex["corpus_duplicates"] == ["d3 = d5"]
     assert c["queries_duplicates"] == 2  # t4 repeats t3, e1 is t1 after normalisation
@@ -193,16 +166,5 @@ def test_other_findings():
     assert any("1:8" in n and "outside" in n for n in report.notes)
     _, in_batch = run_checks(data)
     assert any("in-batch only" in n for n in in_batch.notes)
-    ok = check_data(
-        data,
-        train="train",
-        evals=["test"],
-        pairs=pairs,
-        negatives_mode="random",
-        per_query=4,
-        min_chars=10,
-        leak_similarity=0.95,
-        embed=None,
-        positives_are_leaks=False,
-    )
+    ok = _check(data, pairs, negatives_mode="random", per_query=4)
     assert any("1:4" in n and "outside" not in n for n in ok.notes)

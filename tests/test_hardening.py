@@ -199,9 +199,9 @@ def test_training_folders_of_dead_processes_are_removed(tmp_path: Path, monkeypa
 
 
 def test_dollar_signs_in_labels_are_text_not_tex():
-    from runner.report import _factor_charts
+    from runner.charts import factor_charts
 
-    charts = _factor_charts(
+    charts = factor_charts(
         {"model.query_prefix": [("cost $5 vs $", 0.5, True), ("$\\frac{$", 0.4, False)]}, 0.3, "ndcg@10"
     )
     assert len(charts) == 1

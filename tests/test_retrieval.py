@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -65,7 +67,8 @@ def test_two_stage_returns_only_fine_chunks_of_retrieved_coarse():
     fine_ids = ["f1", "f2", "f3", "f4"]
     fine = _unit([[0.6, 0.4, 0.0], [0.4, 0.6, 0.0], [1.0, 0.0, 0.01], [0.0, 0.0, 1.0]])
     parents = {"f1": "c1", "f2": "c1", "f3": "c2"}  # f3 is the best fine chunk but sits under c2; f4 is an orphan
-    run = two_stage_run(
+    retrieve = partial(
+        two_stage_run,
         q,
         coarse_ids=coarse_ids,
         coarse_emb=coarse,
@@ -73,45 +76,26 @@ def test_two_stage_returns_only_fine_chunks_of_retrieved_coarse():
         fine_emb=fine,
         parent_of=parents,
         qids=["q"],
+    )
+    run = retrieve(
         top_coarse=1,
         k=10,
     )
     assert list(run["q"]) == ["f1", "f2"]
     assert run["q"]["f1"] == pytest.approx(float(q[0] @ fine[0]))
-    run = two_stage_run(
-        q,
-        coarse_ids=coarse_ids,
-        coarse_emb=coarse,
-        fine_ids=fine_ids,
-        fine_emb=fine,
-        parent_of=parents,
-        qids=["q"],
+    run = retrieve(
         top_coarse=2,
         k=2,
     )
     assert list(run["q"]) == ["f3", "f1"]
     # Filtered: c1 holds no allowed chunk, so the single coarse slot goes to c2.
-    run = two_stage_run(
-        q,
-        coarse_ids=coarse_ids,
-        coarse_emb=coarse,
-        fine_ids=fine_ids,
-        fine_emb=fine,
-        parent_of=parents,
-        qids=["q"],
+    run = retrieve(
         top_coarse=1,
         k=10,
         allowed={"f3"},
     )
     assert list(run["q"]) == ["f3"]
-    run = two_stage_run(
-        q,
-        coarse_ids=coarse_ids,
-        coarse_emb=coarse,
-        fine_ids=fine_ids,
-        fine_emb=fine,
-        parent_of=parents,
-        qids=["q"],
+    run = retrieve(
         top_coarse=1,
         k=10,
         allowed={"f4"},

@@ -68,7 +68,7 @@ def test_arguments_are_parsed_by_flagembeddings_own_classes(write_spec):
         "model_name_or_path": "m",
         "train_data": [__file__],
         "output_dir": "out",
-        **spec_values(spec),
+        **spec_values(model=spec.model, train=spec.train),
         **spec.train.flagembedding,
     }
     model_args, data_args, training_args = parse_arguments(values)

@@ -28,12 +28,12 @@ from runner.spec.data import (
 from runner.spec.docs import json_schema, reference_markdown
 from runner.spec.eval import EvalSet, EvalSpec
 from runner.spec.experiment import AblateSpec, MergeSpec, OutputSpec, SearchParam, SearchSpec, Spec
+from runner.spec.files import check_files
 from runner.spec.load import (
     LoadedSpec,
     Position,
     Problem,
     SpecError,
-    check_files,
     load_spec,
     parse_override,
     search_values,

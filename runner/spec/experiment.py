@@ -182,7 +182,7 @@ class Spec(_Model):
                 f"train.loss: {self.train.loss} is a sentence-transformers loss; FlagEmbedding trains with its "
                 "own InfoNCE (mnrl); for large batches in little memory set train.flagembedding.sub_batch_size"
             )
-        external.check_arguments(self)  # FlagEmbedding's own argument parser
+        external.check_arguments(model=self.model, train=self.train)  # FlagEmbedding's own argument parser
         return self
 
     @model_validator(mode="after")

@@ -14,7 +14,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.spec.experiment import Spec
+    from runner.spec.model import ModelSpec
+    from runner.spec.train import TrainSpec
 
 # ------------------------------------------------------------------------------------------- FlagEmbedding
 
@@ -132,9 +133,9 @@ def parse_arguments(values: dict[str, Any]) -> tuple[Any, Any, Any]:
         raise ValueError(f"train.flagembedding: FlagEmbedding rejects the arguments: {text}") from None
 
 
-def spec_values(spec: Spec) -> dict[str, Any]:
+def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
     """FlagEmbedding argument values that the spec's own fields set (device, paths and pooling aside)."""
-    cfg, model = spec.train, spec.model
+    cfg = train
     return {
         "passage_max_len": model.max_seq_length,
         "query_max_len": model.max_seq_length,
@@ -156,7 +157,7 @@ def spec_values(spec: Spec) -> dict[str, Any]:
     }
 
 
-def check_arguments(spec: Spec) -> None:
+def check_arguments(*, model: ModelSpec, train: TrainSpec) -> None:
     """Validate `train.flagembedding` against FlagEmbedding's argument classes, before anything runs.
 
     Raises:
@@ -164,15 +165,15 @@ def check_arguments(spec: Spec) -> None:
             does not know, or whose value it rejects.
 
     """
-    passed = spec.train.flagembedding
+    passed = train.flagembedding
     for key in passed:
         if key in MANAGED:
             raise ValueError(f"train.flagembedding.{key}: set by the spec, not here: use {MANAGED[key]}")
     values = {
-        "model_name_or_path": spec.model.base,
+        "model_name_or_path": model.base,
         "train_data": [__file__],  # FlagEmbedding checks that the files exist; the real JSONL is written later
-        **spec_values(spec),
-        "sentence_pooling_method": spec.model.pooling or DEFAULT_POOLING,
+        **spec_values(model=model, train=train),
+        "sentence_pooling_method": model.pooling or DEFAULT_POOLING,
         "output_dir": "embx-flagembedding-check",
         **passed,
     }

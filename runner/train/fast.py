@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from runner.models import weights_copy
 from runner.train.base import DEV_NAME, DevEval, TrainOutcome
 
 if TYPE_CHECKING:
@@ -346,7 +347,7 @@ def train_loop(
             if stopping is None:
                 continue
             if best is None or score > best[0]:
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                state = weights_copy(model)
                 best, bad_epochs = (score, epochs_run, state), 0
             else:
                 bad_epochs += 1

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.device import resolve_precision
+from runner.models import weights_copy
 from runner.spec.external import DEFAULT_POOLING, parse_arguments, spec_values
 
 # The argument checks live with the spec (its validators run them); re-exported here, where they were first.
@@ -108,7 +109,7 @@ class FlagEmbeddingBackend:
             "train_data": [str(workdir / "train.jsonl")],
             "cache_path": str(workdir / "cache"),
             "train_group_size": group_size,
-            **spec_values(spec),
+            **spec_values(model=spec.model, train=spec.train),
             "sentence_pooling_method": pooling,
             "output_dir": str(out_dir),
             "bf16": precision == "bf16",
@@ -228,7 +229,7 @@ class _EpochDev:
         if self.best is None or value > self.best:
             self.best, self.best_epoch = value, epoch
             if self.patience is not None:
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.fe_model.state_dict().items()}
+                self.best_state = weights_copy(self.fe_model)
         elif self.patience is not None and epoch - self.best_epoch >= self.patience:
             log.info("early stopping: no dev improvement for %d epochs", self.patience)
             control.should_training_stop = True
