@@ -148,6 +148,54 @@ def run(
         sys.exit(1)
 
 
+@main.command("select")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@db_option
+@click.option("--tune", is_flag=True, default=None, help="Then fine-tune the chosen candidate (as select.then: tune).")
+@click.option("--candidate", "choose", default=None, metavar="LABEL", help="Tune this candidate, not the recommended.")
+@click.option("--force", is_flag=True, help="Evaluate candidates again even when already evaluated.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def select_cmd(
+    spec: str,
+    overrides: tuple[str, ...],
+    db: str | None,
+    tune: bool | None,
+    choose: str | None,
+    force: bool,
+    verbose: bool,
+) -> None:
+    """Compare SPEC's `select:` candidates on its data (one run each, stage base), print the table.
+
+    Exit 1 when a candidate failed (the others are still evaluated and shown), 2 for bad input.
+    """
+    from runner import store
+
+    loaded = _load(spec, overrides)
+    _setup_logging(verbose)
+    from runner.data.types import DataError
+    from runner.select import SelectError, select_models
+    from runner.summary import print_selection
+
+    db = db or store.default_db()
+    try:
+        store.reap_stale(db)
+        result = select_models(loaded, db, force=force, tune=tune, choose=choose)
+    except (store.StoreError, SelectError, DataError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as exc:
+        click.echo(f"interrupted{_recorded(exc, sep=' ')}", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        logging.getLogger("runner").debug("select failed", exc_info=True)
+        click.echo(f"error: {type(exc).__name__}: {exc}{_recorded(exc)}", err=True)
+        sys.exit(1)
+    print_selection(result, db)
+    if result.failed or (result.tuned is not None and result.tuned.failed):
+        sys.exit(1)
+
+
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @set_option

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from runner.spec import EvalSet, LLMSpec, MixSource, ModelSpec, Spec
+    from runner.spec import ApiModelSpec, EvalSet, LLMSpec, MixSource, ModelSpec, Spec
 
 T = TypeVar("T")
 
@@ -142,6 +142,31 @@ def llm_answer_key(llm: LLMSpec, prompt: str, n: int) -> str:
         "n": n,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def api_embedding_key(api: ApiModelSpec) -> str:
+    """Identity of an API model's vectors in the embedding cache (persisted: the cache's ``model_key``).
+
+    Participates: the base URL without credentials, query or trailing slash, the model name and the dimensions
+    asked for. Not the API key, the price or the request settings: they do not change a vector. The text's
+    prefix is part of the text, which the cache addresses by its sha256.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = urlsplit(api.base_url)
+    host = url.hostname or ""
+    netloc = f"{host}:{url.port}" if url.port else host
+    clean = urlunsplit((url.scheme, netloc, url.path.rstrip("/"), "", ""))
+    return content_key("api", clean, api.model, api.dimensions)
+
+
+def selection_key(*, candidate: dict[str, Any], baseline: str) -> str:
+    """Identity of one candidate's selection run (persisted: the run's ``spec_hash``; a rerun skips it).
+
+    Participates: the candidate's section (its label included) and :func:`baseline_key` of the candidate as
+    evaluated (model, model files, data, `eval:`).
+    """
+    return content_key("select", candidate, baseline)
 
 
 # ------------------------------------------------------------------------------------------ in-memory keys

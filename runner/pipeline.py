@@ -88,6 +88,7 @@ def run_spec(
     on_dev: DevHook | None = None,
     study: str | None = None,
     trial: int | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run one experiment and record it; a failure is recorded as failed (or interrupted) and re-raised.
 
@@ -101,6 +102,8 @@ def run_spec(
         on_dev: Hook called after each epoch's dev evaluation (a search trial's pruner).
         study: Search study this run is a trial of.
         trial: Trial number in that study.
+        provenance: The selection that chose this run's base model (`embx select --tune`), kept as the
+            ``selected_by`` info section.
 
     Returns:
         The run's metrics and notes.
@@ -122,6 +125,8 @@ def run_spec(
     store.start_run(db, record)
     run = _Run(spec, run_id=record.run_id, device=device, db=db, memo=memo or Memo(), on_dev=on_dev)
     run.info.update({"device": record.device, "variant": record.variant})
+    if provenance:
+        run.info["selected_by"] = provenance
     try:
         with sigterm_as_interrupt(), run.timer("total"):
             result, rows = _execute(run, evaluate_test=evaluate_test)
@@ -358,7 +363,9 @@ class ExperimentResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> ExperimentResult:
+def run_experiment(
+    loaded: LoadedSpec, db: str | Path, force: bool = False, *, provenance: dict[str, Any] | None = None
+) -> ExperimentResult:
     """Run every variant of a spec (just the spec itself when it has no `ablate:`).
 
     A variant whose resolved spec already has an ok run in the store is skipped unless `force`. Data, the
@@ -369,6 +376,7 @@ def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> E
         loaded: The validated spec.
         db: Results store.
         force: Rerun variants that already have an ok run.
+        provenance: The selection that chose the base model, recorded with every run (``selected_by``).
 
     """
     from runner.ablate import expand
@@ -384,7 +392,7 @@ def run_experiment(loaded: LoadedSpec, db: str | Path, force: bool = False) -> E
                 continue
             log.info("variant %s (repeat %d)", variant.label, variant.repeat)
             try:
-                out.runs.append(run_spec(loaded, db, variant.spec, variant, memo))
+                out.runs.append(run_spec(loaded, db, variant.spec, variant, memo, provenance=provenance))
             except Exception as exc:
                 if len(variants) == 1:
                     raise

@@ -31,6 +31,8 @@ NATIVE, MTEB = "native", "mteb"
 """Sources of metrics besides the retriever names (bm25, hybrid, two-stage): embx's own evaluation, mteb's."""
 SET_SPLIT_PREFIX, MTEB_SPLIT_PREFIX = "set:", "mteb:"
 """Split names of `eval.sets` entries (set:<name>) and mteb hub tasks (mteb:<task>)."""
+SELECT_PREFIX = "select:"
+"""Variant label of a selection run: select:<candidate label> (`embx select`, stage base only)."""
 RANKED = 10
 """Documents kept per test query in the rankings table."""
 

@@ -7,6 +7,7 @@ Every retriever returns a run, query id -> {document id: score} holding the top 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +31,31 @@ def _stemmer() -> Any | None:
     return Stemmer.Stemmer("english")
 
 
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_TOKEN = r"(?u)\b\w\w+\b|[\u3400-\u9fff\uf900-\ufaff]"
+"""bm25s's own token pattern (words of 2+ characters), plus single CJK characters (one-character words)."""
+
+
+def _segmented(texts: list[str]) -> list[str]:
+    """Texts with Chinese runs cut into words (jieba's search mode, via rjieba) and spaced, others unchanged.
+
+    Chinese puts no spaces between words, so a whitespace/regex tokenizer would make a sentence one token;
+    search mode also emits the shorter words inside long ones (高血压 -> 血压, 高血压), as jieba advises for
+    search engines.
+    """
+    if not any(_CJK.search(t) for t in texts):
+        return texts
+    import rjieba
+
+    return [" ".join(rjieba.cut_for_search(t)) if _CJK.search(t) else t for t in texts]
+
+
 def bm25_run(corpus: dict[str, str], queries: dict[str, str], k: int, allowed: set[str] | None = None) -> Run:
     """BM25 (bm25s, Lucene variant) over the corpus, or over the `allowed` passages only.
 
     Tokenisation: bm25s's (lowercase, words of 2+ characters), English stopwords removed, Snowball-stemmed when
-    PyStemmer is installed. Passages with no query term in common (score 0) are left out of the run.
+    PyStemmer is installed; Chinese text is cut into words first (:func:`_segmented`) and its one-character
+    words kept. Passages with no query term in common (score 0) are left out of the run.
 
     Args:
         corpus: Passage id -> text.
@@ -56,7 +77,9 @@ def bm25_run(corpus: dict[str, str], queries: dict[str, str], k: int, allowed: s
     if k <= 0 or not qids:
         return {q: {} for q in qids}
     stemmer = _stemmer()
-    tokens = bm25s.tokenize([corpus[d] for d in ids], stopwords="en", stemmer=stemmer, show_progress=False)
+    tokens = bm25s.tokenize(
+        _segmented([corpus[d] for d in ids]), token_pattern=_TOKEN, stopwords="en", stemmer=stemmer, show_progress=False
+    )
     if not tokens.vocab:  # no passage holds an indexable word: bm25s cannot build an index
         log.warning("bm25: none of the %d passages holds an indexable word", len(ids))
         return {q: {} for q in qids}
@@ -64,7 +87,12 @@ def bm25_run(corpus: dict[str, str], queries: dict[str, str], k: int, allowed: s
     retriever.index(tokens, show_progress=False)
     # Query tokens as strings: bm25s maps them onto the corpus vocabulary and ignores unknown ones.
     q_tokens = bm25s.tokenize(
-        [queries[q] for q in qids], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
+        _segmented([queries[q] for q in qids]),
+        token_pattern=_TOKEN,
+        stopwords="en",
+        stemmer=stemmer,
+        return_ids=False,
+        show_progress=False,
     )
     docs, scores = retriever.retrieve(q_tokens, k=k, show_progress=False)
     run = {

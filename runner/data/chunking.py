@@ -25,12 +25,14 @@ Span = tuple[int, int]
 Embed = Callable[[list[str]], "np.ndarray"]
 
 #: Separators of the recursive splitter, coarsest first: paragraphs, lines, sentences, words, characters.
-RECURSIVE_SEPARATORS = [r"\n\s*\n", r"\n", r"(?<=[.!?])\s+", r"\s+", ""]
+RECURSIVE_SEPARATORS = [r"\n\s*\n", r"\n", r"(?<=[.!?])\s+", r"(?<=[。！？；])", r"\s+", ""]
 #: A semantic piece under this many tokens (capped at a quarter of chunk_size) is merged into a neighbour that fits.
 TINY_TOKENS = 16
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+")
+_FULL_WIDTH_END = re.compile(r"[。！？；]+[」』”’）)\]]*")
+"""Sentence ends of Chinese and Japanese text, which puts no space after them."""
 _LIST_ITEM = re.compile(r"\n(?=[ \t]*(?:[-*+•]|\d{1,3}[.)])[ \t]+)")
 _ABBREVIATIONS = frozenset(
     {
@@ -120,12 +122,15 @@ def split_sentences(text: str) -> list[Span]:
     """Sentence spans of a text, without surrounding whitespace.
 
     Cuts after ``.``, ``!``, ``?`` followed by whitespace (not after common abbreviations or initials, nor before a
-    lowercase letter), at blank lines and before list items.
+    lowercase letter), after the full-width ``。！？；`` of Chinese and Japanese text (no space follows them),
+    at blank lines and before list items.
     """
     cuts = {0, len(text)}
     for match in _PARAGRAPH_BREAK.finditer(text):
         cuts.update((match.start(), match.end()))
     for match in _LIST_ITEM.finditer(text):
+        cuts.add(match.end())
+    for match in _FULL_WIDTH_END.finditer(text):
         cuts.add(match.end())
     for match in _SENTENCE_END.finditer(text):
         word = re.search(r"(\S+?)[.!?…]*[\"'”’)\]]*$", text[: match.end()].rstrip())

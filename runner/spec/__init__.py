@@ -39,11 +39,14 @@ from runner.spec.load import (
     search_values,
 )
 from runner.spec.model import ModelSpec
+from runner.spec.select import ApiModelSpec, Candidate, SelectSpec
 from runner.spec.train import DistributedSpec, EarlyStopping, TrainSpec
 
 __all__ = [
     "METRIC_PATTERN",
     "AblateSpec",
+    "ApiModelSpec",
+    "Candidate",
     "ChunkingSpec",
     "DataSpec",
     "DistributedSpec",
@@ -63,6 +66,7 @@ __all__ = [
     "QueriesSpec",
     "SearchParam",
     "SearchSpec",
+    "SelectSpec",
     "SemanticSpec",
     "Spec",
     "SpecError",

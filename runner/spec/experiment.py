@@ -13,6 +13,7 @@ from runner.spec.base import _Model, apply_override, check_metric
 from runner.spec.data import ChunkingSpec, DataSpec, NegativesSpec, QueriesSpec
 from runner.spec.eval import EvalSpec
 from runner.spec.model import ModelSpec
+from runner.spec.select import SelectSpec
 from runner.spec.train import TrainSpec
 
 
@@ -156,6 +157,9 @@ class Spec(_Model):
     )
     ablate: AblateSpec | None = Field(None, description="Ablation: variants run as separate runs; see below.")
     search: SearchSpec | None = Field(None, description="Optuna search space for `embx search`; see below.")
+    select: SelectSpec | None = Field(
+        None, description="Base-model candidates compared on this data by `embx select`; see below."
+    )
 
     @model_validator(mode="after")
     def _search_needs_dev(self) -> Spec:
@@ -222,7 +226,7 @@ class Spec(_Model):
             pydantic.ValidationError: If a change makes the spec invalid.
 
         """
-        data = self.model_dump(mode="json", exclude={"ablate", "search"})
+        data = self.model_dump(mode="json", exclude={"ablate", "search", "select"})
         for path, value in changes.items():
             apply_override(data, path.split("."), value)
         return Spec.model_validate(data)
@@ -230,9 +234,10 @@ class Spec(_Model):
     def spec_hash(self) -> str:
         """Content hash of the resolved spec without `output:` and unset (null) fields: equal hashes, same experiment.
 
-        `output:` says where results go and what is kept (models, embedding cache), never what they are, so a
-        change there does not make a finished run look unfinished; and a null field takes no part, so a new
+        `output:` says where results go and what is kept (models, embedding cache), never what they are, and
+        `select:` names candidates compared before training, never what a run trains, so a change in either
+        does not make a finished run look unfinished; and a null field takes no part, so a new
         optional section (such as `merge:`) leaves the hashes of existing specs, and their finished runs, alone.
         """
-        section = self.model_dump(mode="json", exclude={"output"}, exclude_none=True)
+        section = self.model_dump(mode="json", exclude={"output", "select"}, exclude_none=True)
         return hashlib.sha256(json.dumps(section, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

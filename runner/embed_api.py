@@ -1,0 +1,363 @@
+"""Embedding models behind an OpenAI-compatible ``/v1/embeddings`` endpoint, with a content-addressed cache.
+
+:class:`ApiEmbedder` answers the part of ``SentenceTransformer``'s interface that embx's evaluation uses
+(``device`` and ``encode``), so an API model is scored by the same code as a local one. Requests go through the
+official ``openai`` client, whose own retries (exponential backoff, honouring Retry-After) cover timeouts, 429
+and 5xx answers; answers are checked (count, dimension, finite numbers) before anything is kept.
+
+Every vector is kept in :class:`EmbeddingCache`, an SQLite file keyed by the endpoint identity and the sha256 of
+the exact text sent, committed after every answer: a rerun, another candidate list or an interrupted run asks
+the endpoint only for texts it has not embedded yet, so no text is paid for twice. The API key is read from
+its environment variable when the client is made and is never stored, logged or cached; error messages are
+scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from runner.spec import ApiModelSpec
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4.0
+"""Estimate used only when an endpoint's answer carries no token usage."""
+
+
+class ApiError(Exception):
+    """An endpoint failure, already worded for the user (and scrubbed of the API key)."""
+
+
+def api_key(api: ApiModelSpec) -> str:
+    """The key from the variable `api_key_env` names (a placeholder when the endpoint needs none).
+
+    Raises:
+        ApiError: When the variable is not set.
+
+    """
+    if api.api_key_env is None:
+        return "no-key"
+    value = os.environ.get(api.api_key_env)
+    if not value:
+        raise ApiError(
+            f"api.api_key_env: environment variable {api.api_key_env} is not set; set it to the endpoint's API key, "
+            "or set api_key_env: null for an endpoint that needs none"
+        )
+    return value
+
+
+def text_digest(text: str) -> str:
+    """Content address of one text as sent (prefix included)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class RequestStats:
+    """What the endpoint was asked during one evaluation.
+
+    Attributes:
+        requests: Requests answered.
+        texts: Texts embedded by the endpoint (not from the cache).
+        cached: Texts answered from the cache.
+        tokens: Input tokens the endpoint counted (its ``usage``), i.e. what was paid for.
+        latencies: Seconds per answered request.
+        seconds: Wall time of the encode calls that asked the endpoint.
+
+    """
+
+    requests: int = 0
+    texts: int = 0
+    cached: int = 0
+    tokens: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class EmbeddingCache:
+    """Vectors by (endpoint key, text digest) in one SQLite file, with each text's token count and a request log.
+
+    Args:
+        path: The SQLite file (created with its folder).
+
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model_key TEXT NOT NULL, digest TEXT NOT NULL, tokens REAL,"
+                " dim INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (model_key, digest))"
+            )
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS requests (model_key TEXT NOT NULL, at REAL NOT NULL, texts INTEGER,"
+                " tokens REAL, seconds REAL)"
+            )
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=60)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            with con:
+                yield con
+        finally:
+            con.close()
+
+    def get(self, model_key: str, digests: list[str]) -> dict[str, tuple[list[float], float | None]]:
+        """Cached (vector, tokens) by digest, for the digests present."""
+        import numpy as np
+
+        out: dict[str, tuple[Any, float | None]] = {}
+        with self._connect() as con:
+            for start in range(0, len(digests), 500):
+                part = digests[start : start + 500]
+                marks = ",".join("?" for _ in part)
+                rows = con.execute(
+                    f"SELECT digest, tokens, vector FROM vectors WHERE model_key = ? AND digest IN ({marks})",
+                    [model_key, *part],
+                ).fetchall()
+                for digest, tokens, blob in rows:
+                    out[digest] = (np.frombuffer(blob, dtype=np.float32), tokens)
+        return out
+
+    def put(self, model_key: str, rows: list[tuple[str, float | None, Any]], *, seconds: float) -> None:
+        """Keep one answer's vectors ((digest, tokens, float32 vector) rows) and log the request, in one commit."""
+        with self._connect() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)",
+                [(model_key, d, t, len(v), v.astype("float32").tobytes()) for d, t, v in rows],
+            )
+            tokens = sum(t or 0.0 for _, t, _ in rows)
+            con.execute(
+                "INSERT INTO requests VALUES (?, ?, ?, ?, ?)", (model_key, time.time(), len(rows), tokens, seconds)
+            )
+
+    def request_log(self, model_key: str) -> list[tuple[int, float, float]]:
+        """(texts, tokens, seconds) of every request ever answered for this endpoint key."""
+        with self._connect() as con:
+            return con.execute(
+                "SELECT texts, tokens, seconds FROM requests WHERE model_key = ? ORDER BY at", [model_key]
+            ).fetchall()
+
+
+class ApiEmbedder:
+    """An API embedding model with the ``device``/``encode`` interface embx's evaluation calls.
+
+    Args:
+        api: The candidate's `api:` section.
+        cache: The embedding cache.
+        model_key: The endpoint identity in the cache (:func:`runner.memo.api_embedding_key`).
+
+    """
+
+    def __init__(self, api: ApiModelSpec, *, cache: EmbeddingCache, model_key: str) -> None:
+        import torch
+
+        self.api, self.cache, self.model_key = api, cache, model_key
+        self.device = torch.device("cpu")
+        self.stats = RequestStats()
+        self.dimension: int | None = api.dimensions
+        self._key = api_key(api)
+        self._client: Any = None
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key and self._key != "no-key" else text
+
+    @property
+    def client(self) -> Any:
+        """The ``openai`` client (made on first use; its own retries and timeout from the spec)."""
+        if self._client is None:
+            import openai
+
+            self._client = openai.OpenAI(
+                base_url=self.api.base_url,
+                api_key=self._key,
+                timeout=self.api.timeout_s,
+                max_retries=self.api.max_retries,
+            )
+        return self._client
+
+    def encode(
+        self,
+        sentences: list[str],
+        *,
+        batch_size: int | None = None,
+        convert_to_tensor: bool = True,
+        normalize_embeddings: bool = False,
+        show_progress_bar: bool = False,
+        **_: Any,
+    ) -> torch.Tensor:
+        """Embed texts: cached ones from the cache, the rest from the endpoint (``api.batch_size`` per request).
+
+        `batch_size` and `show_progress_bar` belong to the local-model interface and are ignored (the endpoint's
+        batching is the spec's); the result is an fp32 tensor in input order.
+
+        Raises:
+            ApiError: When the endpoint fails after its retries or answers something unusable.
+
+        """
+        import numpy as np
+        import torch
+
+        started = time.perf_counter()
+        digests = [text_digest(t) for t in sentences]
+        found = self.cache.get(self.model_key, sorted(set(digests)))
+        self.stats.cached += sum(1 for d in digests if d in found)
+        missing: dict[str, str] = {}
+        for digest, text in zip(digests, sentences):
+            if digest not in found:
+                missing.setdefault(digest, text)
+        if missing:
+            found.update(self._fetch(missing))
+            self.stats.seconds += time.perf_counter() - started
+        vectors = np.stack([found[d][0] for d in digests]).astype(np.float32)
+        self._check_dimension(vectors.shape[1])
+        out = torch.from_numpy(vectors)
+        if normalize_embeddings:
+            out = torch.nn.functional.normalize(out, dim=1)
+        return out
+
+    def tokens(self, texts: list[str]) -> list[float | None]:
+        """Input tokens of each text as the endpoint counted them (None for a text never embedded)."""
+        digests = [text_digest(t) for t in texts]
+        found = self.cache.get(self.model_key, sorted(set(digests)))
+        return [found[d][1] if d in found else None for d in digests]
+
+    def _check_dimension(self, dim: int) -> None:
+        if self.dimension is None:
+            self.dimension = dim
+        elif dim != self.dimension:
+            expected = "asked for" if self.api.dimensions else "of its earlier answers"
+            raise ApiError(
+                f"{self.api.model} at {self.api.base_url}: answered vectors of {dim} dimensions, not the "
+                f"{self.dimension} {expected}"
+            )
+
+    def _fetch(self, missing: dict[str, str]) -> dict[str, tuple[Any, float | None]]:
+        """Ask the endpoint for the missing texts, `concurrency` requests at once; each answer is cached at once."""
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        items = list(missing.items())
+        size = self.api.batch_size
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        out: dict[str, tuple[Any, float | None]] = {}
+        with ThreadPoolExecutor(max_workers=self.api.concurrency, thread_name_prefix="embx-api") as pool:
+            pending = {pool.submit(self._request, [text for _, text in batch]): batch for batch in batches}
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        batch = pending.pop(future)
+                        vectors, tokens, seconds = future.result()  # raises the request's ApiError
+                        rows = [(d, t, v) for (d, _), v, t in zip(batch, vectors, tokens)]
+                        self.cache.put(self.model_key, rows, seconds=seconds)
+                        out.update({d: (v, t) for d, t, v in rows})
+                        self.stats.requests += 1
+                        self.stats.texts += len(batch)
+                        self.stats.tokens += sum(t or 0.0 for t in tokens)
+                        self.stats.latencies.append(seconds)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return out
+
+    def _request(self, texts: list[str]) -> tuple[list[Any], list[float | None], float]:
+        """One request: (vectors in input order, each text's share of the counted tokens, seconds)."""
+        import numpy as np
+        import openai
+
+        api = self.api
+        where = f"{api.model} at {api.base_url}"
+        kwargs: dict[str, Any] = {"model": api.model, "input": texts, "encoding_format": "float"}
+        if api.dimensions is not None:
+            kwargs["dimensions"] = api.dimensions
+        started = time.perf_counter()
+        try:
+            answer = self.client.embeddings.create(**kwargs)
+        except openai.AuthenticationError as exc:
+            raise ApiError(
+                f"{where}: the endpoint refused the API key from {api.api_key_env} (HTTP {exc.status_code}): "
+                f"{self._scrub(_detail(exc))}"
+            ) from None
+        except openai.APITimeoutError:
+            raise ApiError(
+                f"{where}: timeout: no answer within {api.timeout_s:g} s ({api.max_retries} retries)"
+            ) from None
+        except openai.APIStatusError as exc:
+            raise ApiError(
+                f"{where}: HTTP {exc.status_code} after {api.max_retries} retries: {self._scrub(_detail(exc))}"
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise ApiError(
+                f"{where}: connection failed ({api.max_retries} retries): {self._scrub(_detail(exc))}"
+            ) from None
+        except (openai.OpenAIError, ValueError, TypeError, KeyError) as exc:  # unparseable answers
+            raise ApiError(f"{where}: malformed answer: {self._scrub(f'{type(exc).__name__}: {exc}')}") from None
+        seconds = time.perf_counter() - started
+        data = getattr(answer, "data", None)
+        if not isinstance(data, list) or len(data) != len(texts):
+            got = len(data) if isinstance(data, list) else type(data).__name__
+            raise ApiError(f"{where}: malformed answer: {got} embeddings for {len(texts)} texts")
+        try:
+            ordered = sorted(data, key=lambda item: item.index)
+            vectors = [np.asarray(item.embedding, dtype=np.float32) for item in ordered]
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ApiError(f"{where}: malformed answer: {type(exc).__name__}: {exc}") from None
+        for vector in vectors:
+            if vector.ndim != 1 or not vector.size or not np.isfinite(vector).all():
+                raise ApiError(f"{where}: malformed answer: an embedding is empty or holds non-numbers")
+            self._check_dimension(int(vector.shape[0]))
+        usage = getattr(answer, "usage", None)
+        counted = getattr(usage, "prompt_tokens", None) or getattr(usage, "total_tokens", None)
+        return vectors, apportion(texts, counted), seconds
+
+
+def apportion(texts: list[str], counted: float | None) -> list[float]:
+    """Each text's share of a request's counted tokens, by its length (chars / 4 when the answer has no usage).
+
+    Endpoints count tokens per request, not per text; the share is exact for a one-text request and a close
+    estimate otherwise (the truncation and cost columns say so).
+    """
+    lengths = [max(len(t), 1) for t in texts]
+    if not counted:
+        return [n / CHARS_PER_TOKEN for n in lengths]
+    total = sum(lengths)
+    return [counted * n / total for n in lengths]
+
+
+def _detail(exc: Exception) -> str:
+    """The endpoint's own error message (its JSON `error.message` when present), one line, at most 300 chars."""
+    body = getattr(exc, "body", None)
+    message = None
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else str(inner)
+    text = " ".join(str(message or exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float | None]:
+    """p50 and p95 of request latencies, in milliseconds (None when nothing was asked)."""
+    if not latencies:
+        return {"p50_ms": None, "p95_ms": None}
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return round(1000 * ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 1)
+
+    return {"p50_ms": pct(0.5), "p95_ms": pct(0.95)}
