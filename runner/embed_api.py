@@ -249,7 +249,7 @@ class ApiEmbedder:
 
     def _fetch(self, missing: dict[str, str]) -> dict[str, tuple[Any, float | None]]:
         """Ask the endpoint for the missing texts, `concurrency` requests at once; each answer is cached at once."""
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+        from concurrent.futures import ThreadPoolExecutor, as_completed
 
         items = list(missing.items())
         size = self.api.batch_size
@@ -257,23 +257,29 @@ class ApiEmbedder:
         out: dict[str, tuple[Any, float | None]] = {}
         with ThreadPoolExecutor(max_workers=self.api.concurrency, thread_name_prefix="embx-api") as pool:
             pending = {pool.submit(self._request, [text for _, text in batch]): batch for batch in batches}
-            try:
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                    for future in done:
-                        batch = pending.pop(future)
-                        vectors, tokens, seconds = future.result()  # raises the request's ApiError
-                        rows = [(d, t, v) for (d, _), v, t in zip(batch, vectors, tokens)]
-                        self.cache.put(self.model_key, rows, seconds=seconds)
-                        out.update({d: (v, t) for d, t, v in rows})
-                        self.stats.requests += 1
-                        self.stats.texts += len(batch)
-                        self.stats.tokens += sum(t or 0.0 for t in tokens)
-                        self.stats.latencies.append(seconds)
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+            failure: BaseException | None = None
+            for future in as_completed(pending):
+                # Answers are kept as they come; after a failure, requests not yet sent are cancelled and those
+                # in flight still kept (they are paid for), then the first failure is raised.
+                if future.cancelled():
+                    continue
+                try:
+                    vectors, tokens, seconds = future.result()
+                except Exception as exc:
+                    failure = failure or exc
+                    for other in pending:
+                        other.cancel()
+                    continue
+                batch = pending[future]
+                rows = [(d, t, v) for (d, _), v, t in zip(batch, vectors, tokens)]
+                self.cache.put(self.model_key, rows, seconds=seconds)
+                out.update({d: (v, t) for d, t, v in rows})
+                self.stats.requests += 1
+                self.stats.texts += len(batch)
+                self.stats.tokens += sum(t or 0.0 for t in tokens)
+                self.stats.latencies.append(seconds)
+            if failure is not None:
+                raise failure
         return out
 
     def _request(self, texts: list[str]) -> tuple[list[Any], list[float | None], float]:

@@ -178,9 +178,9 @@ def api_profile(
             "price_per_million": api.price_per_million_tokens,
             "tokens_spent": round(stats.tokens, 1),
             "corpus_tokens": round(sum(corpus_tokens), 1),
-            "spent": round(stats.tokens * api.price_per_million_tokens / 1e6, 6),
+            "spent": stats.tokens * api.price_per_million_tokens / 1e6,
             "queries_per_month": queries_per_month,
-            **{k: round(v, 6) for k, v in cost.items()},
+            **cost,
         },
     }
 

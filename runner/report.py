@@ -18,6 +18,7 @@ from typing import Any
 
 from runner import store
 from runner.charts import curve_chart, factor_charts, merge_chart, search_charts
+from runner.selection import is_selection_run, selection_cells, selection_table
 from runner.stats import ALPHA, paired_test
 
 __all__ = ["ALPHA", "analyse", "build_report", "conclude", "paired_test"]
@@ -132,7 +133,8 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     """Turn one experiment's stored rows into the report's sections (search trials go to the search part)."""
     searches = [{**study, "charts": search_charts(study)} for study in data.get("studies", [])]
     all_runs = data["runs"]
-    runs = [r for r in all_runs if not r.get("study")] or all_runs[:0]
+    runs = [r for r in all_runs if not r.get("study") and not is_selection_run(r)]
+    selection = selection_table(data)
     spec0 = json.loads((runs or all_runs)[0]["spec_json"])
     main = spec0["eval"]["main"]
     metric_names = spec0["eval"]["metrics"]
@@ -252,6 +254,8 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     example_run = (best or reference).runs[0] if (best or reference) else None
     first = (runs or all_runs)[0]
     return {
+        "selection": selection,
+        "selection_cells": selection_cells(selection, others=4) if selection else {},
         "searches": searches,
         "experiment": first["experiment"],
         "description": spec0.get("description", ""),

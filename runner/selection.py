@@ -217,3 +217,92 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def _f4(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _speed(throughput: dict[str, Any]) -> str:
+    """Texts/s (and tokens/s) of a local model, or texts/s and p50/p95 request latency of an API model."""
+    parts = []
+    if throughput.get("texts_per_s"):
+        parts.append(f"{throughput['texts_per_s']:.1f} texts/s")
+    if throughput.get("tokens_per_s"):
+        parts.append(f"{throughput['tokens_per_s']:.0f} tok/s")
+    if throughput.get("p50_ms") is not None:
+        parts.append(f"p50 {throughput['p50_ms']:.0f} ms, p95 {throughput['p95_ms']:.0f} ms")
+    return "; ".join(parts) or "-"
+
+
+def _languages(fit: dict[str, Any]) -> str:
+    """Declared languages, and the queries in languages the candidate does not declare."""
+    if not fit:
+        return "-"
+    declared = fit.get("declared")
+    text = ",".join(declared) if declared else "not declared"
+    undeclared = fit.get("undeclared") or {}
+    if undeclared:
+        text += "; not declared: " + ", ".join(f"{n} {lang}" for lang, n in sorted(undeclared.items()))
+    return text
+
+
+def selection_cells(table: Any, *, others: int = 2) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The selection's tables as header and cell strings: quality, fit, speed and cost (terminal, report, tests).
+
+    Args:
+        table: The :class:`~runner.selection.SelectionTable`.
+        others: How many metrics besides the main one the quality table shows.
+
+    """
+    main = table.main
+    shown = [m for m in table.metrics if m != main][:others]
+    out: dict[str, tuple[list[str], list[list[str]]]] = {
+        "quality": (["candidate", main, "95% CI", "vs leader", "p", *shown], []),
+        "fit": (["candidate", "dim", "max tok", "params", "truncated", "tokens cut", "index fp32", "int8"], []),
+        "cost": (["candidate", "speed", "API spent", "corpus once", "a month", "languages"], []),
+    }
+    for row in table.rows:
+        if row.status != "ok":
+            out["quality"][1].append([row.label, row.status.upper(), *["-" for _ in out["quality"][0][2:]]])
+            continue
+        ci = f"[{row.interval[0]:.3f}, {row.interval[1]:.3f}]" if row.interval else "-"
+        test = row.vs_leader or {}
+        leader = row.label == table.leader
+        out["quality"][1].append(
+            [
+                row.label,
+                _f4(row.metrics.get(main)),
+                ci,
+                "leader" if leader else f"{test.get('mean_diff', 0.0):+.4f}",
+                "-" if leader else f"{test.get('p_value', 1.0):.3g}",
+                *[_f4(row.metrics.get(m)) for m in shown],
+            ]
+        )
+        p = row.profile
+        trunc, sizes, cost = p.get("truncation") or {}, p.get("index_bytes") or {}, p.get("cost") or {}
+        approx = "~" if trunc.get("estimated") else ""
+        params = p.get("parameters")
+        out["fit"][1].append(
+            [
+                row.label,
+                str(p.get("dimensions", "-")),
+                str(p.get("max_tokens", "-")),
+                f"{params / 1e6:.1f}M" if params else "-",
+                f"{approx}{trunc.get('passages_share', 0.0):.1%}",
+                f"{approx}{trunc.get('tokens_share', 0.0):.1%}",
+                human_bytes(sizes.get("fp32")),
+                human_bytes(sizes.get("int8")),
+            ]
+        )
+        out["cost"][1].append(
+            [
+                row.label,
+                _speed(p.get("throughput") or {}),
+                f"{cost.get('spent', 0.0):.4f}",
+                f"{cost.get('corpus_once', 0.0):.4f}",
+                f"{cost.get('per_month', 0.0):.2f}",
+                _languages(p.get("languages") or {}),
+            ]
+        )
+    return out
