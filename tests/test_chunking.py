@@ -256,3 +256,17 @@ def test_documents_read_from_disk_chunk_end_to_end(tmp_path, tokenizer):
     assert skipped == [] and len(chunks) >= 4
     assert {tuple(c.heading_path) for c in chunks} == {("One",), ("One", "Two")}
     assert all(c.meta == {"title": "A", "source": "a.md"} for c in chunks)
+
+
+def test_sentences_of_chinese_text_end_at_full_width_stops():
+    from runner.data.chunking import split_sentences
+
+    text = "高血压患者应该减少钠的摄入量。每天不超过五克盐！这样做有用吗？Yes, it helps. 「很好。」然后呢"
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "高血压患者应该减少钠的摄入量。",
+        "每天不超过五克盐！",
+        "这样做有用吗？",
+        "Yes, it helps.",
+        "「很好。」",
+        "然后呢",
+    ]

@@ -118,3 +118,18 @@ def test_filter_ids_semantics():
     assert filter_ids(meta, {"lang": "en", "tags": "cardio"}) == {"a"}  # every key must match
     assert filter_ids(meta, {"year": 2021}) == {"a"}  # a missing key never matches
     assert filter_ids(meta, {"lang": "fr"}) == set()
+
+
+def test_bm25_segments_chinese_text():
+    from runner.retrieval import bm25_run
+
+    corpus = {
+        "htn": "高血压患者应该减少钠的摄入量。每天食盐不超过五克。",
+        "run": "耐力跑步者需要补充钠和水分。",
+        "en": "Patients with high blood pressure should eat less salt.",
+    }
+    queries = {"zh": "高血压患者吃什么", "mixed": "跑步 hydration 补充水分", "en": "blood pressure salt"}
+    run = bm25_run(corpus, queries, 3)
+    assert max(run["zh"], key=run["zh"].get) == "htn"  # one unspaced sentence would be a single token
+    assert max(run["mixed"], key=run["mixed"].get) == "run"
+    assert max(run["en"], key=run["en"].get) == "en"

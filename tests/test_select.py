@@ -11,7 +11,7 @@ from fake_embeddings import FakeEmbeddings
 from helpers import cli, query
 
 from runner import store
-from runner.selection import selection_table
+from runner.selection import selection_cells, selection_table
 
 KEY_ENV = "EMBX_TEST_API_KEY"
 KEY = "sk-test-secret-0123456789"
@@ -194,3 +194,30 @@ def test_duplicate_labels_are_a_located_spec_error(tmp_path, tiny_model, tiny_be
     result = cli("validate", spec)
     assert result.exit_code == 2
     assert "dup.yaml" in result.output and "select.candidates" in result.output and "label 'a'" in result.output
+
+
+BILINGUAL = Path(__file__).parent / "data" / "bilingual"
+
+
+def test_bilingual_selection_runs_dense_and_bm25_and_counts_languages(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with FakeEmbeddings(key=KEY) as fake:
+        candidates = [
+            {"label": "tiny", "model": {"base": str(tiny_model), "max_seq_length": 32}, "languages": ["en"]},
+            {"label": "api", "api": _api(fake.url), "languages": ["en", "zh"]},
+        ]
+        spec = _select_spec(
+            tiny_model, BILINGUAL, tmp_path / "bi.yaml", candidates, eval={"retrievers": ["dense", "bm25"]}
+        )
+        result = cli("select", spec, "--db", tmp_path / "r.duckdb")
+    assert result.exit_code == 0, result.output
+    table = selection_table(store.load_experiment(tmp_path / "r.duckdb", "tiny-select"))
+    rows = {r.label: r for r in table.rows}
+    assert table.queries == 8
+    assert table.bm25 is not None and table.bm25 > 0.7  # Chinese queries match Chinese passages once segmented
+    tiny, api = rows["tiny"].profile["languages"], rows["api"].profile["languages"]
+    assert tiny["queries"]["zh"] >= 3 and tiny["queries"]["en"] >= 3
+    assert tiny["undeclared"] == {"zh": tiny["queries"]["zh"]} and api["undeclared"] == {}
+    assert set(api["by_language"]) == {"zh", "en"}
+    cells = {row[0]: row[-1] for row in selection_cells(table)["cost"][1]}
+    assert cells["tiny"] == f"en; not declared: {tiny['queries']['zh']} zh" and cells["api"] == "en,zh"
