@@ -221,3 +221,30 @@ def test_bilingual_selection_runs_dense_and_bm25_and_counts_languages(tmp_path, 
     assert set(api["by_language"]) == {"zh", "en"}
     cells = {row[0]: row[-1] for row in selection_cells(table)["cost"][1]}
     assert cells["tiny"] == f"en; not declared: {tiny['queries']['zh']} zh" and cells["api"] == "en,zh"
+
+
+def test_the_selection_table_is_displayed_in_headless_chromium(selected, tmp_path):
+    """The report's selection tables as chromium lays them out: every candidate row visible, with its cells."""
+    from selenium.webdriver.common.by import By
+    from test_report import chromium_driver
+
+    report = tmp_path / "select.html"
+    assert cli("report", "--db", selected["db"], "--experiment", "tiny-select", "-o", report).exit_code == 0
+    driver = chromium_driver(tmp_path / "profile")
+    try:
+        driver.get(report.as_uri())
+        heading = driver.find_element(By.XPATH, "//h3[text()='Base-model selection']")
+        assert heading.is_displayed()
+        tables = driver.find_elements(By.CSS_SELECTOR, "table.selection")
+        assert len(tables) == 3
+        quality = [
+            [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            for row in tables[0].find_elements(By.TAG_NAME, "tr")[1:]
+        ]
+        assert {cells[0] for cells in quality} == {"tiny", "tiny-cls", "tiny-8", "tuned", "api"}
+        assert all(cells[1] != "-" and cells[2].startswith("[") for cells in quality)
+        assert sum(cells[3] == "leader" for cells in quality) == 1
+        assert all(t.size["width"] > 300 and t.is_displayed() for t in tables)
+        driver.save_screenshot(str(tmp_path / "select.png"))
+    finally:
+        driver.quit()
