@@ -189,6 +189,8 @@ class CorpusIndex:
         self.embeddings: dict[str, torch.Tensor] = {}
         self.disk = disk
         self.base_key = base_key
+        self.encodes = 0
+        """How many times a model encoded the whole corpus here (reads from the disk cache do not count)."""
 
     def _disk_path(self, spec: ModelSpec, device: str, precision: str) -> Path | None:
         if self.disk is None or self.base_key is None:
@@ -230,6 +232,7 @@ class CorpusIndex:
             except Exception as exc:  # a damaged cache file (torch raises many kinds) is encoded again
                 log.warning("ignoring unreadable embedding cache %s: %s: %s", path, type(exc).__name__, exc)
         texts = [spec.passage_prefix + t for t in self.texts]
+        self.encodes += 1
         emb = encode(
             model,
             texts,

@@ -219,27 +219,18 @@ def _evaluate(
         with sigterm_as_interrupt(), timer("total"):
             if problem is not None:
                 raise problem
-            with timer("load_model"):
-                model = _load(cspec, candidate, device=device)
-            scorer = RunScorer(cspec, data=data, memo=memo)
-            stored = lambda key, split: store.find_baseline(db, key, split)  # noqa: E731 - earlier runs' scores
-            scores = scorer.base(model, run_id=record.run_id, stored=stored, timer=timer)
-            info["baseline_from"] = scores.baseline_from
-            with timer("profile"):
-                info["select"].update(_profile(cspec, candidate, model=model, data=data, settings=spec.select))
-            test = scores.dense[records.TEST, records.BASE]
-            info["select"]["languages"] = language_fit(
-                languages, declared=candidate.languages, per_query=test.per_query, main=spec.eval.main
-            )
-            info["dataset"] = dataset = data_key(spec)  # the data as loaded (documents: chunked by model.base)
-            rows = records.results_rows(
-                scores,
-                info=info,
-                train_log=[],
+            rows = _measure(
+                cspec,
+                candidate,
+                spec=spec,
+                run_id=record.run_id,
+                db=db,
+                memo=memo,
                 data=data,
-                test_qrels=scorer.test_qrels,
-                dataset=dataset,
-                with_test=True,
+                device=device,
+                languages=languages,
+                timer=timer,
+                info=info,
             )
     except KeyboardInterrupt:
         store.end_run(db, record.run_id, status="interrupted", error="interrupted", timings=dict(timer), info=info)
@@ -253,6 +244,40 @@ def _evaluate(
     rows.timings = dict(timer)
     store.finish_run(db, record.run_id, rows)
     out.ran.append((label, record.run_id))
+
+
+def _measure(
+    cspec: Spec,
+    candidate: Candidate,
+    *,
+    spec: Spec,
+    run_id: str,
+    db: str | Path,
+    memo: Memo,
+    data: RetrievalData,
+    device: str,
+    languages: dict[str, str],
+    timer: Timer,
+    info: dict[str, Any],
+) -> store.RunResults:
+    """Load, score (as a run scores its base model) and profile one candidate; writes `info`, returns the rows."""
+    with timer("load_model"):
+        model = _load(cspec, candidate, device=device)
+    scorer = RunScorer(cspec, data=data, memo=memo)
+    stored = lambda key, split: store.find_baseline(db, key, split)  # noqa: E731 - earlier runs' scores
+    scores = scorer.base(model, run_id=run_id, stored=stored, timer=timer)
+    info["baseline_from"] = scores.baseline_from
+    info["select"]["corpus_encodes"] = scorer.index.encodes  # test and dev share one (0: from the cache)
+    with timer("profile"):
+        info["select"].update(_profile(cspec, candidate, model=model, data=data, settings=spec.select))
+    test = scores.dense[records.TEST, records.BASE]
+    info["select"]["languages"] = language_fit(
+        languages, declared=candidate.languages, per_query=test.per_query, main=spec.eval.main
+    )
+    info["dataset"] = dataset = data_key(spec)  # the data as loaded (documents: chunked by model.base)
+    return records.results_rows(
+        scores, info=info, train_log=[], data=data, test_qrels=scorer.test_qrels, dataset=dataset, with_test=True
+    )
 
 
 def _load(cspec: Spec, candidate: Candidate, *, device: str) -> Any:

@@ -111,6 +111,18 @@ def test_the_table_compares_candidates_with_intervals_and_profiles(selected):
         assert low <= row.metrics["ndcg@10"] <= high
         assert row.vs_leader["n"] == table.queries > 0
     assert table.recommended in rows and rows[table.recommended].tied
+    # test and dev share one corpus encode; `tiny` is the model tiny-src's run evaluated as its base: reused
+    assert {label: r.profile["corpus_encodes"] for label, r in rows.items()} == {
+        "tiny": 0,
+        "tiny-cls": 1,
+        "tiny-8": 1,
+        "tuned": 1,
+        "api": 1,
+    }
+    (source,) = query(selected["db"], "SELECT run_id FROM runs WHERE experiment = 'tiny-src'")[0]
+    assert json.loads(query(selected["db"], "SELECT info FROM runs WHERE run_id = ?", [rows["tiny"].run_id])[0][0])[
+        "baseline_from"
+    ] == {"test": source, "dev": source}
     assert table.recommended in table.recommendation and "leader" in table.recommendation
     # pooling changes the scores; the tuned model is another model
     assert rows["tiny-cls"].metrics != rows["tiny"].metrics
@@ -248,3 +260,45 @@ def test_the_selection_table_is_displayed_in_headless_chromium(selected, tmp_pat
         driver.save_screenshot(str(tmp_path / "select.png"))
     finally:
         driver.quit()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_bundled_select_spec_with_an_api_candidate(tmp_path, monkeypatch):
+    """As a new user: `embx run specs/medical.yaml` (one epoch), then specs/medical-select.yaml with one API candidate
+    (the fake endpoint) added: five candidates, the tuned run's model among them, the table printed and reported."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    db = tmp_path / "results.duckdb"
+    assert cli("run", REPO / "specs/medical.yaml", "--db", db, "--set", "train.epochs=1").exit_code == 0
+    from ruamel.yaml import YAML
+
+    bundled = YAML(typ="safe").load((REPO / "specs/medical-select.yaml").read_text())
+    with FakeEmbeddings(key=KEY) as fake:
+        candidates = [*bundled["select"]["candidates"], {"label": "api", "api": _api(fake.url)}]
+        spec = dump_yaml(
+            {
+                "extends": str(REPO / "specs/medical-select.yaml"),
+                "select": {"candidates": candidates, "throughput_sample": 32},
+            },
+            tmp_path / "medical-select-api.yaml",
+        )
+        result = cli("select", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    table = selection_table(store.load_experiment(db, "medical-select"))
+    assert {r.label: r.status for r in table.rows} == {
+        "minilm": "ok",
+        "minilm-cls": "ok",
+        "minilm-128": "ok",
+        "medical-tuned": "ok",
+        "api": "ok",
+    }
+    rows = {r.label: r for r in table.rows}
+    assert rows["minilm"].metrics["ndcg@10"] == pytest.approx(0.7413, abs=0.02)  # README's base-model figure
+    assert rows["medical-tuned"].metrics != rows["minilm"].metrics
+    assert "recommended:" in result.output
+    report = tmp_path / "report.html"
+    assert cli("report", "--db", db, "--experiment", "medical-select", "-o", report).exit_code == 0
+    assert "Base-model selection" in report.read_text()
