@@ -264,6 +264,7 @@ def evaluate(
     batch_size: int | None,
     allowed: set[str] | None = None,
     precision: str = "auto",
+    dim: int | None = None,
 ) -> EvalResult:
     """Retrieve for every judged query over the whole corpus (or its `allowed` part) and score the ranking.
 
@@ -279,6 +280,8 @@ def evaluate(
         batch_size: Encoding batch size (None: by device).
         allowed: Only these document ids are retrieved (a metadata filter); None: all.
         precision: Inference precision (``eval.precision``).
+        dim: Score the first `dim` dimensions of the embeddings only, re-normalised (cosine), as a Matryoshka
+            model is used with a smaller index; None: all of them.
 
     """
     import time
@@ -296,6 +299,9 @@ def evaluate(
         description=f"encode queries ({label or 'dev'})",
         precision=precision,
     )
+    if dim is not None:
+        corpus_emb = torch.nn.functional.normalize(corpus_emb[:, :dim], dim=1)
+        q_emb = torch.nn.functional.normalize(q_emb[:, :dim], dim=1)
     ids = index.ids
     if allowed is not None:
         keep = [i for i, d in enumerate(index.ids) if d in allowed]

@@ -133,6 +133,12 @@ def set_pooling(model: SentenceTransformer, pooling: str) -> bool:
     return True
 
 
+def embedding_dim(model: SentenceTransformer) -> int:
+    """The model's embedding size (sentence-transformers renamed the method in 5.x)."""
+    method = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(method())
+
+
 def weights_copy(module) -> dict:
     """A CPU copy of a module's state dict (a model's weights at one moment: the best epoch, the base of a merge)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -103,12 +103,12 @@ def local_profile(
     (``eval.batch_size``, ``eval.precision``); tokens/s counts the tokens the model actually reads.
     """
     from runner.evaluate import encode
+    from runner.models import embedding_dim
 
     texts = [spec.passage_prefix + t for t in corpus]
     lengths = token_lengths(model, texts)
     limit = int(model.max_seq_length)
-    dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    dim = int(dimension() or 0)
+    dim = embedding_dim(model)
     picked = random.Random(0).sample(range(len(texts)), min(sample, len(texts)))
     chosen = [texts[i] for i in picked]
     encode(

@@ -24,7 +24,7 @@ from runner.memo import (
     index_key,
     model_key,
 )
-from runner.records import BASE, DEV, MTEB_SPLIT_PREFIX, TEST, TUNED, Scores
+from runner.records import BASE, DENSE, DEV, MTEB_SPLIT_PREFIX, TEST, TUNED, Scores
 from runner.spec import EvalSpec, ModelSpec
 
 if TYPE_CHECKING:
@@ -66,8 +66,11 @@ class RetrievalEvaluator:
         self.index, self.queries, self.qrels = index, queries, qrels
         self.model, self.settings, self.allowed = model, settings, allowed
 
-    def __call__(self, model: SentenceTransformer, *, label: str | None = None) -> EvalResult:
-        """Score `model`; `label` caches its corpus embeddings in the index (None: encode afresh)."""
+    def __call__(self, model: SentenceTransformer, *, label: str | None = None, dim: int | None = None) -> EvalResult:
+        """Score `model`; `label` caches its corpus embeddings in the index (None: encode afresh).
+
+        `dim` scores the first `dim` dimensions only (a Matryoshka-trained model's smaller index).
+        """
         from runner.evaluate import evaluate
 
         cfg = self.settings
@@ -83,6 +86,7 @@ class RetrievalEvaluator:
             batch_size=cfg.batch_size,
             allowed=self.allowed,
             precision=cfg.precision,
+            dim=dim,
         )
 
     def metrics(self, model: SentenceTransformer) -> dict[str, float]:
@@ -197,6 +201,9 @@ class RunScorer:
             scores.others.update({(source, BASE): v for source, v in found.items()})
             sets = self.memo.get("baseline", f"{key}:sets", lambda: self._set_metrics(model, BASE))
             scores.sets.update({(name, BASE): v for name, v in sets.items()})
+            dims = spec.train.matryoshka_dims
+            found = self.memo.get("baseline", f"{key}:dims:{dims}", lambda: self._truncated(model, BASE))
+            scores.others.update({(source, BASE): v for source, v in found.items()})
         with timer("mteb"):
             found, _ = self.memo.get("baseline", f"{key}:mteb", lambda: (self._mteb(model), run_id))
             scores.mteb.update({(BASE, split): v for split, v in found.items()})
@@ -219,6 +226,8 @@ class RunScorer:
                 tuned_run = into.dense[TEST, TUNED].run
                 found = self._other_retrievers(model, TUNED, lambda: tuned_run)
                 into.others.update({(source, TUNED): v for source, v in found.items() if source != "bm25"})
+            if self.evaluate_test:
+                into.others.update({(source, TUNED): v for source, v in self._truncated(model, TUNED).items()})
             self.index.embeddings.pop(TUNED, None)
             if self.evaluate_test:
                 into.sets.update({(name, TUNED): v for name, v in self._set_metrics(model, None).items()})
@@ -295,6 +304,16 @@ class RunScorer:
             )
             out["two-stage"] = score_run(qrels, run, cfg.metrics)[0]
         return out
+
+    def _truncated(self, model, label: str) -> dict[str, dict[str, float]]:
+        """Test metrics at each `train.matryoshka_dims` size below the model's own, as sources ``dense@<d>``."""
+        from runner.models import embedding_dim
+
+        dims = self.spec.train.matryoshka_dims or []
+        full = embedding_dim(model) if dims and hasattr(model, "get_sentence_embedding_dimension") else None
+        return {
+            f"{DENSE}@{d}": self.test(model, label=label, dim=d).metrics for d in dims if full is None or d < full
+        }
 
     def _set_metrics(self, model, label: str | None) -> dict[str, dict[str, float]]:
         """Dense-retrieval metrics of `model` on each `eval.sets` entry, over that set's own corpus."""

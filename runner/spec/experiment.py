@@ -181,12 +181,25 @@ class Spec(_Model):
             if self.train.flagembedding:
                 raise ValueError("train.flagembedding: only used with train.backend: flagembedding")
             return self
+        for name in ("matryoshka_dims", "hardness_mode", "guide"):
+            if getattr(self.train, name) is not None:
+                raise ValueError(f"train.{name}: a sentence-transformers option; FlagEmbedding's runner has none")
         if self.train.loss != "mnrl":
             raise ValueError(
                 f"train.loss: {self.train.loss} is a sentence-transformers loss; FlagEmbedding trains with its "
                 "own InfoNCE (mnrl); for large batches in little memory set train.flagembedding.sub_batch_size"
             )
         external.check_arguments(model=self.model, train=self.train)  # FlagEmbedding's own argument parser
+        return self
+
+    @model_validator(mode="after")
+    def _gist_negatives(self) -> Spec:
+        if self.train.loss == "gist" and self.negatives.mode != "in-batch" and self.negatives.per_query > 1:
+            raise ValueError(
+                f"train.loss: gist (sentence-transformers' GISTEmbedLoss) takes one explicit negative per pair, "
+                f"not negatives.per_query={self.negatives.per_query}: use loss cached-gist, which takes several, "
+                "or negatives.per_query: 1"
+            )
         return self
 
     @model_validator(mode="after")

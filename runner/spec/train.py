@@ -67,12 +67,50 @@ class TrainSpec(_Model):
         "train_group_size = 1 + negatives.per_query, temperature = 1 / scale, pooling = model.pooling or the "
         "model's own).",
     )
-    loss: Literal["mnrl", "cached-mnrl"] = Field(
+    loss: Literal["mnrl", "cached-mnrl", "gist", "cached-gist"] = Field(
         "mnrl",
         description="mnrl: MultipleNegativesRankingLoss (InfoNCE). cached-mnrl: the GradCache variant, for "
-        "large batches in little memory.",
+        "large batches in little memory. gist: GISTEmbedLoss, InfoNCE whose in-batch and mined negatives are "
+        "masked where the `guide` model scores them above the positive (false negatives); cached-gist: its "
+        "GradCache variant. All are sentence-transformers' own classes.",
     )
     scale: float = Field(20.0, gt=0, description="Similarity scale of the loss (1 / temperature).")
+    guide: str | None = Field(
+        None,
+        description="gist losses: the guide model (alias, local folder or hub id). null: a frozen copy of the "
+        "base model as it was before training, so it works offline.",
+    )
+    gist_margin: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="gist losses: a negative is masked when the guide scores it above (positive - margin); "
+        "absolute cosine margin.",
+    )
+    hardness_mode: Literal["in_batch_negatives", "hard_negatives", "all_negatives"] | None = Field(
+        None,
+        description="mnrl losses: sentence-transformers' hardness weighting of negatives (harder ones weigh more); "
+        "null: off.",
+    )
+    hardness_strength: float = Field(
+        0.0, ge=0, description="mnrl losses with hardness_mode: how much harder negatives weigh (0: plain InfoNCE)."
+    )
+    matryoshka_dims: list[int] | None = Field(
+        None,
+        description="Train with MatryoshkaLoss over the loss above, so the first d dimensions of an embedding "
+        "work on their own for each d listed (e.g. [384, 256, 128, 64]: a smaller index); the test split is "
+        "also scored at each d (source dense@d). null: off.",
+    )
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value or any(d < 1 for d in value):
+            raise ValueError("matryoshka_dims: a list of positive dimensions, e.g. [384, 256, 128, 64]")
+        return sorted(set(value), reverse=True)
+
     epochs: int = Field(1, ge=1, le=100, description="Maximum number of epochs.")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")
     batch_size: int = Field(32, ge=2, description="Pairs per batch; every other pair's positive is a negative.")

@@ -23,6 +23,7 @@ from runner.train.base import (
     log_callback,
     pin_mixed_precision,
 )
+from runner.train.losses import build_loss
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -66,7 +67,6 @@ class SentenceTransformersBackend:
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
         from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
         from sentence_transformers.base.sampler import BatchSamplers
-        from sentence_transformers.sentence_transformer import losses
         from transformers import EarlyStoppingCallback
         from transformers.trainer_callback import PrinterCallback
 
@@ -91,12 +91,7 @@ class SentenceTransformersBackend:
                 self.seconds += time.perf_counter() - started
                 return self.prefix_name_to_metrics(metrics, self.name)
 
-        if spec.train.loss == "cached-mnrl":
-            loss = losses.CachedMultipleNegativesRankingLoss(
-                model, scale=cfg.scale, mini_batch_size=32, gather_across_devices=cross_device(spec)
-            )
-        else:
-            loss = losses.MultipleNegativesRankingLoss(model, scale=cfg.scale, gather_across_devices=cross_device(spec))
+        loss = build_loss(model, spec, gather=cross_device(spec))
 
         evaluate = dev is not None
         world = dist_env()[2]

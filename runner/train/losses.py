@@ -1,0 +1,93 @@
+"""The training loss of the sentence-transformers backend, built from `train:` with sentence-transformers' classes.
+
+One place for both loops (embx's and the trainer) and for torchrun's workers: InfoNCE (MNRL) or its GradCache
+variant, with the hardness weighting MNRL now has; GISTEmbed, which masks the in-batch and mined negatives a
+guide model scores above the positive (the false negatives that in-batch and mined negatives bring); and
+Matryoshka as a modifier over any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from runner.spec import Spec
+
+log = logging.getLogger(__name__)
+
+CACHED_MINI_BATCH = 32
+"""Pairs per forward pass of the cached (GradCache) losses."""
+
+
+def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) -> Any:
+    """The loss `spec.train` names, over `model`.
+
+    Args:
+        model: The model to train.
+        spec: The run's spec.
+        gather: Gather embeddings across devices (torchrun), so every rank sees the global batch's negatives.
+
+    Raises:
+        ValueError: A Matryoshka dimension larger than the model's embedding.
+
+    """
+    from sentence_transformers.sentence_transformer import losses
+
+    from runner.models import embedding_dim
+
+    cfg = spec.train
+    if cfg.loss in ("gist", "cached-gist"):
+        guide = guide_model(model, spec)
+        common = {
+            "temperature": 1.0 / cfg.scale,
+            "margin_strategy": "absolute",
+            "margin": cfg.gist_margin,
+            "gather_across_devices": gather,
+        }
+        if cfg.loss == "cached-gist":
+            loss = losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=CACHED_MINI_BATCH, **common)
+        else:
+            loss = losses.GISTEmbedLoss(model, guide, **common)
+    else:
+        common = {
+            "scale": cfg.scale,
+            "gather_across_devices": gather,
+            "hardness_mode": cfg.hardness_mode,
+            "hardness_strength": cfg.hardness_strength,
+        }
+        if cfg.loss == "cached-mnrl":
+            loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH, **common)
+        else:
+            loss = losses.MultipleNegativesRankingLoss(model, **common)
+    if cfg.matryoshka_dims:
+        full = embedding_dim(model)
+        too_large = [d for d in cfg.matryoshka_dims if d > full]
+        if too_large:
+            raise ValueError(f"train.matryoshka_dims: {too_large} exceed the model's {full} dimensions")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
+    return loss
+
+
+def guide_model(model: SentenceTransformer, spec: Spec) -> SentenceTransformer:
+    """The GISTEmbed guide, frozen: `train.guide` loaded, or a copy of the base model before any training step."""
+    import copy
+
+    if spec.train.guide is None:
+        guide = copy.deepcopy(model)
+        source = "a frozen copy of the base model"
+    else:
+        from runner.models import load_model
+        from runner.spec import ModelSpec
+
+        guide = load_model(
+            ModelSpec(base=spec.train.guide, max_seq_length=spec.model.max_seq_length), model.device.type
+        )
+        source = spec.train.guide
+    guide.eval()
+    for parameter in guide.parameters():
+        parameter.requires_grad_(False)
+    log.info("gist: guide model is %s", source)
+    return guide

@@ -1,0 +1,81 @@
+"""The losses `train:` builds: GISTEmbed masks false negatives, Matryoshka wraps any loss, both train end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from conftest import spec_data
+from helpers import cli, query
+
+from runner.spec import Spec
+from runner.train.losses import build_loss
+
+
+def _spec(tiny_model, tiny_beir, **train) -> Spec:
+    return Spec.model_validate(spec_data(tiny_model, tiny_beir, train=train))
+
+
+def _loss_of(loss, model, texts: list[str]) -> float:
+    import torch
+
+    features = [model.tokenize([t]) for t in texts]
+    with torch.no_grad():
+        return float(loss(features, None))
+
+
+def test_gist_masks_a_negative_the_guide_scores_like_the_positive(tiny_model, tiny_beir):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    # One pair whose mined "negative" is the positive itself: a false negative.
+    texts = ["what do you feel with chest pain", "cardiac signs involve artery", "cardiac signs involve artery"]
+    mnrl = _loss_of(build_loss(model, _spec(tiny_model, tiny_beir)), model, texts)
+    assert mnrl == pytest.approx(math.log(2), abs=1e-4)  # the false negative scores exactly like the positive
+    gist = build_loss(model, _spec(tiny_model, tiny_beir, loss="gist", gist_margin=0.1))
+    assert gist.guide is not model and not any(p.requires_grad for p in gist.guide.parameters())
+    assert _loss_of(gist, model, texts) == pytest.approx(0.0, abs=1e-4)  # masked: only the positive is left
+    # with margin 0 a tie is not above the positive: kept, as in sentence-transformers
+    tie = build_loss(model, _spec(tiny_model, tiny_beir, loss="gist", gist_margin=0.0))
+    assert _loss_of(tie, model, texts) == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_matryoshka_wraps_the_loss_and_refuses_too_many_dimensions(tiny_model, tiny_beir):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    loss = build_loss(model, _spec(tiny_model, tiny_beir, loss="cached-mnrl", matryoshka_dims=[8, 32, 16]))
+    assert isinstance(loss, losses.MatryoshkaLoss) and tuple(loss.matryoshka_dims) == (32, 16, 8)
+    assert isinstance(loss.loss, losses.CachedMultipleNegativesRankingLoss)
+    with pytest.raises(ValueError, match=r"\[64\] exceed the model's 32 dimensions"):
+        build_loss(model, _spec(tiny_model, tiny_beir, matryoshka_dims=[64, 16]))
+
+
+def test_options_a_backend_or_loss_cannot_honour_are_spec_errors(tiny_model, tiny_beir):
+    with pytest.raises(ValueError, match="train.matryoshka_dims: a sentence-transformers option"):
+        _spec(tiny_model, tiny_beir, backend="flagembedding", matryoshka_dims=[16])
+    with pytest.raises(ValueError, match="takes one explicit negative per pair"):
+        Spec.model_validate(
+            spec_data(tiny_model, tiny_beir, train={"loss": "gist"}, negatives={"mode": "hard", "per_query": 3})
+        )
+
+
+@pytest.mark.parametrize(("loop", "loss", "per_query"), [("embx", "cached-gist", 2), ("trainer", "gist", 1)])
+def test_a_gist_matryoshka_run_scores_every_trained_dimension(write_spec, tmp_path, loop, loss, per_query):
+    spec = write_spec(
+        negatives={"mode": "hard", "per_query": per_query},
+        train={"epochs": 1, "loss": loss, "matryoshka_dims": [32, 16, 8], "loop": loop},
+    )
+    db = tmp_path / "r.duckdb"
+    result = cli("run", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    rows = query(db, "SELECT source, stage, value FROM metrics WHERE split = 'test' AND name = 'ndcg@10'")
+    sources = {(source, stage) for source, stage, _ in rows}
+    assert {("dense@16", "base"), ("dense@16", "tuned"), ("dense@8", "base"), ("dense@8", "tuned")} <= sources
+    assert ("dense@32", "tuned") not in sources  # the full size is the native score
+    values = {(s, st): v for s, st, v in rows}
+    assert values["dense@8", "tuned"] != values["native", "tuned"]
+    (spec_json,) = query(db, "SELECT spec_json FROM runs")[0]
+    assert json.loads(spec_json)["train"]["loss"] == loss
