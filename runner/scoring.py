@@ -311,9 +311,7 @@ class RunScorer:
 
         dims = self.spec.train.matryoshka_dims or []
         full = embedding_dim(model) if dims and hasattr(model, "get_sentence_embedding_dimension") else None
-        return {
-            f"{DENSE}@{d}": self.test(model, label=label, dim=d).metrics for d in dims if full is None or d < full
-        }
+        return {f"{DENSE}@{d}": self.test(model, label=label, dim=d).metrics for d in dims if full is None or d < full}
 
     def _set_metrics(self, model, label: str | None) -> dict[str, dict[str, float]]:
         """Dense-retrieval metrics of `model` on each `eval.sets` entry, over that set's own corpus."""

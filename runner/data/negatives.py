@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,8 @@ class NegativeStats:
         dropped_positive: Candidates dropped because they are known positives of the query.
         dropped_margin: Candidates dropped as likely false negatives (score above (1 - margin) x positive).
         filled_random: Slots filled with random passages because too few mined candidates survived.
+        rescored: Candidates the cross-encoder teacher scored (``negatives.rescore``).
+        dropped_teacher: Candidates dropped because the teacher scored them close to the positive.
 
     """
 
@@ -39,6 +42,8 @@ class NegativeStats:
     dropped_positive: int = 0
     dropped_margin: int = 0
     filled_random: int = 0
+    rescored: int = 0
+    dropped_teacher: int = 0
 
     def as_dict(self) -> dict[str, int | str]:
         """Plain dict for the store."""
@@ -95,13 +100,15 @@ def mine_hard_negatives(
     spec: NegativesSpec,
     seed: int,
     known: dict[str, set[str]] | None = None,
+    teacher: Teacher | None = None,
 ) -> tuple[list[Pair], NegativeStats]:
     """Attach hard negatives mined with the base model's embeddings.
 
     For each pair: rank the pool by similarity to the query, take ranks ``mine_range`` (0-based, [from,
     to)), drop known positives, drop candidates scoring above ``(1 - relative_margin) x`` the positive's
     score (likely unlabelled positives), and draw ``per_query`` of the rest at random (seeded). If fewer
-    survive, random pool passages fill the gap (counted in ``filled_random``).
+    survive, random pool passages fill the gap (counted in ``filled_random``). With ``spec.rescore`` and a
+    `teacher`, the surviving candidates are rescored first (:func:`rescore_candidates`).
 
     Args:
         pairs: Training pairs.
@@ -112,6 +119,7 @@ def mine_hard_negatives(
         spec: Negatives settings.
         seed: Sampling seed.
         known: Query text -> texts of all its positives.
+        teacher: Scores (query, passage) pairs, higher = more relevant (a cross-encoder); used with spec.rescore.
 
     """
     from runner.evaluate import top_k
@@ -122,8 +130,8 @@ def mine_hard_negatives(
     stats = NegativeStats("hard", len(pairs), spec.per_query)
     pos_scores = (query_emb * positive_emb).sum(dim=1).cpu().tolist()
     scores, indices = top_k(query_emb, pool_emb, high)
-    out = []
-    for row, (pair, banned) in enumerate(zip(pairs, excluded)):
+    candidates: list[tuple[list[str], set[str]]] = []
+    for row, banned in enumerate(excluded):
         limit = (1.0 - spec.relative_margin) * pos_scores[row]
         kept: list[str] = []
         too_close: set[str] = set()
@@ -137,6 +145,11 @@ def mine_hard_negatives(
                 too_close.add(text)
             elif text not in kept:
                 kept.append(text)
+        candidates.append((kept, too_close))
+    if teacher is not None and spec.rescore is not None:
+        candidates = rescore_candidates(pairs, candidates, teacher=teacher, spec=spec, seed=seed, stats=stats)
+    out = []
+    for pair, banned, (kept, too_close) in zip(pairs, excluded, candidates):
         picked = rng.sample(kept, spec.per_query) if len(kept) >= spec.per_query else kept
         tries = 0
         while len(picked) < spec.per_query:
@@ -156,6 +169,73 @@ def mine_hard_negatives(
         stats.filled_random,
     )
     return out, stats
+
+
+Teacher = Callable[[list[tuple[str, str]]], list[float]]
+"""Scores (query, passage) pairs, higher = more relevant: the cross-encoder of ``negatives.rescore``."""
+
+
+def rescore_candidates(
+    pairs: list[Pair],
+    candidates: list[tuple[list[str], set[str]]],
+    *,
+    teacher: Teacher,
+    spec: NegativesSpec,
+    seed: int,
+    stats: NegativeStats,
+) -> list[tuple[list[str], set[str]]]:
+    """Keep only the mined candidates the teacher does not score close to the pair's positive.
+
+    For each pair, ``rescore.shortlist x per_query`` of its candidates (drawn with their own seeded generator,
+    so mining without a teacher draws exactly as before) are scored with the positive in one teacher call; a
+    candidate scoring above ``(1 - rescore.relative_margin) x`` the positive's score is dropped (and never
+    drawn as a random fill either).
+
+    Returns:
+        (kept, too close) per pair, as `candidates`.
+
+    """
+    assert spec.rescore is not None
+    rng = random.Random(seed + 7919)
+    size = spec.rescore.shortlist * spec.per_query
+    shortlists = [rng.sample(kept, min(size, len(kept))) for kept, _ in candidates]
+    asked = [(p.query, p.positive) for p in pairs]
+    asked += [(p.query, text) for p, shortlist in zip(pairs, shortlists) for text in shortlist]
+    scores = teacher(asked)
+    positive, rest = scores[: len(pairs)], iter(scores[len(pairs) :])
+    out = []
+    for row, (shortlist, (_, too_close)) in enumerate(zip(shortlists, candidates)):
+        limit = (1.0 - spec.rescore.relative_margin) * positive[row]
+        kept = []
+        for text in shortlist:
+            stats.rescored += 1
+            if next(rest) > limit:
+                stats.dropped_teacher += 1
+                too_close = too_close | {text}
+            else:
+                kept.append(text)
+        out.append((kept, too_close))
+    log.info("negatives rescored: %d candidates, %d dropped by the teacher", stats.rescored, stats.dropped_teacher)
+    return out
+
+
+def cross_encoder_teacher(spec: NegativesSpec, device: str) -> Teacher:
+    """The ``negatives.rescore`` teacher: sentence-transformers' CrossEncoder, scores after its activation."""
+    from sentence_transformers import CrossEncoder
+
+    from runner.models import resolve_model
+
+    assert spec.rescore is not None
+    cfg = spec.rescore
+    model = CrossEncoder(resolve_model(cfg.model).location, device=device)
+
+    def score(asked: list[tuple[str, str]]) -> list[float]:
+        if not asked:
+            return []
+        values = model.predict(asked, batch_size=cfg.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        return [float(v) for v in values.reshape(len(asked), -1)[:, -1]]
+
+    return score
 
 
 def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[list[Pair], NegativeStats]:
@@ -223,6 +303,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         positive_emb = pool_emb[[id_row[p.positive_id] for p in pairs]]
     else:
         positive_emb = pool_emb[[row[p.positive] for p in pairs]]
+    teacher = cross_encoder_teacher(cfg, model.device.type) if cfg.rescore is not None else None
     return mine_hard_negatives(
         pairs,
         pool=pool,
@@ -232,4 +313,5 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         spec=cfg,
         seed=spec.data.seed,
         known=known,
+        teacher=teacher,
     )

@@ -22,6 +22,7 @@ from runner.spec.data import (
     NegativesSpec,
     QAPairsSpec,
     QueriesSpec,
+    RescoreSpec,
     SemanticSpec,
     Splits,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "Problem",
     "QAPairsSpec",
     "QueriesSpec",
+    "RescoreSpec",
     "SearchParam",
     "SearchSpec",
     "SelectSpec",

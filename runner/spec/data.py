@@ -206,6 +206,29 @@ class QueriesSpec(_Model):
         return self
 
 
+class RescoreSpec(_Model):
+    """A cross-encoder teacher that rescores mined candidates, dropping those it scores close to the positive."""
+
+    model: str = Field(
+        ..., description="Cross-encoder (sentence-transformers CrossEncoder): a local folder or a hub id."
+    )
+    relative_margin: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Drop a candidate the teacher scores above (1 - relative_margin) x its score of the positive "
+        "(positive-aware mining, as NV-Retriever's TopK-PercPos): a likely unlabelled positive.",
+    )
+    shortlist: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="Candidates rescored per pair, as a multiple of per_query (drawn at random from those that "
+        "pass the embedding filters), so the teacher's cost stays bounded.",
+    )
+    batch_size: int = Field(32, ge=1, description="Pairs per cross-encoder forward pass.")
+
+
 class NegativesSpec(_Model):
     """How negatives are chosen for each (query, positive) pair."""
 
@@ -226,6 +249,16 @@ class NegativesSpec(_Model):
         description="Drop mined candidates scoring above (1 - relative_margin) x the positive's score: "
         "they are likely unlabelled positives.",
     )
+
+    rescore: RescoreSpec | None = Field(
+        None, description="hard mode: rescore mined candidates with a cross-encoder teacher; see below. null: off."
+    )
+
+    @model_validator(mode="after")
+    def _rescore_needs_mining(self) -> NegativesSpec:
+        if self.rescore is not None and self.mode != "hard":
+            raise ValueError("rescore: rescores mined candidates: it needs mode: hard")
+        return self
 
     @model_validator(mode="after")
     def _range_fits(self) -> NegativesSpec:
