@@ -41,7 +41,7 @@ from runner.spec.load import (
 )
 from runner.spec.model import ModelSpec
 from runner.spec.select import ApiModelSpec, Candidate, SelectSpec
-from runner.spec.train import DistributedSpec, EarlyStopping, TrainSpec
+from runner.spec.train import DistributedSpec, EarlyStopping, LoraSpec, TrainSpec
 
 __all__ = [
     "METRIC_PATTERN",
@@ -56,6 +56,7 @@ __all__ = [
     "EvalSpec",
     "LLMSpec",
     "LoadedSpec",
+    "LoraSpec",
     "MixSource",
     "MergeSpec",
     "ModelSpec",

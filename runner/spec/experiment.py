@@ -181,7 +181,7 @@ class Spec(_Model):
             if self.train.flagembedding:
                 raise ValueError("train.flagembedding: only used with train.backend: flagembedding")
             return self
-        for name in ("matryoshka_dims", "hardness_mode", "guide"):
+        for name in ("matryoshka_dims", "hardness_mode", "guide", "lora"):
             if getattr(self.train, name) is not None:
                 raise ValueError(f"train.{name}: a sentence-transformers option; FlagEmbedding's runner has none")
         if self.train.loss != "mnrl":

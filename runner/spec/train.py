@@ -18,6 +18,23 @@ class EarlyStopping(_Model):
     _check = field_validator("metric")(classmethod(lambda cls, v: check_metric(v)))
 
 
+class LoraSpec(_Model):
+    """Parameter-efficient training: LoRA adapters (peft) on the transformer, the base weights frozen.
+
+    After training the adapters are folded into the weights, so the saved model is a plain one that every tool,
+    `merge:` and `embx export` handle.
+    """
+
+    r: int = Field(8, ge=1, le=256, description="Rank of each adapter.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (the adapter's update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Names of the linear layers that get adapters (e.g. [query, key, value, dense]); null: peft's "
+        "default for the architecture (query and value for BERT).",
+    )
+
+
 class DistributedSpec(_Model):
     """Training on several processes (GPUs) and machines through torchrun (torch.distributed.run).
 
@@ -142,6 +159,10 @@ class TrainSpec(_Model):
     early_stopping: EarlyStopping | None = Field(
         default_factory=EarlyStopping,
         description="Early stopping on the dev split; null trains all epochs and keeps the last.",
+    )
+    lora: LoraSpec | None = Field(
+        None,
+        description="Train LoRA adapters instead of every weight (peft, through sentence-transformers); see below.",
     )
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec, description="Multi-process / multi-node training through torchrun."

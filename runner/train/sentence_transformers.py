@@ -23,6 +23,7 @@ from runner.train.base import (
     log_callback,
     pin_mixed_precision,
 )
+from runner.train.lora import add_lora, fold_lora
 from runner.train.losses import build_loss
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class SentenceTransformersBackend:
                 self.seconds += time.perf_counter() - started
                 return self.prefix_name_to_metrics(metrics, self.name)
 
+        lora = add_lora(model, cfg.lora) if cfg.lora is not None else None
         loss = build_loss(model, spec, gather=cross_device(spec))
 
         evaluate = dev is not None
@@ -98,9 +100,10 @@ class SentenceTransformersBackend:
         if cfg.loop == "embx" or (cfg.loop == "auto" and world == 1):
             from runner.train.fast import train_loop
 
-            return train_loop(
+            outcome = train_loop(
                 model, loss_fn=loss, pairs=pairs, spec=spec, dev=dev if evaluate else None, precision=precision
             )
+            return _with_lora(outcome, lora=lora)
         steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         keep_best = evaluate and stopping is not None
         pin_mixed_precision(precision)
@@ -163,7 +166,7 @@ class SentenceTransformersBackend:
             best_step = int(Path(state.best_model_checkpoint).name.split("-")[-1])
             best_epoch = math.ceil(best_step / steps_per_epoch)
         tuned = trainer.model.float().eval()
-        return TrainOutcome(
+        outcome = TrainOutcome(
             model=tuned,
             log=log_rows,
             epochs_run=epochs_run,
@@ -175,3 +178,13 @@ class SentenceTransformersBackend:
             precision=precision,
             details={"loop": "trainer"},
         )
+        return _with_lora(outcome, lora=lora)
+
+
+def _with_lora(outcome: TrainOutcome, *, lora: dict | None) -> TrainOutcome:
+    """Fold the LoRA adapters into the weights and say so in the train info."""
+    if lora is None:
+        return outcome
+    lora["folded_layers"] = fold_lora(outcome.model)
+    outcome.details["lora"] = lora
+    return outcome
