@@ -37,23 +37,28 @@ CHARS_PER_TOKEN = 4.0
 """Estimate used only when an endpoint's answer carries no token usage."""
 
 
-class ApiError(Exception):
+class ApiError(ValueError):
     """An endpoint failure, already worded for the user (and scrubbed of the API key)."""
 
 
-def api_key(api: ApiModelSpec) -> str:
-    """The key from the variable `api_key_env` names (a placeholder when the endpoint needs none).
+def read_api_key(env: str | None, *, field: str, placeholder: str = "no-key") -> str:
+    """The API key from the environment variable `env` (`placeholder` when the endpoint needs none: env None).
+
+    Args:
+        env: The variable's name, from the spec.
+        field: The spec field that names it, for the message.
+        placeholder: What to send to an endpoint that takes no key.
 
     Raises:
         ApiError: When the variable is not set.
 
     """
-    if api.api_key_env is None:
-        return "no-key"
-    value = os.environ.get(api.api_key_env)
+    if env is None:
+        return placeholder
+    value = os.environ.get(env)
     if not value:
         raise ApiError(
-            f"api.api_key_env: environment variable {api.api_key_env} is not set; set it to the endpoint's API key, "
+            f"{field}: environment variable {env} is not set; set it to the endpoint's API key, "
             "or set api_key_env: null for an endpoint that needs none"
         )
     return value
@@ -171,11 +176,11 @@ class ApiEmbedder:
         self.device = torch.device("cpu")
         self.stats = RequestStats()
         self.dimension: int | None = api.dimensions
-        self._key = api_key(api)
+        self._key = read_api_key(api.api_key_env, field="api.api_key_env")
         self._client: Any = None
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key and self._key != "no-key" else text
+        return text.replace(self._key, "***") if self.api.api_key_env is not None else text
 
     @property
     def client(self) -> Any:

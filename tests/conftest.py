@@ -62,28 +62,34 @@ def write_beir(root: Path) -> Path:
     return root
 
 
+def tiny_bert_config(tokenizer, **fields):
+    """A 2-layer, 32-dim BERT configuration over `tokenizer`'s vocabulary; keyword fields override."""
+    from transformers import BertConfig
+
+    base = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    }
+    return BertConfig(**{**base, **fields})
+
+
 def build_tiny_model(root: Path, seed: int = 0, dropout: float = 0.1, max_seq_length: int = 64) -> Path:
     """A 2-layer, 32-dim BERT with the bundled MiniLM tokenizer, saved as a sentence-transformers folder in `root`."""
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer, BertModel
 
     from runner.models import resolve_model
 
     torch.manual_seed(seed)
     hf_dir = root / "hf"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
+    config = tiny_bert_config(tokenizer, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
     st_dir = root / "st"

@@ -486,17 +486,9 @@ def _api_key(llm: LLMSpec) -> str:
         ValueError: If the variable is not set.
 
     """
-    import os
+    from runner.embed_api import read_api_key
 
-    if llm.api_key_env is None:
-        return PLACEHOLDER_KEY
-    value = os.environ.get(llm.api_key_env)
-    if not value:
-        raise ValueError(
-            f"queries.llm.api_key_env: environment variable {llm.api_key_env} is not set; set it to the "
-            "endpoint's API key, or set api_key_env: null for an endpoint that needs none"
-        )
-    return value
+    return read_api_key(llm.api_key_env, field="queries.llm.api_key_env", placeholder=PLACEHOLDER_KEY)
 
 
 def _default_prompt() -> str:

@@ -276,21 +276,14 @@ def test_rescore_needs_hard_mining():
 
 def build_tiny_cross_encoder(root):
     """A 2-layer, 32-dim BERT cross-encoder (one relevance logit) with the bundled MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from conftest import tiny_bert_config
+    from transformers import AutoTokenizer, BertForSequenceClassification
 
     from runner.models import resolve_model
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
+    config = tiny_bert_config(tokenizer, num_labels=1)
     BertForSequenceClassification(config).save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
