@@ -97,20 +97,20 @@ class TrainSpec(_Model):
         description="gist losses: the guide model (alias, local folder or hub id). null: a frozen copy of the "
         "base model as it was before training, so it works offline.",
     )
-    gist_margin: float = Field(
-        0.0,
+    gist_margin: float | None = Field(
+        None,
         ge=0,
         le=1,
         description="gist losses: a negative is masked when the guide scores it above (positive - margin); "
-        "absolute cosine margin.",
+        "absolute cosine margin. null: 0.",
     )
     hardness_mode: Literal["in_batch_negatives", "hard_negatives", "all_negatives"] | None = Field(
         None,
         description="mnrl losses: sentence-transformers' hardness weighting of negatives (harder ones weigh more); "
         "null: off.",
     )
-    hardness_strength: float = Field(
-        0.0, ge=0, description="mnrl losses with hardness_mode: how much harder negatives weigh (0: plain InfoNCE)."
+    hardness_strength: float | None = Field(
+        None, ge=0, description="mnrl losses with hardness_mode: how much harder negatives weigh. null: 0."
     )
     matryoshka_dims: list[int] | None = Field(
         None,

@@ -44,7 +44,7 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
         common = {
             "temperature": 1.0 / cfg.scale,
             "margin_strategy": "absolute",
-            "margin": cfg.gist_margin,
+            "margin": cfg.gist_margin or 0.0,
             "gather_across_devices": gather,
         }
         if cfg.loss == "cached-gist":
@@ -56,7 +56,7 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
             "scale": cfg.scale,
             "gather_across_devices": gather,
             "hardness_mode": cfg.hardness_mode,
-            "hardness_strength": cfg.hardness_strength,
+            "hardness_strength": cfg.hardness_strength or 0.0,
         }
         if cfg.loss == "cached-mnrl":
             loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH, **common)
