@@ -242,7 +242,9 @@ def _evaluate(
         out.failed.append((label, error))
         return
     rows.timings = dict(timer)
-    store.finish_run(db, record.run_id, rows)
+    saved = store.finish_run(db, record.run_id, rows)
+    if saved is not None:
+        log.warning("select %s: %s was locked; results saved to %s (imported by the next run)", label, db, saved)
     out.ran.append((label, record.run_id))
 
 
