@@ -144,6 +144,25 @@ def llm_answer_key(llm: LLMSpec, prompt: str, n: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def point_id(passage_id: str, text: str) -> str:
+    """Id of a passage's point in a vector index (persisted in the database; see :mod:`runner.index`).
+
+    Participates: the passage id and its text. Indexing the same passage again upserts the same point (and
+    is skipped when present); a passage whose text changed gets a new point and its old one is swept.
+    """
+    return content_key("point", passage_id, text)
+
+
+def index_model_key(*, model: dict[str, Any], weights: str) -> str:
+    """Identity of the model that built a vector index (persisted in the collection's metadata).
+
+    Participates: the `model:` section as the index uses it (prefixes, pooling, sequence length, normalisation)
+    and `weights`: the saved model's sha256 for a run, :func:`model_key` or the hub id and revision for a base
+    model. Another key means other vectors: such a collection is refused, never mixed.
+    """
+    return content_key("index-model", model, weights)
+
+
 # ------------------------------------------------------------------------------------------ in-memory keys
 
 
