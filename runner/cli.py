@@ -445,6 +445,7 @@ def _read(fn, db: str | None, *more: str):
 
 main.add_command(cli_index.index)
 main.add_command(cli_index.query)
+main.add_command(cli_index.eval_index)
 
 if __name__ == "__main__":
     main()

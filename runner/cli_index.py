@@ -123,3 +123,49 @@ def query(
         snippet = " ".join(hit.text.split())
         snippet = snippet if len(snippet) <= 100 else snippet[:97] + "..."
         click.echo(f"{rank:>3}. {hit.score:.4f}  {hit.meta.get('passage_id')}  [{where}]\n       {snippet}")
+
+
+@click.command("eval-index")
+@click.argument("target", metavar="RUN_ID|SPEC")
+@to_option
+@set_option
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_index(target: str, uri: str | None, overrides: tuple[str, ...], db: str | None, as_json: bool) -> None:
+    """Score the test split through the vector database's approximate search beside exact search.
+
+    A run's saved model is measured and the figures are stored with the run (shown by `embx show` and the
+    report); a spec's base model is measured and printed. Settings: the spec's eval.index (defaults without).
+    """
+    from runner import store
+
+    setup_logging(False)
+    from runner.index import eval_index as measure
+
+    try:
+        figures, run_id = measure(db or store.default_db(), target, uri=uri or None, overrides=list(overrides))
+    except _bad_input_errors() as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, **figures}, indent=2))
+        return
+    for line in index_eval_lines(figures):
+        click.echo(line)
+    if run_id:
+        click.echo(f"stored with run {run_id} (info.index_eval)")
+
+
+def index_eval_lines(figures: dict) -> list[str]:
+    """The figures of an index evaluation as a few lines of text."""
+    k = figures["k"]
+    size = f"{figures['size_bytes'] / 1e6:.1f} MB" if figures.get("size_bytes") is not None else "n/a (server)"
+    return [
+        f"{figures.get('model', 'model')}: {figures['passages']} passages, {figures['queries']} test queries,"
+        f" {figures['backend']} ({figures['uri']})",
+        f"  exact   ndcg@{k} {figures['exact'][f'ndcg@{k}']:.4f}  recall@{k} {figures['exact'][f'recall@{k}']:.4f}",
+        f"  ANN     ndcg@{k} {figures['ann'][f'ndcg@{k}']:.4f}  recall@{k} {figures['ann'][f'recall@{k}']:.4f}",
+        f"  ANN top-{k} recall vs exact top-{k}: {figures[f'recall_vs_exact@{k}']:.4f}",
+        f"  build {figures['build_seconds']:.2f} s, size {size}, query latency p50 {figures['latency_ms']['p50']:.2f}"
+        f" ms, p95 {figures['latency_ms']['p95']:.2f} ms",
+    ]

@@ -23,7 +23,7 @@ from runner.vectordb import Hit, VectorDBError, VectorIndex, check_name, drop_co
 
 if TYPE_CHECKING:
     from runner.data.passages import Passage
-    from runner.spec import ChunkingSpec, EvalSpec, ModelSpec
+    from runner.spec import ChunkingSpec, EvalSpec, ModelSpec, Spec
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,19 @@ def default_uri(db: str | Path) -> Path:
     return path.with_name(path.stem + SUFFIX)
 
 
+def _target(db: str | Path, target: str, overrides: list[str] | None) -> tuple[Spec, dict[str, Any] | None]:
+    """The spec of a spec file, or of a run (RUN_ID or a unique prefix) with the run itself."""
+    from runner.spec import Spec, load_spec
+
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        return load_spec(target, overrides or []).spec, None
+    try:
+        run = store.get_run(db, target)
+    except KeyError as exc:
+        raise IndexInputError(f"{exc.args[0]} in {db} (give a run id or a spec file)") from None
+    return Spec.model_validate(json.loads(run.get("spec_json") or "{}")), run
+
+
 def index_model(db: str | Path, target: str, *, overrides: list[str] | None = None) -> IndexModel:
     """The model of a run (RUN_ID or a unique prefix: its saved model) or of a spec file (its base model).
 
@@ -96,10 +109,8 @@ def index_model(db: str | Path, target: str, *, overrides: list[str] | None = No
         SpecError: A spec file that does not validate.
 
     """
-    from runner.spec import ChunkingSpec, EvalSpec, ModelSpec, load_spec
-
-    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
-        spec = load_spec(target, overrides or []).spec
+    spec, run = _target(db, target, overrides)
+    if run is None:
         weights = model_key(spec) or f"{spec.model.base}@{spec.model.revision or 'latest'}"
         return IndexModel(
             spec=spec.model,
@@ -113,25 +124,78 @@ def index_model(db: str | Path, target: str, *, overrides: list[str] | None = No
     from runner.export import ExportError, saved_model_path
 
     try:
-        run = store.get_run(db, target)
         folder = saved_model_path(run)
-    except KeyError as exc:
-        raise IndexInputError(f"{exc.args[0]} in {db} (give a run id or a spec file)") from None
     except ExportError as exc:
         raise IndexInputError(str(exc)) from None
-    data = json.loads(run.get("spec_json") or "{}")
-    model = ModelSpec.model_validate(data.get("model") or {"base": str(folder)})
     saved = (run.get("info") or {}).get("saved_model")
     weights = saved.get("sha256") if isinstance(saved, dict) and saved.get("sha256") else str(folder)
     return IndexModel(
-        spec=model,
+        spec=spec.model,
         location=str(folder),
-        key=index_model_key(model=model.model_dump(mode="json"), weights=weights),
+        key=index_model_key(model=spec.model.model_dump(mode="json"), weights=weights),
         label=f"run {run['run_id']}",
         name=run["run_id"],
-        chunking=ChunkingSpec.model_validate(data.get("chunking") or {}),
-        eval=EvalSpec.model_validate(data.get("eval") or {}),
+        chunking=spec.chunking,
+        eval=spec.eval,
     )
+
+
+def eval_index(
+    db: str | Path, target: str, *, uri: str | None = None, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], str | None]:
+    """Score a run's saved model (or a spec's base model) on its test split through the vector database's index.
+
+    The settings are the spec's ``eval.index`` (defaults when it has none); `uri` replaces its database. A run's
+    figures are recorded in its info (``index_eval``); a spec's are only returned.
+
+    Returns:
+        (the figures of :func:`runner.index_eval.evaluate_index`, the run id or None).
+
+    Raises:
+        IndexInputError: An unknown run, or one without a saved model.
+        DataError: The spec's data cannot be loaded.
+        VectorDBError: The database cannot be reached.
+
+    """
+    from runner.data import load_data
+    from runner.evaluate import encode
+    from runner.index_eval import evaluate_index
+    from runner.models import load_model
+    from runner.spec import IndexEvalSpec
+
+    spec, run = _target(db, target, overrides)
+    im = index_model(db, target, overrides=overrides)
+    settings = spec.eval.index or IndexEvalSpec()
+    if uri:
+        settings = settings.model_copy(update={"uri": uri})
+    model = load_model(im.spec, location=im.location)
+    data = load_data(spec, model)
+    qrels = data.split(spec.data.splits.test)
+    ids, qids = list(data.corpus), list(qrels)
+
+    def embed(texts: list[str], what: str):
+        return encode(
+            model,
+            texts,
+            batch_size=spec.eval.batch_size,
+            normalize=spec.model.normalize,
+            description=f"encode {what}",
+            precision=spec.eval.precision,
+        )
+
+    figures = evaluate_index(
+        corpus_ids=ids,
+        corpus_emb=embed([spec.model.passage_prefix + data.corpus[i] for i in ids], "corpus"),
+        query_ids=qids,
+        query_emb=embed([spec.model.query_prefix + data.queries[q] for q in qids], "queries"),
+        qrels=qrels,
+        settings=settings,
+    )
+    figures["model"] = im.label
+    if run is not None:
+        store.record_index_eval(db, run["run_id"], figures)
+        return figures, run["run_id"]
+    return figures, None
 
 
 def _wanted(im: IndexModel, *, dim: int, data: Path) -> dict[str, Any]:

@@ -91,8 +91,8 @@ def model_key(spec: Spec) -> str | None:
 def baseline_key(spec: Spec) -> str:
     """Identity of the base model's evaluation (persisted: ``runs.baseline_key``; later runs reuse its scores).
 
-    Participates: the `model:` section, the fingerprint of the model's files, :func:`data_key` and the whole
-    `eval:` section.
+    Participates: the `model:` section, the fingerprint of the model's files, :func:`data_key` and the
+    `eval:` section except `eval.index` (which measures the tuned model only).
     """
     from runner.models import resolve_model
 
@@ -101,7 +101,8 @@ def baseline_key(spec: Spec) -> str:
     except ValueError:
         location = None
     model = spec.model.model_dump(mode="json")
-    return content_key(model, fingerprint(location), data_key(spec), spec.eval.model_dump(mode="json"))
+    settings = spec.eval.model_dump(mode="json", exclude={"index"})  # eval.index measures the tuned model only
+    return content_key(model, fingerprint(location), data_key(spec), settings)
 
 
 def embedding_cache_path(

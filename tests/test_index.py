@@ -268,10 +268,12 @@ def test_bad_targets_and_unknown_indexes_are_named(tmp_path, tiny_spec, tiny_bei
 
 
 def test_a_runs_saved_model_builds_the_index_and_answers_its_queries(tmp_path, make_spec, tiny_beir):
+    """Also eval.index: the run scores its test split through the index beside exact search, stored and reported."""
     spec = make_spec(
         tmp_path / "run.yaml",
         model={"query_prefix": "query: ", "passage_prefix": "passage: "},
         train={"epochs": 1},
+        eval={"batch_size": 16, "index": {"k": 10}},
         output={"save_model": True, "dir": str(tmp_path / "runs"), "embedding_cache": False},
     )
     db = tmp_path / "r.duckdb"
@@ -285,3 +287,18 @@ def test_a_runs_saved_model_builds_the_index_and_answers_its_queries(tmp_path, m
     assert json.loads(meta["embx_model_spec"])["query_prefix"] == "query: "
     hits = json.loads(cli("query", run_id, "renal stone", "--db", db, "--json").output)["hits"]
     assert len(hits) == 10
+
+    run = store.get_run(db, run_id)
+    figures = run["info"]["index_eval"]
+    assert figures["passages"] == 40 and figures["queries"] > 0
+    assert abs(figures["exact"]["ndcg@10"] - run["metrics"]["tuned"]["ndcg@10"]) < 1e-3  # exact = the run's dense
+    assert figures["recall_vs_exact@10"] == 1.0 and figures["ann"] == figures["exact"]  # 40 points: HNSW is exact
+    assert figures["build_seconds"] > 0 and figures["size_bytes"] > 0 and figures["latency_ms"]["p95"] > 0
+    assert "index_eval" in run["timings"]
+    report = tmp_path / "report.html"
+    assert cli("report", "--db", db, "-o", report).exit_code == 0
+    assert "approximate vs exact search" in report.read_text()
+    again = cli("eval-index", run_id, "--db", db, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["run_id"] == run_id
+    assert store.get_run(db, run_id)["info"]["index_eval"]["model"] == f"run {run_id}"

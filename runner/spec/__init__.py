@@ -26,7 +26,7 @@ from runner.spec.data import (
     Splits,
 )
 from runner.spec.docs import json_schema, reference_markdown
-from runner.spec.eval import EvalSet, EvalSpec
+from runner.spec.eval import EvalSet, EvalSpec, IndexEvalSpec
 from runner.spec.experiment import AblateSpec, MergeSpec, OutputSpec, SearchParam, SearchSpec, Spec
 from runner.spec.files import check_files
 from runner.spec.load import (
@@ -50,6 +50,7 @@ __all__ = [
     "EarlyStopping",
     "EvalSet",
     "EvalSpec",
+    "IndexEvalSpec",
     "LLMSpec",
     "LoadedSpec",
     "MixSource",
