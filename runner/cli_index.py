@@ -141,6 +141,7 @@ def eval_index(target: str, uri: str | None, overrides: tuple[str, ...], db: str
 
     setup_logging(False)
     from runner.index import eval_index as measure
+    from runner.summary import index_eval_lines
 
     try:
         figures, run_id = measure(db or store.default_db(), target, uri=uri or None, overrides=list(overrides))
@@ -154,18 +155,3 @@ def eval_index(target: str, uri: str | None, overrides: tuple[str, ...], db: str
         click.echo(line)
     if run_id:
         click.echo(f"stored with run {run_id} (info.index_eval)")
-
-
-def index_eval_lines(figures: dict) -> list[str]:
-    """The figures of an index evaluation as a few lines of text."""
-    k = figures["k"]
-    size = f"{figures['size_bytes'] / 1e6:.1f} MB" if figures.get("size_bytes") is not None else "n/a (server)"
-    return [
-        f"{figures.get('model', 'model')}: {figures['passages']} passages, {figures['queries']} test queries,"
-        f" {figures['backend']} ({figures['uri']})",
-        f"  exact   ndcg@{k} {figures['exact'][f'ndcg@{k}']:.4f}  recall@{k} {figures['exact'][f'recall@{k}']:.4f}",
-        f"  ANN     ndcg@{k} {figures['ann'][f'ndcg@{k}']:.4f}  recall@{k} {figures['ann'][f'recall@{k}']:.4f}",
-        f"  ANN top-{k} recall vs exact top-{k}: {figures[f'recall_vs_exact@{k}']:.4f}",
-        f"  build {figures['build_seconds']:.2f} s, size {size}, query latency p50 {figures['latency_ms']['p50']:.2f}"
-        f" ms, p95 {figures['latency_ms']['p95']:.2f} ms",
-    ]

@@ -298,6 +298,8 @@ def test_a_runs_saved_model_builds_the_index_and_answers_its_queries(tmp_path, m
     report = tmp_path / "report.html"
     assert cli("report", "--db", db, "-o", report).exit_code == 0
     assert "approximate vs exact search" in report.read_text()
+    shown = cli("show", run_id, "--db", db).output
+    assert "approximate vs exact search" in shown and "ANN top-10 recall vs exact top-10: 1.0000" in shown
     again = cli("eval-index", run_id, "--db", db, "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.output)["run_id"] == run_id
