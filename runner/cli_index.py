@@ -40,6 +40,12 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
 @click.option("--name", default=None, help="Collection name (default: the run id, or <spec name>-base).")
 @click.option("--recreate", is_flag=True, help="Drop the collection first and build it from scratch.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True, help="Passages per write.")
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="HNSW search breadth kept with the index (default 100): wider is closer to exact search, slower.",
+)
 @set_option
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -50,6 +56,7 @@ def index(
     name: str | None,
     recreate: bool,
     batch: int,
+    ef_search: int | None,
     overrides: tuple[str, ...],
     db: str | None,
     as_json: bool,
@@ -66,7 +73,15 @@ def index(
     path = db or store.default_db()
     try:
         report = build_index(
-            path, target, data=data, uri=uri, name=name, recreate=recreate, overrides=list(overrides), batch=batch
+            path,
+            target,
+            data=data,
+            uri=uri,
+            name=name,
+            recreate=recreate,
+            overrides=list(overrides),
+            batch=batch,
+            ef_search=ef_search,
         )
     except _bad_input_errors() as exc:
         click.echo(f"error: {exc}", err=True)

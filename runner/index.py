@@ -262,6 +262,7 @@ def build_index(
     recreate: bool = False,
     overrides: list[str] | None = None,
     batch: int = BATCH,
+    ef_search: int | None = None,
 ) -> IndexReport:
     """Encode a corpus with a run's (or a spec's base) model into a collection; resume and sweep as needed.
 
@@ -274,6 +275,8 @@ def build_index(
         recreate: Drop an existing collection of that name first.
         overrides: ``--set`` strings for a spec target.
         batch: Passages encoded and written at a time.
+        ef_search: HNSW search breadth kept with the collection (None: Chroma's default, 100, for a new one;
+            an existing one keeps its own). Wider finds more of the exact top k and takes longer per query.
 
     Returns:
         What was written.
@@ -299,8 +302,10 @@ def build_index(
     wanted = _wanted(im, dim=dim, data=source)
     if recreate and drop_collection(uri, name):
         log.info("dropped index %s", name)
-    index = open_collection(uri, name, create=True)
+    index = open_collection(uri, name, create=True, hnsw={"ef_search": ef_search} if ef_search else None)
     check_compatible(index, wanted)
+    if ef_search:
+        index.set_ef_search(ef_search)
     index.set_metadata({**wanted, "embx_complete": False, "embx_passages": 0})
     skipped: list = []
     passages = _passages(kind, source, im=im, model=model, skipped=skipped)

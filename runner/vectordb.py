@@ -158,6 +158,10 @@ class VectorIndex(Protocol):
         """Bytes on disk of the database folder (embedded), None for a server."""
         ...
 
+    def set_ef_search(self, ef: int) -> None:
+        """The breadth of later searches (HNSW ef_search), kept with the collection."""
+        ...
+
 
 class ChromaIndex:
     """A Chroma collection (embedded or server) as a :class:`VectorIndex`."""
@@ -220,6 +224,10 @@ class ChromaIndex:
                 found["ids"], found["distances"], found["documents"], found["metadatas"]
             )
         ]
+
+    def set_ef_search(self, ef: int) -> None:
+        """Keep HNSW ef_search `ef` with the collection (Chroma applies it in processes that open it afterwards)."""
+        self.collection.modify(configuration={"hnsw": {"ef_search": ef}})
 
     def size_bytes(self) -> int | None:
         """Bytes on disk of the whole database folder (embedded), None for a server."""

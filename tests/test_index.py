@@ -61,8 +61,12 @@ def test_reindexing_is_idempotent_and_a_changed_passage_replaces_its_point(tmp_p
     report = json.loads(first.output)
     assert report["passages"] == 40 and report["encoded"] == 40 and report["dim"] == 32
     ids = _ids(uri, "tiny")
-    again = json.loads(cli("index", tiny_spec, "--data", beir_copy, "--to", uri, "--name", "tiny", "--json").output)
+    again = cli("index", tiny_spec, "--data", beir_copy, "--to", uri, "--name", "tiny", "--ef-search", 300, "--json")
+    again = json.loads(again.output)
     assert (again["passages"], again["encoded"], again["present"], again["removed"]) == (40, 0, 40, 0)
+    from runner.vectordb import open_collection
+
+    assert open_collection(uri, "tiny").collection.configuration["hnsw"]["ef_search"] == 300
     assert _ids(uri, "tiny") == ids
     lines = (beir_copy / "corpus.jsonl").read_text().splitlines()
     changed = json.loads(lines[0]) | {"text": "An edited passage about the heart."}
