@@ -218,12 +218,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for n in args.sizes:
         try:
-            result["sizes"].append(one_size(n, timeout=args.timeout))
+            done = one_size(n, timeout=args.timeout)
+            result["sizes"].append(done)
         except subprocess.TimeoutExpired:
-            result["not_run"].append({"passages": n, "why": f"a step took over the {args.timeout:.0f} s allowed"})
+            done = {"passages": n, "why": f"a step took over the {args.timeout:.0f} s allowed"}
+            result["not_run"].append(done)
         except RuntimeError as exc:
-            result["not_run"].append({"passages": n, "why": str(exc)})
-        print(json.dumps(result["sizes"][-1:] or result["not_run"][-1:]), flush=True)
+            done = {"passages": n, "why": str(exc)}
+            result["not_run"].append(done)
+        print(json.dumps(done), flush=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     result["encode_rate"] = encode_rate()
     result["load_average_1_5_15_min"]["end"] = [round(x, 2) for x in os.getloadavg()]
