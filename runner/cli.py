@@ -9,40 +9,8 @@ from pathlib import Path
 
 import click
 
-EXIT_BAD_INPUT = 2
-
-db_option = click.option(
-    "--db",
-    "db",
-    default=None,
-    metavar="PATH",
-    help="Results store (default: $EMBX_DB or ./results.duckdb).",
-)
-set_option = click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a spec field, e.g. --set train.learning_rate=1e-5 (repeatable).",
-)
-
-
-def _setup_logging(verbose: bool) -> None:
-    import os
-
-    from rich.logging import RichHandler
-
-    os.environ.setdefault("TQDM_DISABLE", "1")  # library tqdm bars; embx draws its own (rich)
-    from runner.progress import console
-
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
-    logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("transformers", "sentence_transformers", "datasets", "accelerate", "bm25s", "httpx", "openai"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+from runner import cli_index
+from runner.cli_common import EXIT_BAD_INPUT, db_option, set_option, setup_logging
 
 
 def _load(spec_path: str, overrides: tuple[str, ...]):
@@ -118,7 +86,7 @@ def run(
 
     overrides += tuple(f"train.distributed.{k}={v}" for k, v in distributed.items() if v is not None)
     loaded = _load(spec, overrides)
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if loaded.spec.train.distributed.node_rank > 0:
         _follow(loaded.spec)
         return
@@ -172,7 +140,7 @@ def select_cmd(
     from runner import store
 
     loaded = _load(spec, overrides)
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from runner.data.types import DataError
     from runner.select import SelectError, select_models
     from runner.summary import print_selection
@@ -206,7 +174,7 @@ def select_cmd(
 def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: bool) -> None:
     """Run only the data stage: write train.jsonl (FlagEmbedding), a BEIR folder and a data card."""
     loaded = _load(spec, overrides)
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from runner.data.types import DataError
     from runner.pipeline import prepare_data
 
@@ -274,7 +242,7 @@ def search(
     from runner import store
 
     loaded = _load(spec, overrides)
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from runner.search import SearchError, default_storage, run_search, run_worker
     from runner.summary import print_search
 
@@ -446,7 +414,7 @@ def export(
 
     from runner import store
 
-    _setup_logging(False)
+    setup_logging(False)
     from runner.export import ExportError, ParityError, export_run
 
     path = db or store.default_db()
@@ -522,6 +490,10 @@ def _read(fn, db: str | None, *more: str):
             )
     return value
 
+
+main.add_command(cli_index.index)
+main.add_command(cli_index.query)
+main.add_command(cli_index.eval_index)
 
 if __name__ == "__main__":
     main()

@@ -50,7 +50,7 @@ def encode(
     *,
     batch_size: int | None,
     normalize: bool,
-    description: str,
+    description: str | None,
     precision: str = "auto",
 ) -> torch.Tensor:
     """Embed texts on the model's device, longest first, under autocast, with a progress bar.
@@ -60,7 +60,7 @@ def encode(
         texts: Texts, prefixes already applied.
         batch_size: Texts per forward pass (None: by device, see :func:`inference_settings`).
         normalize: L2-normalise the embeddings.
-        description: Label of the progress bar.
+        description: Label of the progress bar (None: no bar, the caller draws its own).
         precision: auto, fp32, bf16 or fp16 autocast (see :func:`inference_settings`).
 
     Returns:
@@ -77,7 +77,8 @@ def encode(
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: torch.Tensor | None = None
     chunk = batch_size * 8
-    with task(description, len(texts)) as (bar, tid), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+    bar_task = task(description or "", len(texts), show=description is not None)
+    with bar_task as (bar, tid), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
             emb = model.encode(

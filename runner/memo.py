@@ -91,8 +91,8 @@ def model_key(spec: Spec) -> str | None:
 def baseline_key(spec: Spec) -> str:
     """Identity of the base model's evaluation (persisted: ``runs.baseline_key``; later runs reuse its scores).
 
-    Participates: the `model:` section, the fingerprint of the model's files, :func:`data_key` and the whole
-    `eval:` section.
+    Participates: the `model:` section, the fingerprint of the model's files, :func:`data_key` and the
+    `eval:` section except `eval.index` (which measures the tuned model only).
     """
     from runner.models import resolve_model
 
@@ -101,7 +101,8 @@ def baseline_key(spec: Spec) -> str:
     except ValueError:
         location = None
     model = spec.model.model_dump(mode="json")
-    return content_key(model, fingerprint(location), data_key(spec), spec.eval.model_dump(mode="json"))
+    settings = spec.eval.model_dump(mode="json", exclude={"index"})  # eval.index measures the tuned model only
+    return content_key(model, fingerprint(location), data_key(spec), settings)
 
 
 def embedding_cache_path(
@@ -167,6 +168,25 @@ def selection_key(*, candidate: dict[str, Any], baseline: str) -> str:
     evaluated (model, model files, data, `eval:`).
     """
     return content_key("select", candidate, baseline)
+
+
+def point_id(passage_id: str, text: str) -> str:
+    """Id of a passage's point in a vector index (persisted in the database; see :mod:`runner.index`).
+
+    Participates: the passage id and its text. Indexing the same passage again upserts the same point (and
+    is skipped when present); a passage whose text changed gets a new point and its old one is swept.
+    """
+    return content_key("point", passage_id, text)
+
+
+def index_model_key(*, model: dict[str, Any], weights: str) -> str:
+    """Identity of the model that built a vector index (persisted in the collection's metadata).
+
+    Participates: the `model:` section as the index uses it (prefixes, pooling, sequence length, normalisation)
+    and `weights`: the saved model's sha256 for a run, :func:`model_key` or the hub id and revision for a base
+    model. Another key means other vectors: such a collection is refused, never mixed.
+    """
+    return content_key("index-model", model, weights)
 
 
 # ------------------------------------------------------------------------------------------ in-memory keys

@@ -218,6 +218,8 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         with timer("merge"):
             tuned, info["merge"] = _merge(spec, base=base_weights, outcome=outcome, scorer=scorer, guards=guards)
     scorer.tuned(tuned, into=scores, timer=timer)
+    if scores.index_eval:
+        info["index_eval"] = scores.index_eval
     if spec.output.save_model != "none":
         info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id)
     result = records.run_result(scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes)

@@ -19,8 +19,11 @@ console = Console(stderr=True)
 
 
 @contextmanager
-def task(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
-    """A transient progress bar; yields (progress, task id) for ``progress.advance(task_id, n)``."""
+def task(description: str, total: int | None, *, show: bool = True) -> Iterator[tuple[Progress, int]]:
+    """A transient progress bar; yields (progress, task id) for ``progress.advance(task_id, n)``.
+
+    With `show` False (or when stderr is not a terminal) nothing is drawn.
+    """
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -29,6 +32,6 @@ def task(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not (show and console.is_terminal),
     ) as progress:
         yield progress, progress.add_task(description, total=total)

@@ -61,6 +61,8 @@ class Scores:
         sets: (set name, stage) -> metrics on an `eval.sets` entry.
         mteb: (stage, split) -> metrics by mteb's evaluation ("test", or "mteb:<task>").
         baseline_from: split -> run id whose base scores were used (this run's, or an earlier one's).
+        index_eval: The tuned model's test split through a vector database's approximate search beside exact
+            search (`eval.index`; see :func:`runner.index_eval.evaluate_index`), empty when not asked for.
 
     """
 
@@ -69,6 +71,7 @@ class Scores:
     sets: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     mteb: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     baseline_from: dict[str, str] = field(default_factory=dict)
+    index_eval: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

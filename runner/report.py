@@ -129,6 +129,17 @@ def _merges(variants: list, main: str) -> list[dict[str, Any]]:
     return out
 
 
+def _index_evals(variants: list) -> list[dict[str, Any]]:
+    """Each ok variant's approximate-vs-exact figures (`eval.index` or `embx eval-index`), newest run's."""
+    out = []
+    for v in variants:
+        found = [(r.get("info") or {}).get("index_eval") for r in v.runs]
+        found = next((f for f in reversed(found) if f), None)
+        if found:
+            out.append({"label": v.label, **found})
+    return out
+
+
 def analyse(data: dict[str, Any]) -> dict[str, Any]:
     """Turn one experiment's stored rows into the report's sections (search trials go to the search part)."""
     searches = [{**study, "charts": search_charts(study)} for study in data.get("studies", [])]
@@ -278,6 +289,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         ),
         "factor_charts": factor_charts(factors, base_model, main) if factors else [],
         "merges": _merges(ok_variants, main),
+        "index_evals": _index_evals(ok_variants),
         "curve_chart": curve_chart(ok_variants, dev_metric),
         "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
         "example_variant": (best or reference).label if (best or reference) else None,

@@ -218,6 +218,10 @@ class RunScorer:
             self.index.embeddings.pop(TUNED, None)
             if self.evaluate_test:
                 into.dense[TEST, TUNED] = self.test(model, label=TUNED)
+        if self.evaluate_test and self.spec.eval.index is not None:
+            with timer("index_eval"):
+                into.index_eval = self._index_eval(model)
+        with timer("eval_tuned"):
             if self.dev is not None:
                 into.dense[DEV, TUNED] = self.dev(model, label=TUNED)
         with timer("retrievers"):
@@ -235,6 +239,30 @@ class RunScorer:
             if self.evaluate_test:
                 into.mteb.update({(TUNED, split): v for split, v in self._mteb(model).items()})
         return into
+
+    def _index_eval(self, model: SentenceTransformer) -> dict[str, Any]:
+        """The tuned model's test split through the vector database's approximate search, beside exact search."""
+        from runner.evaluate import encode
+        from runner.index_eval import evaluate_index
+
+        spec = self.spec
+        qids = list(self.test_qrels)
+        query_emb = encode(
+            model,
+            [spec.model.query_prefix + self.data.queries[q] for q in qids],
+            batch_size=spec.eval.batch_size,
+            normalize=spec.model.normalize,
+            description="encode queries (index eval)",
+            precision=spec.eval.precision,
+        )
+        return evaluate_index(
+            corpus_ids=self.index.ids,
+            corpus_emb=self.index.embeddings[TUNED],
+            query_ids=qids,
+            query_emb=query_emb,
+            qrels=self.test_qrels,
+            settings=spec.eval.index,
+        )
 
     def _other_retrievers(self, model, label: str, dense_run: Callable[[], dict]) -> dict[str, dict[str, float]]:
         """Test metrics of the retrievers besides dense: bm25, hybrid (RRF of dense and bm25) and two-stage.

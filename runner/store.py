@@ -1074,6 +1074,15 @@ def forget_saved_model(db: str | Path, run_id: str, *, reason: str) -> None:
         con.execute("UPDATE runs SET info = ? WHERE run_id = ?", [json.dumps(data, default=str), run_id])
 
 
+def record_index_eval(db: str | Path, run_id: str, figures: dict[str, Any]) -> None:
+    """Record in a run's info the figures of `embx eval-index` (``index_eval``; a later measurement replaces it)."""
+    with connect(db) as con:
+        (info,) = con.execute("SELECT info FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        data = json.loads(info or "{}")
+        data["index_eval"] = figures
+        con.execute("UPDATE runs SET info = ? WHERE run_id = ?", [json.dumps(data, default=str), run_id])
+
+
 def record_export(
     db: str | Path,
     run_id: str,

@@ -131,6 +131,10 @@ def print_run(run: dict[str, Any]) -> None:
     elif isinstance(model, dict):
         state = f"[yellow]{model['removed']}[/]" if model.get("removed") else f"sha256 {model.get('sha256')}"
         out.print(f"model: {model.get('path')} ({state})")
+    if figures := (run.get("info") or {}).get("index_eval"):
+        out.print("approximate vs exact search:", highlight=False)
+        for line in index_eval_lines(figures):
+            out.print(line, highlight=False, markup=False)
     for warning in (run.get("info") or {}).get("warnings", []):
         out.print(f"[bold red]WARNING:[/] {warning}")
 
@@ -206,3 +210,18 @@ def print_selection(result: Any, db: str) -> None:
         out.print(f"tuned candidate [bold]{result.chosen}[/]:")
         print_experiment(result.tuned, db)
     out.print(f"selection recorded in {db}; `embx report` renders it")
+
+
+def index_eval_lines(figures: dict) -> list[str]:
+    """The figures of an index evaluation as a few lines of text."""
+    k = figures["k"]
+    size = f"{figures['size_bytes'] / 1e6:.1f} MB" if figures.get("size_bytes") is not None else "n/a (server)"
+    return [
+        f"{figures.get('model', 'model')}: {figures['passages']} passages, {figures['queries']} test queries,"
+        f" {figures['backend']} ({figures['uri']})",
+        f"  exact   ndcg@{k} {figures['exact'][f'ndcg@{k}']:.4f}  recall@{k} {figures['exact'][f'recall@{k}']:.4f}",
+        f"  ANN     ndcg@{k} {figures['ann'][f'ndcg@{k}']:.4f}  recall@{k} {figures['ann'][f'recall@{k}']:.4f}",
+        f"  ANN top-{k} recall vs exact top-{k}: {figures[f'recall_vs_exact@{k}']:.4f}",
+        f"  build {figures['build_seconds']:.2f} s, size {size}, query latency p50 {figures['latency_ms']['p50']:.2f}"
+        f" ms, p95 {figures['latency_ms']['p95']:.2f} ms",
+    ]

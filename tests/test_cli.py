@@ -147,7 +147,7 @@ def test_ls_without_store(cli, tmp_path):
     assert "no results store" in result.stderr
 
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "datasets")
+HEAVY = ("torch", "transformers", "sentence_transformers", "datasets", "chromadb")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["validate", "SPEC"], ["schema"]])

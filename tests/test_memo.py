@@ -89,3 +89,12 @@ def test_llm_cache_key_is_frozen():
     assert _cache_key(llm, "Write 2 questions about: heart", 2) == (
         "c0e947ef388c9429cd2c33d62ac822976940fb4901fe3c2c89438baabe127b80"
     )
+
+
+def test_vector_index_keys_are_frozen():
+    """Point ids and the model key live in users' vector databases: a change would re-encode or refuse them."""
+    from runner.memo import index_model_key, point_id
+
+    assert point_id("htn-diet", "Reducing dietary sodium") == "9204f27f0972ace6"
+    model = {"base": "all-MiniLM-L6-v2", "max_seq_length": 256}
+    assert index_model_key(model=model, weights="abc") == "cbe9d0db8b4b6374"

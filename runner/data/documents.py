@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,27 @@ def read_documents(folder: str | Path) -> tuple[list[Document], list[Skipped]]:
         DataError: If the folder does not exist or is not a directory.
 
     """
+    skipped: list[Skipped] = []
+    docs = list(iter_documents(folder, skipped))
+    logger.info("read %d documents from %s (%d skipped)", len(docs), folder, len(skipped))
+    return docs, skipped
+
+
+def iter_documents(folder: str | Path, skipped: list[Skipped]) -> Iterator[Document]:
+    """The documents of :func:`read_documents` one at a time (one file in memory); skips go into `skipped`.
+
+    Raises:
+        DataError: If the folder does not exist or is not a directory (before anything is yielded).
+
+    """
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise DataError([f"{root}: documents folder not found (or not a directory)"])
     files = sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
-    docs: list[Document] = []
-    skipped: list[Skipped] = []
+    return _documents(root, files, skipped)
+
+
+def _documents(root: Path, files: list[Path], skipped: list[Skipped]) -> Iterator[Document]:
     for path in files:
         doc_id = path.relative_to(root).as_posix()
         try:
@@ -91,9 +107,7 @@ def read_documents(folder: str | Path) -> tuple[list[Document], list[Skipped]]:
             skipped.append(Skipped(doc_id, f"{type(exc).__name__}: {exc}"))
             continue
         if doc is not None:
-            docs.append(doc)
-    logger.info("read %d documents from %s (%d skipped)", len(docs), root, len(skipped))
-    return docs, skipped
+            yield doc
 
 
 def read_document(path: Path, doc_id: str, skipped: list[Skipped]) -> Document | None:

@@ -27,7 +27,7 @@ from runner.spec.data import (
     Splits,
 )
 from runner.spec.docs import json_schema, reference_markdown
-from runner.spec.eval import EvalSet, EvalSpec
+from runner.spec.eval import EvalSet, EvalSpec, IndexEvalSpec
 from runner.spec.experiment import AblateSpec, MergeSpec, OutputSpec, SearchParam, SearchSpec, Spec
 from runner.spec.files import check_files
 from runner.spec.load import (
@@ -54,6 +54,7 @@ __all__ = [
     "EarlyStopping",
     "EvalSet",
     "EvalSpec",
+    "IndexEvalSpec",
     "LLMSpec",
     "LoadedSpec",
     "LoraSpec",

@@ -24,6 +24,20 @@ class EvalSet(_Model):
     )
 
 
+class IndexEvalSpec(_Model):
+    """Approximate search through a vector database's own index, scored beside exact search (`eval.index`)."""
+
+    uri: str | None = Field(
+        None,
+        description="Vector database to measure: a folder (embedded Chroma) or a server URL http://host:port. "
+        "null: a temporary embedded folder. The collection is built for the measurement and dropped after it.",
+    )
+    k: int = Field(10, ge=1, le=1000, description="Top k compared: NDCG@k and Recall@k of both, ANN recall vs exact.")
+    ef_construction: int = Field(100, ge=1, description="HNSW candidate list size while building (Chroma default).")
+    ef_search: int = Field(100, ge=1, description="HNSW candidate list size while searching (Chroma default).")
+    max_neighbors: int = Field(16, ge=2, description="HNSW links per node, M (Chroma default).")
+
+
 class EvalSpec(_Model):
     """Evaluation of base and tuned models on the held-out split."""
 
@@ -66,6 +80,12 @@ class EvalSpec(_Model):
         description="Further evaluation sets (e.g. the general-domain set the base model was good at), each "
         "scored with dense retrieval over its own corpus and stored as split set:<name>, so a gain on one and a "
         "loss on another are both visible.",
+    )
+    index: IndexEvalSpec | None = Field(
+        None,
+        description="Also score the tuned model's test split through a vector database's approximate (HNSW) search "
+        "beside exact search: NDCG@k and Recall@k of both, ANN recall vs exact, build time, size on disk, query "
+        "latency p50/p95 (stored in the run's info as index_eval, shown in the report). null: not measured.",
     )
     mteb_local: bool = Field(
         False,
