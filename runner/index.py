@@ -109,7 +109,10 @@ def index_model(db: str | Path, target: str, *, overrides: list[str] | None = No
         SpecError: A spec file that does not validate.
 
     """
-    spec, run = _target(db, target, overrides)
+    return _index_model(*_target(db, target, overrides))
+
+
+def _index_model(spec: Spec, run: dict[str, Any] | None) -> IndexModel:
     if run is None:
         weights = model_key(spec) or f"{spec.model.base}@{spec.model.revision or 'latest'}"
         return IndexModel(
@@ -164,7 +167,7 @@ def eval_index(
     from runner.spec import IndexEvalSpec
 
     spec, run = _target(db, target, overrides)
-    im = index_model(db, target, overrides=overrides)
+    im = _index_model(spec, run)
     settings = spec.eval.index or IndexEvalSpec()
     if uri:
         settings = settings.model_copy(update={"uri": uri})

@@ -255,7 +255,7 @@ class RunScorer:
             description="encode queries (index eval)",
             precision=spec.eval.precision,
         )
-        return evaluate_index(
+        figures = evaluate_index(
             corpus_ids=self.index.ids,
             corpus_emb=self.index.embeddings[TUNED],
             query_ids=qids,
@@ -263,6 +263,7 @@ class RunScorer:
             qrels=self.test_qrels,
             settings=spec.eval.index,
         )
+        return {**figures, "model": "tuned model"}
 
     def _other_retrievers(self, model, label: str, dense_run: Callable[[], dict]) -> dict[str, dict[str, float]]:
         """Test metrics of the retrievers besides dense: bm25, hybrid (RRF of dense and bm25) and two-stage.

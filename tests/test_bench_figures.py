@@ -186,3 +186,38 @@ def test_readme_main_job_and_export_figures_are_in_their_files():
     parity = speed["parity"]
     assert f"{parity['ndcg@10_torch']:.4f} and {parity['ndcg@10_exported']:.4f}" in readme
     assert f"top-10 overlap of {parity['top10_overlap']}" in readme
+
+
+def test_readme_index_figures_are_in_their_files():
+    """README.md's approximate-vs-exact table quotes index_eval_medical_tuned_cpu.json and index_eval_base_cpu.json."""
+    readme = (ROOT / "README.md").read_text()
+    tuned = next(
+        iter(json.loads((BENCH / "results" / "index_eval_medical_tuned_cpu.json").read_text())["targets"].values())
+    )
+    base = json.loads((BENCH / "results" / "index_eval_base_cpu.json").read_text())["targets"]
+    rows = {
+        "medical demo, tuned run": tuned,
+        "medical demo, base model": base["specs/medical.yaml"],
+        "financial_qa_10k, base model": base["bench/specs/financial_qa_10k.yaml"],
+    }
+    for label, f in rows.items():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {label} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert cells[:3] == [f"{f['passages']:,}", f"{f['queries']:,}", f"{f['exact']['ndcg@10']:.4f}"], label
+        assert cells[3:7] == [
+            f"{f['ann']['ndcg@10']:.4f}",
+            f"{f['exact']['recall@10']:.4f}",
+            f"{f['ann']['recall@10']:.4f}",
+            f"{f['recall_vs_exact@10']:.4f}",
+        ], label
+        assert cells[7:] == [
+            f"{f['build_seconds']} s",
+            f"{f['size_bytes'] / 1e6:.1f} MB",
+            f"{f['latency_ms']['p50']} / {f['latency_ms']['p95']} ms",
+        ], label
+    fin = base["bench/specs/financial_qa_10k.yaml"]
+    assert f"returns {fin['recall_vs_exact@10']:.4f} of the exact top 10" in readme
+    assert f"costs {fin['exact']['ndcg@10'] - fin['ann']['ndcg@10']:.4f} NDCG@10" in readme
+    assert tuned["exact"]["ndcg@10"] == round(
+        json.loads((BENCH / "results" / "main_job_cpu.json").read_text())["test"]["tuned"]["ndcg@10"], 4
+    )
