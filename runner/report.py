@@ -18,11 +18,11 @@ from typing import Any
 
 from runner import store
 from runner.charts import curve_chart, factor_charts, merge_chart, search_charts
+from runner.stats import ALPHA, paired_test
 
 log = logging.getLogger(__name__)
 
-ALPHA = 0.05
-N_RESAMPLES = 5000
+__all__ = ["build_report", "conclude", "paired_test"]
 
 
 @dataclass
@@ -44,44 +44,8 @@ class VariantStats:
     spec_diff: str = ""
     setting: str = ""
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-
-
-def paired_test(x: list[float], y: list[float]) -> dict[str, float]:
-    """Paired comparison of two systems' per-query scores (y - x).
-
-    Uses scipy: a permutation test that flips the sign of each pair's difference (two-sided) and a
-    bootstrap 95% confidence interval of the mean difference.
-
-    Returns:
-        {"mean_diff", "p_value", "ci_low", "ci_high", "n"}.
-
-    """
-    import numpy as np
-    from scipy import stats
-
-    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    diff = b - a
-    out = {"mean_diff": float(diff.mean()) if len(diff) else 0.0, "n": int(len(diff))}
-    if len(diff) < 2 or np.allclose(diff, 0):
-        return {**out, "p_value": 1.0, "ci_low": out["mean_diff"], "ci_high": out["mean_diff"]}
-    perm = stats.permutation_test(
-        (a, b),
-        lambda u, v, axis: np.mean(v - u, axis=axis),
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=N_RESAMPLES,
-        alternative="two-sided",
-        random_state=0,
-    )
-    boot = stats.bootstrap(
-        (diff,), np.mean, confidence_level=0.95, n_resamples=N_RESAMPLES, method="percentile", random_state=0
-    )
-    return {
-        **out,
-        "p_value": float(perm.pvalue),
-        "ci_low": float(boot.confidence_interval.low),
-        "ci_high": float(boot.confidence_interval.high),
-    }
+    warnings: list[str] = field(default_factory=list)
+    """What its runs warned about (learned nothing, too few queries, worse than base), shown in red."""
 
 
 def conclude(what: str, metric: str, ref_value: float, value: float, test: dict[str, float]) -> str:
@@ -210,6 +174,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         per_repeat = {r.get("repeat", 0): r for r in ok}
         chosen = list(per_repeat.values())
         v.runs = chosen
+        v.warnings = list(dict.fromkeys(w for r in chosen for w in (r.get("info") or {}).get("warnings", [])))
         for stage in ("base", "tuned"):
             names = {n for r in chosen for n in metrics.get(r["run_id"], {}).get(stage, {})}
             values = {
