@@ -18,6 +18,12 @@ db_option = click.option(
     metavar="PATH",
     help="Results store (default: $EMBX_DB or ./results.duckdb).",
 )
+device_option = click.option(
+    "--device",
+    default=None,
+    metavar="cpu|cuda|cuda:N|mps",
+    help="Device to run on (default: cuda, then mps, then cpu).",
+)
 set_option = click.option(
     "--set",
     "overrides",
@@ -28,21 +34,54 @@ set_option = click.option(
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Log lines through rich on a terminal; with a timestamp each, unwrapped, when stderr is a file or a pipe."""
     import os
-
-    from rich.logging import RichHandler
 
     os.environ.setdefault("TQDM_DISABLE", "1")  # library tqdm bars; embx draws its own (rich)
     from runner.progress import console
 
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+    else:  # nohup, SLURM, CI logs: one plain line per record, with its time
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler])
     logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("transformers", "sentence_transformers", "datasets", "accelerate", "bm25s", "httpx", "openai"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _use_device(device: str | None) -> None:
+    """Run on `device`; exit 2 for a name that is not one, or a device this machine does not have.
+
+    Before torch is imported, cuda:N makes GPU N the one this process sees, so everything that says "cuda" uses it.
+    """
+    import os
+    import re
+
+    if device is None:
+        return
+    found = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", device)
+    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
+        click.echo(f"error: --device {device}: expected cpu, cuda, cuda:N or mps", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if found.group(2) is not None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(int(found.group(2)) + 1)]
+        if int(found.group(2)) >= len(ids):
+            click.echo(f"error: --device {device}: CUDA_VISIBLE_DEVICES={visible} has {len(ids)} GPU(s)", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(found.group(2))]
+    os.environ["EMBX_DEVICE"] = found.group(1)
+    from runner.device import pick_device
+
+    try:
+        pick_device()
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _load(spec_path: str, overrides: tuple[str, ...]):
@@ -87,6 +126,36 @@ def validate(specs: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.argument("target", type=click.Path(exists=True))
+@click.option(
+    "-o", "--output", default=None, type=click.Path(dir_okay=False), help="Spec to write (default: NAME.yaml)."
+)
+@click.option("--base", default="all-MiniLM-L6-v2", show_default=True, help="Base model: alias, folder or hub id.")
+@click.option("--eval", "eval_path", default=None, type=click.Path(file_okay=False), help="BEIR folder (JSONL data).")
+@click.option("--force", is_flag=True, help="Overwrite an existing spec.")
+def init(target: str, output: str | None, base: str, eval_path: str | None, force: bool) -> None:
+    """Write a commented spec for TARGET: a folder of documents, a BEIR folder or a FlagEmbedding JSONL file."""
+    from runner.scaffold import InitError, init_spec
+    from runner.spec import SpecError
+
+    try:
+        done = init_spec(target, output=output, base=base, eval_path=eval_path, force=force)
+    except (InitError, SpecError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    plan, found = done.recipe, done.found
+    counts = ", ".join(f"{v} {k}" for k, v in found.counts.items())
+    click.echo(f"{found.source}: {counts}")
+    for note in found.notes:
+        click.echo(f"note: {note}")
+    click.echo(
+        f"wrote {done.path}: ~{found.train_pairs} training pairs, batch {plan.batch_size}, {plan.epochs} epoch(s) of"
+        f" {plan.steps_per_epoch} step(s), {plan.negatives} negatives"
+    )
+    click.echo(f"next: embx run {done.path}")
+
+
+@main.command()
 @click.option("--markdown", is_flag=True, help="Print the spec reference as Markdown tables instead.")
 def schema(markdown: bool) -> None:
     """Print the JSON Schema of spec files (for editor completion)."""
@@ -100,14 +169,23 @@ def schema(markdown: bool) -> None:
 @set_option
 @db_option
 @click.option("--force", is_flag=True, help="Rerun ablation variants that already have an ok run.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (as `embx plan`) and run nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Training processes on this machine (torchrun).")
 @click.option("--nnodes", type=click.IntRange(min=1), help="Machines taking part in training.")
 @click.option("--node-rank", type=click.IntRange(min=0), help="This machine's rank (0: the one that records).")
 @click.option("--master-addr", help="Address of the node-rank 0 machine.")
 @click.option("--master-port", type=click.IntRange(1, 65535), help="Free TCP port on the node-rank 0 machine.")
+@device_option
 def run(
-    spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verbose: bool, **distributed: object
+    spec: str,
+    overrides: tuple[str, ...],
+    db: str | None,
+    force: bool,
+    dry_run: bool,
+    verbose: bool,
+    device: str | None,
+    **distributed: object,
 ) -> None:
     """Fine-tune and evaluate as SPEC says (every ablation variant); record each run in the store.
 
@@ -118,7 +196,11 @@ def run(
 
     overrides += tuple(f"train.distributed.{k}={v}" for k, v in distributed.items() if v is not None)
     loaded = _load(spec, overrides)
+    _use_device(device)
     _setup_logging(verbose)
+    if dry_run:
+        _plan(loaded, db, force=force)
+        return
     if loaded.spec.train.distributed.node_rank > 0:
         _follow(loaded.spec)
         return
@@ -175,6 +257,34 @@ def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: 
     )
     for note in card["checks"].get("notes", []):
         click.echo(f"check: {note}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@db_option
+@click.option("--force", is_flag=True, help="Plan to rerun variants that already have an ok run.")
+@device_option
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def plan(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, device: str | None, verbose: bool) -> None:
+    """What `embx run SPEC` would do: variants (and which are done), data sizes, steps, time per stage."""
+    loaded = _load(spec, overrides)
+    _use_device(device)
+    _setup_logging(verbose)
+    _plan(loaded, db, force=force)
+
+
+def _plan(loaded, db: str | None, *, force: bool) -> None:
+    from runner import store
+    from runner.data.types import DataError
+    from runner.plan import make_plan
+    from runner.summary import print_plan
+
+    try:
+        print_plan(make_plan(loaded, db or store.default_db(), force=force))
+    except (DataError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _recorded(exc: BaseException, sep: str = "\n") -> str:

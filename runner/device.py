@@ -7,9 +7,22 @@ from __future__ import annotations
 
 
 def pick_device() -> str:
-    """The best available torch device: cuda, then mps, then cpu."""
+    """The device `$EMBX_DEVICE` names (set by `--device`), else the best available: cuda, then mps, then cpu.
+
+    Raises:
+        ValueError: When the named device is not available here.
+
+    """
+    import os
+
     import torch
 
+    wanted = os.environ.get("EMBX_DEVICE")
+    if wanted:
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        if (wanted == "cuda" and not torch.cuda.is_available()) or (wanted == "mps" and not mps):
+            raise ValueError(f"device {wanted} was asked for (--device / EMBX_DEVICE), but it is not available here")
+        return wanted
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -20,15 +20,19 @@ console = Console(stderr=True)
 
 @contextmanager
 def task(description: str, total: int | None) -> Iterator[tuple[Progress, int]]:
-    """A transient progress bar; yields (progress, task id) for ``progress.advance(task_id, n)``."""
+    """A transient progress bar; yields (progress, task id) for ``progress.advance(task_id, n)``.
+
+    ``progress.update(task_id, note="loss 0.41")`` shows a note after the bar (the training loss).
+    """
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
         console=console,
         transient=True,
         disable=not console.is_terminal,
     ) as progress:
-        yield progress, progress.add_task(description, total=total)
+        yield progress, progress.add_task(description, total=total, note="")
