@@ -54,31 +54,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _use_device(device: str | None) -> None:
-    """Run on `device`; exit 2 for a name that is not one, or a device this machine does not have.
-
-    Before torch is imported, cuda:N makes GPU N the one this process sees, so everything that says "cuda" uses it.
-    """
-    import os
-    import re
-
+    """Run on `device` (see :func:`runner.device.use_device`); exit 2 for a bad name or a missing device."""
     if device is None:
         return
-    found = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", device)
-    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
-        click.echo(f"error: --device {device}: expected cpu, cuda, cuda:N or mps", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    if found.group(2) is not None:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(int(found.group(2)) + 1)]
-        if int(found.group(2)) >= len(ids):
-            click.echo(f"error: --device {device}: CUDA_VISIBLE_DEVICES={visible} has {len(ids)} GPU(s)", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[int(found.group(2))]
-    os.environ["EMBX_DEVICE"] = found.group(1)
-    from runner.device import pick_device
+    from runner.device import use_device
 
     try:
-        pick_device()
+        use_device(device)
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -143,16 +125,9 @@ def init(target: str, output: str | None, base: str, eval_path: str | None, forc
     except (InitError, SpecError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    plan, found = done.recipe, done.found
-    counts = ", ".join(f"{v} {k}" for k, v in found.counts.items())
-    click.echo(f"{found.source}: {counts}")
-    for note in found.notes:
-        click.echo(f"note: {note}")
-    click.echo(
-        f"wrote {done.path}: ~{found.train_pairs} training pairs, batch {plan.batch_size}, {plan.epochs} epoch(s) of"
-        f" {plan.steps_per_epoch} step(s), {plan.negatives} negatives"
-    )
-    click.echo(f"next: embx run {done.path}")
+    from runner.summary import print_init
+
+    print_init(done)
 
 
 @main.command()

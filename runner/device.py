@@ -30,6 +30,32 @@ def pick_device() -> str:
     return "cpu"
 
 
+def use_device(name: str) -> None:
+    """Make this process run on `name` (cpu, cuda, cuda:N or mps): `pick_device` then returns it.
+
+    Call it before torch is imported: cuda:N makes GPU N (of those CUDA_VISIBLE_DEVICES lists) the only one
+    this process sees, so everything that says "cuda" uses it.
+
+    Raises:
+        ValueError: For a name that is not a device, or a device this machine does not have.
+
+    """
+    import os
+    import re
+
+    found = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", name)
+    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or mps")
+    if found.group(2) is not None:
+        index, visible = int(found.group(2)), os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(index + 1)]
+        if index >= len(ids):
+            raise ValueError(f"--device {name}: CUDA_VISIBLE_DEVICES={visible} lists {len(ids)} GPU(s)")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[index]
+    os.environ["EMBX_DEVICE"] = found.group(1)
+    pick_device()  # raises when it is not there
+
+
 def describe_device(device: str) -> str:
     """Human-readable device, e.g. ``cuda: NVIDIA H100 80GB HBM3`` or ``cpu: 2 threads``."""
     import torch

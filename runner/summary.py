@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -154,6 +155,25 @@ def print_run(run: dict[str, Any]) -> None:
         out.print(f"model: {model.get('path')} ({state})")
     for warning in (run.get("info") or {}).get("warnings", []):
         out.print(f"[bold red]WARNING:[/] {warning}")
+    if run.get("train_log"):
+        out.print("training log: " + "; ".join(_epoch_lines(run["train_log"])), highlight=False)
+    if run.get("spec_text"):
+        out.print("spec:", highlight=False)
+        out.print(run["spec_text"].rstrip(), markup=False, highlight=False)
+
+
+def _epoch_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per epoch: the mean logged training loss and the dev metrics scored after it (epoch 0: the base model)."""
+    epochs: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        epoch = max(0, math.ceil(row["epoch"]))
+        if row["name"] == "loss" or row["name"].startswith("dev_"):
+            epochs.setdefault(epoch, {}).setdefault(row["name"], []).append(row["value"])
+    return [
+        f"epoch {epoch}: "
+        + ", ".join(f"{name.replace('_', ' ', 1)} {sum(v) / len(v):.4f}" for name, v in sorted(names.items()))
+        for epoch, names in sorted(epochs.items())
+    ]
 
 
 def print_experiment(result: Any, db: str) -> None:
@@ -222,3 +242,20 @@ def print_plan(plan: Any) -> None:
     out.print(f"{len(todo)} run(s) to do, {len(plan.runs) - len(todo)} done; estimated {_duration(plan.total_seconds)}")
     for note in plan.notes:
         out.print(f"note: {note}")
+
+
+def print_init(done: Any) -> None:
+    """`embx init`: what was found, the recipe, where the spec went and the next command."""
+    plan, found = done.recipe, done.found
+    out.print(
+        f"{found.source}: " + ", ".join(f"{v} {k}" for k, v in found.counts.items()), highlight=False, markup=False
+    )
+    for note in found.notes:
+        out.print(f"note: {note}", highlight=False, markup=False)
+    out.print(
+        f"wrote {done.path}: ~{found.train_pairs} training pairs, batch {plan.batch_size}, {plan.epochs} epoch(s) of"
+        f" {plan.steps_per_epoch} step(s), {plan.negatives} negatives",
+        highlight=False,
+        markup=False,
+    )
+    out.print(f"next: embx run {done.path}", highlight=False, markup=False)

@@ -41,6 +41,10 @@ def test_a_piped_run_has_timestamps_no_wrapping_and_names_its_model(write_spec, 
     path = model.split()[1]
     assert Path(path).is_dir() and (Path(path) / "modules.json").is_file()
     assert out[-1].startswith("run ") and out[-2] == model  # the saved model in the final lines
+    run_id = out[-1].split()[1]
+    shown = cli("show", run_id, "--db", tmp_path / "r.duckdb").stdout
+    assert re.search(r"training log: epoch 0: dev map@100 0\.\d+, .*; epoch 1: dev map@100 .* loss \d", shown)
+    assert "spec:\n" in shown and spec.read_text().rstrip() in shown
 
 
 def _ls_at(width: int, runs: list[dict], monkeypatch) -> list[str]:
