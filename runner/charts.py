@@ -12,6 +12,7 @@ def _pyplot():
 
     matplotlib.use("Agg")
     matplotlib.rcParams["text.parse_math"] = False
+    matplotlib.rcParams["svg.fonttype"] = "none"  # labels stay text: the browser draws them, a reader can find them
     import matplotlib.pyplot as plt
 
     return plt
@@ -28,53 +29,83 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]
 
 
-def factor_charts(factors: dict[str, list[tuple[str, float, bool]]], base_model: float | None, main: str) -> list:
-    """One bar chart per factor: tuned main metric by value (the reference value highlighted)."""
+def factor_charts(factors: dict[str, list[tuple]], base_model: float | None, main: str) -> list:
+    """One chart per factor: the tuned main metric by value, each with its 95% interval (the reference highlighted).
+
+    Points, not bars: the axis is zoomed to the values and intervals, which a bar starting below zero would
+    misstate. Each point is (label, value, is reference, interval low, interval high).
+    """
     plt = _pyplot()
 
     charts = []
     for factor, points in factors.items():
         fig, ax = plt.subplots(figsize=(4.2, 2.8))
-        labels = [p[0] for p in points]
-        values = [p[1] for p in points]
-        colours = ["#1f6feb" if p[2] else "#8c959f" for p in points]
-        ax.bar(range(len(points)), values, color=colours)
-        for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        for i, (_, value, is_ref, low, high) in enumerate(points):
+            colour = "#1f6feb" if is_ref else "#57606a"
+            ax.errorbar(
+                [i], [value], yerr=[[value - low], [high - value]], fmt="o", color=colour, capsize=4, markersize=6
+            )
+            ax.annotate(f"{value:.3f}", (i, value), xytext=(7, -3), textcoords="offset points", fontsize=8)
+        spots = [v for p in points for v in (p[1], p[3], p[4])]
         if base_model is not None:
-            ax.axhline(base_model, color="#cf222e", linestyle="--", linewidth=1, label="base model")
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set_xticks(range(len(points)), labels, fontsize=8)
+            ax.axhline(base_model, color="#cf222e", linestyle="--", linewidth=1, label=f"base model {base_model:.3f}")
+            ax.legend(fontsize=7, loc="best")
+            spots.append(base_model)
+        pad = max(0.01, 0.15 * (max(spots) - min(spots)))
+        ax.set_ylim(max(0.0, min(spots) - pad), min(1.0, max(spots) + pad))
+        ax.set_xlim(-0.5, len(points) - 0.5)
+        ax.set_xticks(range(len(points)), [p[0] for p in points], fontsize=8)
         ax.set_ylabel(f"test {main}", fontsize=8)
-        low = min([*values, base_model or values[0]])
-        ax.set_ylim(max(0.0, low - 0.1), min(1.0, max(values) + 0.05))
         ax.set_title(factor, fontsize=9)
         charts.append({"title": factor, "svg": _svg(fig)})
     return charts
 
 
 def curve_chart(variants: list, dev_metric: str) -> str | None:
-    """Training loss and dev metric per epoch for each variant (overfitting shows as loss down, dev flat)."""
+    """Training loss and dev metric per epoch for each variant, the epoch each kept marked.
+
+    Overfitting shows as loss down, dev flat. With fewer than two logged losses there is no curve to draw, and
+    the chart says so instead of showing an empty frame.
+    """
     plt = _pyplot()
 
-    if not any(v.curves.get("loss") for v in variants):
+    if not any(v.curves.get("loss") or v.curves.get("dev") for v in variants):
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    short = []
     for v in variants:
-        if v.curves.get("loss"):
-            xs, ys = zip(*v.curves["loss"])
+        loss = v.curves.get("loss") or []
+        if len(loss) >= 2:
+            xs, ys = zip(*loss)
             left.plot(xs, ys, label=v.label, linewidth=1)
+        else:
+            short.append(f"{v.label}: {len(loss)} loss point(s)")
         if v.curves.get("dev"):
             xs, ys = zip(*v.curves["dev"])
-            right.plot(xs, ys, marker="o", label=v.label, linewidth=1)
+            (line,) = right.plot(xs, ys, marker="o", markersize=3, label=v.label, linewidth=1)
+            chosen = dict(v.curves["dev"]).get(v.best_epoch) if v.best_epoch is not None else None
+            if chosen is not None:
+                right.scatter([v.best_epoch], [chosen], marker="*", s=160, color=line.get_color(), zorder=4)
+    if short:
+        left.text(
+            0.5,
+            0.5,
+            "too little training to draw a curve\n" + "\n".join(short[:4]),
+            ha="center",
+            va="center",
+            transform=left.transAxes,
+            fontsize=8,
+        )
     left.set_title("training loss", fontsize=9)
     left.set_xlabel("epoch", fontsize=8)
-    right.set_title(f"dev {dev_metric} (epoch 0 = base model)", fontsize=9)
+    right.set_title(f"dev {dev_metric} (epoch 0 = base model; \u2605 = epoch kept)", fontsize=9)
     right.set_xlabel("epoch", fontsize=8)
+    right.xaxis.get_major_locator().set_params(integer=True)
     if right.lines:
         right.legend(fontsize=7)
     else:
-        left.legend(fontsize=7)
+        if left.lines:
+            left.legend(fontsize=7)
         right.text(0.5, 0.5, "no dev split", ha="center", va="center", transform=right.transAxes, fontsize=8)
     return _svg(fig)
 

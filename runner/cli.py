@@ -10,7 +10,20 @@ from pathlib import Path
 import click
 
 from runner import cli_index
-from runner.cli_common import EXIT_BAD_INPUT, db_option, set_option, setup_logging
+from runner.cli_common import EXIT_BAD_INPUT, db_option, device_option, set_option, setup_logging
+
+
+def _use_device(device: str | None) -> None:
+    """Run on `device` (see :func:`runner.device.use_device`); exit 2 for a bad name or a missing device."""
+    if device is None:
+        return
+    from runner.device import use_device
+
+    try:
+        use_device(device)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _load(spec_path: str, overrides: tuple[str, ...]):
@@ -55,6 +68,29 @@ def validate(specs: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.argument("target", type=click.Path(exists=True))
+@click.option(
+    "-o", "--output", default=None, type=click.Path(dir_okay=False), help="Spec to write (default: NAME.yaml)."
+)
+@click.option("--base", default="all-MiniLM-L6-v2", show_default=True, help="Base model: alias, folder or hub id.")
+@click.option("--eval", "eval_path", default=None, type=click.Path(file_okay=False), help="BEIR folder (JSONL data).")
+@click.option("--force", is_flag=True, help="Overwrite an existing spec.")
+def init(target: str, output: str | None, base: str, eval_path: str | None, force: bool) -> None:
+    """Write a commented spec for TARGET: a folder of documents, a BEIR folder or a FlagEmbedding JSONL file."""
+    from runner.scaffold import InitError, init_spec
+    from runner.spec import SpecError
+
+    try:
+        done = init_spec(target, output=output, base=base, eval_path=eval_path, force=force)
+    except (InitError, SpecError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    from runner.summary import print_init
+
+    print_init(done)
+
+
+@main.command()
 @click.option("--markdown", is_flag=True, help="Print the spec reference as Markdown tables instead.")
 def schema(markdown: bool) -> None:
     """Print the JSON Schema of spec files (for editor completion)."""
@@ -68,14 +104,23 @@ def schema(markdown: bool) -> None:
 @set_option
 @db_option
 @click.option("--force", is_flag=True, help="Rerun ablation variants that already have an ok run.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (as `embx plan`) and run nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), help="Training processes on this machine (torchrun).")
 @click.option("--nnodes", type=click.IntRange(min=1), help="Machines taking part in training.")
 @click.option("--node-rank", type=click.IntRange(min=0), help="This machine's rank (0: the one that records).")
 @click.option("--master-addr", help="Address of the node-rank 0 machine.")
 @click.option("--master-port", type=click.IntRange(1, 65535), help="Free TCP port on the node-rank 0 machine.")
+@device_option
 def run(
-    spec: str, overrides: tuple[str, ...], db: str | None, force: bool, verbose: bool, **distributed: object
+    spec: str,
+    overrides: tuple[str, ...],
+    db: str | None,
+    force: bool,
+    dry_run: bool,
+    verbose: bool,
+    device: str | None,
+    **distributed: object,
 ) -> None:
     """Fine-tune and evaluate as SPEC says (every ablation variant); record each run in the store.
 
@@ -86,7 +131,11 @@ def run(
 
     overrides += tuple(f"train.distributed.{k}={v}" for k, v in distributed.items() if v is not None)
     loaded = _load(spec, overrides)
+    _use_device(device)
     setup_logging(verbose)
+    if dry_run:
+        _plan(loaded, db, force=force)
+        return
     if loaded.spec.train.distributed.node_rank > 0:
         _follow(loaded.spec)
         return
@@ -191,6 +240,34 @@ def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: 
     )
     for note in card["checks"].get("notes", []):
         click.echo(f"check: {note}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@set_option
+@db_option
+@click.option("--force", is_flag=True, help="Plan to rerun variants that already have an ok run.")
+@device_option
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def plan(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, device: str | None, verbose: bool) -> None:
+    """What `embx run SPEC` would do: variants (and which are done), data sizes, steps, time per stage."""
+    loaded = _load(spec, overrides)
+    _use_device(device)
+    setup_logging(verbose)
+    _plan(loaded, db, force=force)
+
+
+def _plan(loaded, db: str | None, *, force: bool) -> None:
+    from runner import store
+    from runner.data.types import DataError
+    from runner.plan import make_plan
+    from runner.summary import print_plan
+
+    try:
+        print_plan(make_plan(loaded, db or store.default_db(), force=force))
+    except (DataError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _recorded(exc: BaseException, sep: str = "\n") -> str:

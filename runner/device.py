@@ -7,14 +7,53 @@ from __future__ import annotations
 
 
 def pick_device() -> str:
-    """The best available torch device: cuda, then mps, then cpu."""
+    """The device `$EMBX_DEVICE` names (set by `--device`), else the best available: cuda, then mps, then cpu.
+
+    Raises:
+        ValueError: When the named device is not available here.
+
+    """
+    import os
+
     import torch
 
+    wanted = os.environ.get("EMBX_DEVICE")
+    if wanted:
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        if (wanted == "cuda" and not torch.cuda.is_available()) or (wanted == "mps" and not mps):
+            raise ValueError(f"device {wanted} was asked for (--device / EMBX_DEVICE), but it is not available here")
+        return wanted
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def use_device(name: str) -> None:
+    """Make this process run on `name` (cpu, cuda, cuda:N or mps): `pick_device` then returns it.
+
+    Call it before torch is imported: cuda:N makes GPU N (of those CUDA_VISIBLE_DEVICES lists) the only one
+    this process sees, so everything that says "cuda" uses it.
+
+    Raises:
+        ValueError: For a name that is not a device, or a device this machine does not have.
+
+    """
+    import os
+    import re
+
+    found = re.fullmatch(r"(cpu|mps|cuda)(?::(\d+))?", name)
+    if not found or (found.group(2) is not None and found.group(1) != "cuda"):
+        raise ValueError(f"--device {name}: expected cpu, cuda, cuda:N or mps")
+    if found.group(2) is not None:
+        index, visible = int(found.group(2)), os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(i) for i in range(index + 1)]
+        if index >= len(ids):
+            raise ValueError(f"--device {name}: CUDA_VISIBLE_DEVICES={visible} lists {len(ids)} GPU(s)")
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[index]
+    os.environ["EMBX_DEVICE"] = found.group(1)
+    pick_device()  # raises when it is not there
 
 
 def describe_device(device: str) -> str:

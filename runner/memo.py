@@ -4,7 +4,8 @@ Every piece of work that two runs (ablation variants, search trials, repeats) ca
 that names exactly what the work depends on, so a variant that changes one input gets its own entry and a
 variant that changes nothing relevant reuses it. Each function below documents what participates.
 
-Some keys are persisted and frozen by golden tests (tests/test_memo.py): the spec hash (in `runner.spec`),
+Some keys are persisted and frozen by golden tests (tests/test_memo.py): the spec hash (in `runner.spec`; paths
+written relative in a spec file take part relative to it, so it is the same in another folder),
 :func:`data_key`, :func:`model_key`, :func:`baseline_key` (store rows), :func:`embedding_cache_path` (files
 under ``output.dir/embeddings``) and :func:`llm_answer_key` (lines of the LLM answer cache). Changing what
 participates in one of them orphans users' stores or caches: do it only on purpose. The other keys live only

@@ -142,3 +142,16 @@ def embedding_dim(model: SentenceTransformer) -> int:
 def weights_copy(module) -> dict:
     """A CPU copy of a module's state dict (a model's weights at one moment: the best epoch, the base of a merge)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def weights_fingerprint(module) -> list[float]:
+    """Sum and sum of squares of every parameter (float64, on its device): equal lists, unchanged weights.
+
+    Cheap enough to take before and after training on any model (one pass, one copy to the host at the end),
+    where a full copy of the weights would double the memory a large model needs.
+    """
+    import torch
+
+    with torch.no_grad():
+        parts = [torch.stack([p.double().sum(), p.double().square().sum()]) for p in module.parameters()]
+        return torch.cat(parts).cpu().tolist() if parts else []

@@ -9,6 +9,7 @@ writes its own `info` section.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import records, store
+from runner.learned import check_splits, check_training
 from runner.memo import Memo, baseline_key, data_key
+from runner.models import weights_fingerprint
 from runner.records import RunResult
 from runner.scoring import RunScorer
 from runner.spec import LoadedSpec, Spec
@@ -210,9 +213,20 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         info["data"]["mix"] = training.mix_info(spec)
         info["data"]["train_pairs"] = len(pairs)
     base_weights = _snapshot(model) if spec.merge else None
+    base_print = weights_fingerprint(model)
     with timer("train"):
         outcome = _train(run, model=model, pairs=pairs, scorer=scorer)
     info["train"] = _train_info(spec, outcome)
+    steps_per_epoch = outcome.details.get("steps_per_epoch") or math.ceil(
+        len(pairs) / (spec.train.batch_size * spec.train.distributed.world_size)
+    )
+    info["learned"], notes = check_training(
+        spec,
+        steps=outcome.steps,
+        steps_per_epoch=steps_per_epoch,
+        base_weights=base_print,
+        tuned_weights=weights_fingerprint(outcome.model),
+    )
     tuned = outcome.model
     if spec.merge:
         with timer("merge"):
@@ -222,7 +236,10 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         info["index_eval"] = scores.index_eval
     if spec.output.save_model != "none":
         info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id)
-    result = records.run_result(scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes)
+    info["measurable"], split_notes = check_splits(spec, scores)
+    result = records.run_result(
+        scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes + notes + split_notes
+    )
     info["warnings"] = result.warnings
     info["dataset"] = dataset = data_key(spec)  # fingerprints the data files: once
     rows = records.results_rows(
@@ -387,7 +404,8 @@ def run_experiment(
     out, memo = ExperimentResult(), Memo()
     with _follower_session(loaded.spec):
         for variant in variants:
-            done = None if force else store.find_ok_run(db, variant.spec.spec_hash())
+            hashes = (variant.spec.spec_hash(), variant.spec.legacy_spec_hash())  # and runs hashed with absolute paths
+            done = None if force else store.find_ok_run(db, *hashes)
             if done:
                 out.skipped.append((variant.label, done))
                 log.info("skip %s (repeat %d): run %s is already ok", variant.label, variant.repeat, done)

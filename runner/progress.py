@@ -22,7 +22,8 @@ console = Console(stderr=True)
 def task(description: str, total: int | None, *, show: bool = True) -> Iterator[tuple[Progress, int]]:
     """A transient progress bar; yields (progress, task id) for ``progress.advance(task_id, n)``.
 
-    With `show` False (or when stderr is not a terminal) nothing is drawn.
+    With `show` False (or when stderr is not a terminal) nothing is drawn. ``progress.update(task_id,
+    note="loss 0.41")`` shows a note after the bar (the training loss).
     """
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -30,8 +31,9 @@ def task(description: str, total: int | None, *, show: bool = True) -> Iterator[
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
         console=console,
         transient=True,
         disable=not (show and console.is_terminal),
     ) as progress:
-        yield progress, progress.add_task(description, total=total)
+        yield progress, progress.add_task(description, total=total, note="")

@@ -21,9 +21,9 @@ from runner.charts import curve_chart, factor_charts, merge_chart, search_charts
 from runner.selection import is_selection_run, selection_cells, selection_table
 from runner.stats import ALPHA, paired_test
 
-__all__ = ["ALPHA", "analyse", "build_report", "conclude", "paired_test"]
-
 log = logging.getLogger(__name__)
+
+__all__ = ["ALPHA", "analyse", "build_report", "conclude", "paired_test"]
 
 
 @dataclass
@@ -45,6 +45,10 @@ class VariantStats:
     spec_diff: str = ""
     setting: str = ""
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What its runs warned about (learned nothing, too few queries, worse than base), shown in red."""
+    best_epoch: int | None = None
+    """The epoch whose weights were kept (marked on the dev curve)."""
 
 
 def conclude(what: str, metric: str, ref_value: float, value: float, test: dict[str, float]) -> str:
@@ -185,6 +189,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         per_repeat = {r.get("repeat", 0): r for r in ok}
         chosen = list(per_repeat.values())
         v.runs = chosen
+        v.warnings = list(dict.fromkeys(w for r in chosen for w in (r.get("info") or {}).get("warnings", [])))
         for stage in ("base", "tuned"):
             names = {n for r in chosen for n in metrics.get(r["run_id"], {}).get(stage, {})}
             values = {
@@ -201,6 +206,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         log_rows = logs.get(chosen[0]["run_id"], [])
         v.curves["loss"] = [(r["epoch"], r["value"]) for r in log_rows if r["name"] == "loss"]
         v.curves["dev"] = sorted((r["epoch"], r["value"]) for r in log_rows if r["name"] == f"dev_{dev_metric}")
+        v.best_epoch = ((chosen[0].get("info") or {}).get("train") or {}).get("best_epoch")
         variants.append(v)
 
     reference = next((v for v in variants if v.label == "base" and v.status == "ok"), None)
@@ -239,10 +245,11 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
             v.conclusion = conclude(
                 what or v.label, main, reference.tuned.get(main, 0.0), v.tuned.get(main, 0.0), v.test
             )
+            ref_value = reference.tuned.get(main, 0.0)
             for k, val in v.changes.items():
                 if len(v.changes) == 1:
-                    factors.setdefault(k, [(f"{_value_at(ref_spec, k)} (ref)", reference.tuned.get(main, 0.0), True)])
-                    factors[k].append((str(val), v.tuned.get(main, 0.0), False))
+                    factors.setdefault(k, [_point(f"{_value_at(ref_spec, k)} (ref)", ref_value, True, reference.test)])
+                    factors[k].append((str(val), v.tuned.get(main, 0.0), False, *_around(ref_value, v.test)))
         for v in variants:
             if v.status != "ok":
                 continue
@@ -294,12 +301,53 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
         "example_variant": (best or reference).label if (best or reference) else None,
         "n_runs": len(all_runs),
+        "single": len(variants) == 1 and not variants[0].changes and len(variants[0].runs) <= 1,
+        "settings": _settings(reference.runs[0]) if reference else None,
         "others": [
             {"label": v.label, "source": where, "base": stages.get("base"), "tuned": stages.get("tuned")}
             for v in ok_variants
             for where, stages in sorted(others.get(v.runs[-1]["run_id"], {}).items())
         ],
     }
+
+
+def _around(ref: float, test: dict[str, float]) -> tuple[float, float]:
+    """A variant's 95% interval: the reference's value plus the interval of the paired difference to it."""
+    return ref + test.get("ci_low", 0.0), ref + test.get("ci_high", 0.0)
+
+
+def _point(label: str, value: float, is_ref: bool, test: dict[str, float]) -> tuple:
+    """The reference's chart point: its interval is that of its gain over the base model, around its value."""
+    mean = test.get("mean_diff", 0.0)
+    return label, value, is_ref, value - mean + test.get("ci_low", mean), value - mean + test.get("ci_high", mean)
+
+
+REFERENCE_SETTINGS = (
+    "model.base",
+    "model.max_seq_length",
+    "data.limit",
+    "negatives.mode",
+    "negatives.per_query",
+    "train.backend",
+    "train.loss",
+    "train.epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.warmup_ratio",
+    "train.precision",
+    "train.early_stopping.metric",
+    "train.seed",
+)
+"""Hyperparameters the report shows for each experiment's reference run."""
+
+
+def _settings(run: dict[str, Any]) -> dict[str, Any]:
+    """The reference run's hyperparameters and the --set overrides it was run with."""
+    spec = json.loads(run["spec_json"])
+    overrides = run.get("overrides") or []
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides)
+    return {"hyper": {k: _value_at(spec, k) for k in REFERENCE_SETTINGS}, "overrides": overrides}
 
 
 def _value_at(spec: dict[str, Any], path: str) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import store
-from runner.spec import LoadedSpec, SearchParam, Spec
+from runner.spec import LoadedSpec, SearchParam, Spec, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,8 @@ def run_search(
         loaded, best=best_spec, study_name=name, trial=best.number, value=best.value, objective=spec.search.objective
     )
     log.info("best trial %d: dev %s = %.4f with %s", best.number, spec.search.objective, best.value, best.params)
+    # Run the spec as written, so `embx run <spec>.best.yaml` finds this run (paths hash relative to that file).
+    best_spec = load_spec(best_yaml).spec
     # The test split is scored once, by one final run of the best spec.
     from runner.ablate import Variant
 

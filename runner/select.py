@@ -343,8 +343,7 @@ def _tune(loaded: LoadedSpec, *, db: str | Path, out: SelectionResult, choose: s
     if row is None or row.status != "ok":
         raise SelectError(f"candidate {label!r} has no ok selection run: nothing to tune")
     chosen = candidate_spec(spec, candidate, db=db)
-    data = spec.model_dump(mode="json")
-    data["model"] = chosen.model.model_dump(mode="json")
+    tuned = spec.model_copy(update={"model": chosen.model})  # keeps where the spec file is (its hash's paths)
     provenance = {
         "experiment": spec.name,
         "candidate": label,
@@ -354,4 +353,4 @@ def _tune(loaded: LoadedSpec, *, db: str | Path, out: SelectionResult, choose: s
     }
     log.info("tuning candidate %s (%s)", label, chosen.model.base)
     out.chosen = label
-    out.tuned = run_experiment(dataclasses.replace(loaded, spec=Spec.model_validate(data)), db, provenance=provenance)
+    out.tuned = run_experiment(dataclasses.replace(loaded, spec=tuned), db, provenance=provenance)

@@ -1,18 +1,23 @@
 """The statistics embx's comparisons share: a paired permutation test and bootstrap intervals (scipy).
 
-Used by the ablation report (variant against reference) and by the selection table (candidate against the
-leader), so both read their numbers the same way.
+Used by the ablation report (variant against reference), the selection table (candidate against the leader)
+and a run's "can this split measure it" check, so all read their numbers the same way.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 ALPHA = 0.05
 """Significance level of every comparison (95% intervals)."""
 N_RESAMPLES = 5000
 """Resamples of the permutation test and of the bootstrap."""
+Z95 = 1.959964
+"""Two-sided 95% quantile of the normal distribution."""
 
 
-def paired_test(x: list[float], y: list[float]) -> dict[str, float]:
+def paired_test(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Paired comparison of two systems' per-query scores (y - x).
 
     Uses scipy: a permutation test that flips the sign of each pair's difference (two-sided) and a
@@ -66,3 +71,23 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
         (x,), np.mean, confidence_level=1 - ALPHA, n_resamples=N_RESAMPLES, method="percentile", random_state=0
     )
     return mean, float(boot.confidence_interval.low), float(boot.confidence_interval.high)
+
+
+def queries_needed(diffs: Sequence[float]) -> int | None:
+    """Queries a split needs for the 95% interval of the mean difference to exclude zero at this effect.
+
+    The normal approximation of the bootstrap interval: half-width 1.96 x sd / sqrt(n) below |mean|, i.e.
+    n > (1.96 x sd / mean)^2, with the sample's own mean and standard deviation of the per-query differences.
+
+    Returns:
+        The size, or None when the mean difference is zero (no number of queries would show it).
+
+    """
+    n = len(diffs)
+    if n == 0:
+        return None
+    mean = sum(diffs) / n
+    if abs(mean) < 1e-12:
+        return None
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, n - 1))
+    return max(2, math.floor((Z95 * sd / abs(mean)) ** 2) + 1)

@@ -789,14 +789,23 @@ def get_run(db: str | Path, run_id: str) -> dict[str, Any]:
     return run
 
 
-def find_ok_run(db: str | Path, spec_hash: str) -> str | None:
-    """The newest ok run of a resolved spec, if any (used to skip finished ablation variants)."""
+def find_ok_run(db: str | Path, spec_hash: str, *more: str) -> str | None:
+    """The newest ok run of a resolved spec, if any (used to skip finished ablation variants).
+
+    Args:
+        db: The store.
+        spec_hash: The spec's hash.
+        *more: Other hashes the same spec had (an older hash algorithm's, which older runs were recorded under).
+
+    """
     if not Path(db).exists():
         return None
+    hashes = [spec_hash, *more]
     with connect(db, read_only=True) as con:
         row = con.execute(
-            "SELECT run_id FROM runs WHERE spec_hash = ? AND status = 'ok' ORDER BY started_at DESC LIMIT 1",
-            [spec_hash],
+            f"SELECT run_id FROM runs WHERE spec_hash IN ({', '.join('?' * len(hashes))}) AND status = 'ok'"
+            " ORDER BY started_at DESC LIMIT 1",
+            hashes,
         ).fetchone()
     return row[0] if row else None
 

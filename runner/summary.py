@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
+import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-out = Console()
+
+def _console() -> Console:
+    """Standard output: rich on a terminal; when piped (nohup, SLURM, CI logs) lines are never wrapped."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=10_000, soft_wrap=True)
+
+
+out = _console()
 
 
 def _fmt(value: float | None) -> str:
@@ -71,6 +81,9 @@ def print_result(result: Any, db: str) -> None:
     )
     for warning in result.warnings:
         out.print(f"[bold red]WARNING:[/] {warning}")
+    saved = info.get("saved_model") or {}
+    if saved.get("path"):
+        out.print(f"model: {saved['path']}  (SentenceTransformer({saved['path']!r}) loads it)")
     if result.info.get("recovery_file"):
         out.print(f"run [bold]{result.run_id}[/]: {db} was locked; results saved to {result.info['recovery_file']}")
     else:
@@ -78,38 +91,47 @@ def print_result(result: Any, db: str) -> None:
 
 
 def print_runs(runs: list[dict[str, Any]]) -> None:
-    """`embx ls` table."""
-    table = Table()
-    with_models = any(run.get("model") for run in runs)  # the column only when some run saved a model
-    for col in ("run_id", "experiment", "variant", "status", "started", "main", "base", "tuned", "delta", "model"):
-        if col != "model" or with_models:
-            table.add_column(col, no_wrap=col == "run_id")
+    """`embx ls`: one table per experiment, newest first, that fits 80 columns.
+
+    The run id holds the start time (UTC), so there is no separate column for it; the main metric's tuned value
+    and its change against the base model stand for the metrics (`embx show` has them all); a saved model is
+    marked (its path: `embx show`).
+    """
+    by_experiment: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        main = run.get("main_metric")
-        base = run["metrics"].get("base", {}).get(main)
-        tuned = run["metrics"].get("tuned", {}).get(main)
-        delta = "-" if base is None or tuned is None else f"{tuned - base:+.4f}"
-        status = run["status"] if run["status"] == "ok" else f"[red]{run['status']}[/]"
-        variant = run.get("variant") or "base"
-        if run.get("study"):
-            variant = f"{variant} ({run['study']})"
-        cells = [run["run_id"], run["experiment"], variant, status, str(run["started_at"]), main or "-"]
-        cells += [_fmt(base), _fmt(tuned), delta] + ([_model_cell(run.get("model"))] if with_models else [])
-        table.add_row(*cells)
-    out.print(table)
+        by_experiment.setdefault(run["experiment"], []).append(run)
+    with_models = any(run.get("model") for run in runs)  # the column only when some run saved a model
+    for experiment, group in by_experiment.items():
+        mains = {run.get("main_metric") for run in group} - {None}
+        main = mains.pop() if len(mains) == 1 else "main"
+        table = Table(title=experiment, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column("run", no_wrap=True)
+        table.add_column("variant", overflow="fold")
+        table.add_column("status", no_wrap=True)
+        table.add_column(main, justify="right", no_wrap=True)
+        table.add_column("delta", justify="right", no_wrap=True)
+        if with_models:
+            table.add_column("model", no_wrap=True)
+        for run in group:
+            metric = run.get("main_metric")
+            base = run["metrics"].get("base", {}).get(metric)
+            tuned = run["metrics"].get("tuned", {}).get(metric)
+            delta = "-" if base is None or tuned is None else f"{tuned - base:+.4f}"
+            status = run["status"] if run["status"] == "ok" else f"[red]{run['status']}[/]"
+            variant = run.get("variant") or "base"
+            if run.get("study"):
+                variant = f"{variant} ({run['study']})"
+            value = _fmt(tuned) if main != "main" or metric is None else f"{metric} {_fmt(tuned)}"
+            cells = [run["run_id"], variant, status, value, delta]
+            table.add_row(*cells, *([_model_cell(run.get("model"))] if with_models else []))
+        out.print(table)
 
 
 def _model_cell(model: dict[str, Any] | None) -> str:
-    """The `model` column of `embx ls`: the saved folder (relative to here when it is below), or why there is none."""
+    """The `model` column of `embx ls`: saved, removed, or none."""
     if not model:
         return "-"
-    if model.get("removed"):
-        return "removed"
-    path = Path(model["path"])
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    return "removed" if model.get("removed") else "saved"
 
 
 def print_run(run: dict[str, Any]) -> None:
@@ -137,6 +159,25 @@ def print_run(run: dict[str, Any]) -> None:
             out.print(line, highlight=False, markup=False)
     for warning in (run.get("info") or {}).get("warnings", []):
         out.print(f"[bold red]WARNING:[/] {warning}")
+    if run.get("train_log"):
+        out.print("training log: " + "; ".join(_epoch_lines(run["train_log"])), highlight=False)
+    if run.get("spec_text"):
+        out.print("spec:", highlight=False)
+        out.print(run["spec_text"].rstrip(), markup=False, highlight=False)
+
+
+def _epoch_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per epoch: the mean logged training loss and the dev metrics scored after it (epoch 0: the base model)."""
+    epochs: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        epoch = max(0, math.ceil(row["epoch"]))
+        if row["name"] == "loss" or row["name"].startswith("dev_"):
+            epochs.setdefault(epoch, {}).setdefault(row["name"], []).append(row["value"])
+    return [
+        f"epoch {epoch}: "
+        + ", ".join(f"{name.replace('_', ' ', 1)} {sum(v) / len(v):.4f}" for name, v in sorted(names.items()))
+        for epoch, names in sorted(epochs.items())
+    ]
 
 
 def print_experiment(result: Any, db: str) -> None:
@@ -225,3 +266,54 @@ def index_eval_lines(figures: dict) -> list[str]:
         f"  build {figures['build_seconds']:.2f} s, size {size}, query latency p50 {figures['latency_ms']['p50']:.2f}"
         f" ms, p95 {figures['latency_ms']['p95']:.2f} ms",
     ]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def print_plan(plan: Any) -> None:
+    """`embx plan`: the variants (done or to run), data sizes, steps and estimated time per stage."""
+    out.print(f"[bold]{plan.experiment}[/] on {plan.device}: " + ", ".join(f"{v} {k}" for k, v in plan.sizes.items()))
+    stages = list(dict.fromkeys(stage for run in plan.runs for stage in run.seconds))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("variant", "status", "pairs", "steps/epoch", "epochs", *stages, "total"):
+        table.add_column(col, justify="left" if col in ("variant", "status") else "right", overflow="fold")
+    for run in plan.runs:
+        label = run.label + (f" #{run.repeat}" if run.repeat else "")
+        if run.done:
+            table.add_row(label, f"[dim]done: {run.done}[/]", *[""] * (len(stages) + 4))
+            continue
+        times = [_duration(run.seconds[s]) if s in run.seconds else "-" for s in stages]
+        total = _duration(sum(run.seconds.values())) if run.seconds else "-"
+        table.add_row(label, "to run", str(run.pairs), str(run.steps_per_epoch), str(run.epochs), *times, total)
+    out.print(table)
+    probe = plan.throughput
+    if probe.get("train_samples_per_s"):
+        how = "cached" if probe.get("cached") else "probed now"
+        out.print(
+            f"throughput ({how}): encoding {probe['encode_texts_per_s']} texts/s, training"
+            f" {probe['train_samples_per_s']} examples/s ({probe['texts_per_example']} texts each,"
+            f" {probe['precision']}); model load {probe['load_model_seconds']} s"
+        )
+    todo = [run for run in plan.runs if not run.done]
+    out.print(f"{len(todo)} run(s) to do, {len(plan.runs) - len(todo)} done; estimated {_duration(plan.total_seconds)}")
+    for note in plan.notes:
+        out.print(f"note: {note}")
+
+
+def print_init(done: Any) -> None:
+    """`embx init`: what was found, the recipe, where the spec went and the next command."""
+    plan, found = done.recipe, done.found
+    out.print(
+        f"{found.source}: " + ", ".join(f"{v} {k}" for k, v in found.counts.items()), highlight=False, markup=False
+    )
+    for note in found.notes:
+        out.print(f"note: {note}", highlight=False, markup=False)
+    out.print(
+        f"wrote {done.path}: ~{found.train_pairs} training pairs, batch {plan.batch_size}, {plan.epochs} epoch(s) of"
+        f" {plan.steps_per_epoch} step(s), {plan.negatives} negatives",
+        highlight=False,
+        markup=False,
+    )
+    out.print(f"next: embx run {done.path}", highlight=False, markup=False)

@@ -218,7 +218,8 @@ def test_a_tuned_model_worse_than_the_base_is_a_red_warning(cli, write_spec, tmp
     splits = {"train": "train", "dev": "test", "test": "test"}
     result = cli("run", write_spec(train=train, data={"splits": splits}), "--db", tmp_path / "results.duckdb")
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stdout.splitlines() if "WARNING:" in line]
+    # (the tiny splits also warn that they are too small to measure a change: tests/test_learned.py)
+    warnings = [line for line in result.stdout.splitlines() if "WARNING:" in line and "WORSE" in line]
     assert len(warnings) == 2
     for split, line in zip(("dev", "test"), warnings):
         assert line.startswith("\x1b[1;31mWARNING:\x1b[0m")  # bold red
@@ -255,3 +256,61 @@ def test_validate_takes_several_specs_and_reports_each(cli, write_spec, tmp_path
     assert result.output.count(f"{good}: ok (tiny") == 2
     assert f"{bad}:3:" in result.output and "1 of 3 specs have problems" in result.output
     assert cli("validate", good, good).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("base", "provider"),
+    [
+        ("openai/text-embedding-3-small", "OpenAI"),
+        ("text-embedding-3-large", "OpenAI"),
+        ("voyage-3.5", "Voyage AI"),
+        ("embed-english-v3.0", "Cohere"),
+        ("gemini-embedding-001", "Google"),
+    ],
+)
+def test_validate_refuses_an_api_model_as_the_base_and_points_to_select(cli, write_spec, base, provider):
+    path = write_spec(text=f"name: api\nmodel:\n  base: {base}\ndata: {{path: .}}\n")
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    assert f"{path}:3:3: model.base: {base!r} is an API model ({provider})" in result.output
+    assert "`select:` section (embx select)" in result.output
+
+
+def test_validate_names_a_missing_local_model_with_its_line(cli, write_spec, tmp_path):
+    """./nope and models/mine/v2 (not a hub id: those are org/name) are local folders, checked before any run."""
+    for base in ("./nope", "models/mine/v2"):
+        path = write_spec(text=f"name: local\ndata: {{path: .}}\nmodel: {{base: {base}}}\n")
+        result = cli("validate", path)
+        assert result.exit_code == 2
+        missing = (tmp_path / base).resolve()
+        assert f"{path}:3:9: model.base: folder not found: {missing}" in result.output
+    for fine in ("org/name", "BAAI/bge-small-en-v1.5", "openai/clip-vit-base-patch32"):  # hub ids are downloaded
+        spec = write_spec(text=f"name: hub\ndata: {{path: .}}\nmodel: {{base: {fine}}}\n")
+        assert cli("validate", spec).exit_code == 0
+
+
+def test_the_same_spec_in_another_folder_finds_its_finished_run(cli, tiny_model, tiny_beir, tmp_path):
+    """A checkout moved (or cloned elsewhere) with its data: the run is found, not run again; and a run recorded
+    under the old hash (absolute paths) is still found."""
+    import shutil
+
+    import duckdb
+    from conftest import dump_yaml, spec_data
+    from helpers import query
+
+    from runner.spec import load_spec
+
+    db = tmp_path / "results.duckdb"
+    specs = []
+    for where in ("one", "moved/two"):
+        shutil.copytree(tiny_beir, tmp_path / where / "data")
+        data = spec_data(tiny_model, tiny_beir, data={"path": "data", "limit": 8}, **FAST)
+        specs.append(dump_yaml(data, tmp_path / where / "spec.yaml"))
+    assert cli("run", specs[0], "--db", db).exit_code == 0
+    assert cli("run", specs[1], "--db", db).exit_code == 0
+    assert query(db, "SELECT count(*) FROM runs") == [(1,)]
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE runs SET spec_hash = ?", [load_spec(specs[1]).spec.legacy_spec_hash()])
+    con.close()
+    assert cli("run", specs[1], "--db", db).exit_code == 0
+    assert query(db, "SELECT count(*) FROM runs") == [(1,)]

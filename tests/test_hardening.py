@@ -202,7 +202,9 @@ def test_dollar_signs_in_labels_are_text_not_tex():
     from runner.charts import factor_charts
 
     charts = factor_charts(
-        {"model.query_prefix": [("cost $5 vs $", 0.5, True), ("$\\frac{$", 0.4, False)]}, 0.3, "ndcg@10"
+        {"model.query_prefix": [("cost $5 vs $", 0.5, True, 0.45, 0.55), ("$\\frac{$", 0.4, False, 0.3, 0.5)]},
+        0.3,
+        "ndcg@10",
     )
     assert len(charts) == 1
 

@@ -98,3 +98,31 @@ def test_vector_index_keys_are_frozen():
     assert point_id("htn-diet", "Reducing dietary sodium") == "9204f27f0972ace6"
     model = {"base": "all-MiniLM-L6-v2", "max_seq_length": 256}
     assert index_model_key(model=model, weights="abc") == "cbe9d0db8b4b6374"
+
+
+def _spec_in(folder: Path) -> Path:
+    """The same spec file and data (a BEIR folder beside it, a model folder) under `folder`."""
+    _write(folder / "data/corpus.jsonl", '{"_id": "d1", "title": "t", "text": "heart attack"}\n')
+    _write(folder / "model/config.json", '{"hidden_size": 32}\n')
+    _write(folder / "specs/spec.yaml", "name: golden\nmodel: {base: ../model}\ndata: {path: ../data}\n")
+    return folder / "specs/spec.yaml"
+
+
+def test_spec_hash_is_the_same_in_another_folder(tmp_path):
+    """Paths take part in the hash relative to the spec file (since this commit; before, as absolute strings, so
+    a moved checkout or another machine missed its finished runs). Runs recorded under the old hash are still
+    found: `legacy_spec_hash` is the old value, which `run_experiment` also looks up."""
+    from runner.spec import load_spec
+
+    one, two = load_spec(_spec_in(tmp_path / "a")).spec, load_spec(_spec_in(tmp_path / "elsewhere/b")).spec
+    assert one.data.path != two.data.path  # absolute, as loaded
+    assert one.spec_hash() == two.spec_hash() == "f2fc6c346cc869fb"
+    assert one.variant({"train.epochs": 2}).spec_hash() == two.variant({"train.epochs": 2}).spec_hash()
+    assert one.legacy_spec_hash() != two.legacy_spec_hash()
+    # the old hash: the absolute paths as they are (the golden values above are specs built without a file)
+    unrooted = Spec.model_validate(one.model_dump(mode="json"))
+    assert one.legacy_spec_hash() == unrooted.spec_hash()
+    # a hub id is left as written
+    hub = load_spec(_spec_in(tmp_path / "c"), ["model.base=org/model"]).spec
+    assert hub.model.base == "org/model"
+    assert hub.spec_hash() == load_spec(_spec_in(tmp_path / "d"), ["model.base=org/model"]).spec.spec_hash()

@@ -321,3 +321,43 @@ def test_report_search_section_after_embx_search(make_spec, tmp_path):
     for found in charts.values():
         for chart in found:
             assert_drawn(chart)
+
+
+def test_a_single_run_is_titled_as_a_run_with_its_settings_and_overrides(make_spec, tmp_path):
+    """One run (no ablation): "Run <id>", no "best variant", its hyperparameters and --set overrides shown; a
+    run of one optimizer step has no loss curve to draw, and the chart says so."""
+    from helpers import cli
+
+    db = tmp_path / "r.duckdb"
+    spec = make_spec(tmp_path / "one.yaml", name="one", train=FAST)
+    assert cli("run", spec, "--db", db, "--set", "data.limit=8").exit_code == 0
+    html = build_report([db])
+    (run_id,) = re.findall(r"<h3>Run (\d{8}-\d{6}-[0-9a-f]{6})</h3>", html)
+    assert "Ablation table" not in html and "best variant" not in html
+    settings = html.split('<p class="settings">')[1].split("</p>")[0]
+    assert "train.learning_rate <b>0.001</b>" in settings and "negatives.mode <b>in-batch</b>" in settings
+    assert "--set <b>data.limit=8</b>" in settings
+    curves = html.split('class="chart curves"')[1].split("</figure>")[0]
+    assert "too little training to draw a curve" in curves and "base: 1 loss point(s)" in curves
+
+
+def test_ablation_charts_have_intervals_and_mark_the_kept_epoch(ablation_db):
+    """Factor charts: a point and a 95% interval per value, on an axis zoomed to them; the dev chart is on the
+    early-stopping metric with the kept epoch starred."""
+    from runner import store
+    from runner.report import analyse
+
+    _, db = ablation_db
+    section = analyse(store.load_experiment(db, "tiny-ablation"))
+    ref = section["reference"]
+    for v in section["variants"]:
+        assert v.best_epoch in (1, 2) and v.best_epoch == v.runs[0]["info"]["train"]["best_epoch"]
+    html = build_report([db])
+    assert "95% intervals of the" in html
+    curves = html.split('class="chart curves"')[1].split("</figure>")[0]
+    assert "dev recall@10 (epoch 0 = base model; \u2605 = epoch kept)" in curves
+    # the limit variant's interval is the reference's value plus the paired interval of the difference
+    limit = next(v for v in section["variants"] if v.changes == {"data.limit": 20})
+    factor = next(c for c in section["factor_charts"] if c["title"] == "data.limit")
+    assert factor["svg"].count('id="LineCollection_') == 2  # an interval each: the reference and the variant
+    assert limit.test["ci_low"] <= limit.tuned["ndcg@10"] - ref.tuned["ndcg@10"] <= limit.test["ci_high"]

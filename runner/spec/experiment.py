@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from runner.spec import external
 from runner.spec.base import _Model, apply_override, check_metric
@@ -160,6 +161,10 @@ class Spec(_Model):
     select: SelectSpec | None = Field(
         None, description="Base-model candidates compared on this data by `embx select`; see below."
     )
+    _root: str | None = PrivateAttr(None)
+    """Folder of the spec file it was loaded from."""
+    _relative: frozenset[str] = PrivateAttr(frozenset())
+    """Absolute paths the loader resolved from paths written relative to a spec file: hashed relative to `_root`."""
 
     @model_validator(mode="after")
     def _search_needs_dev(self) -> Spec:
@@ -242,7 +247,16 @@ class Spec(_Model):
         data = self.model_dump(mode="json", exclude={"ablate", "search", "select"})
         for path, value in changes.items():
             apply_override(data, path.split("."), value)
-        return Spec.model_validate(data)
+        return Spec.model_validate(data).with_root(self._root, relative=self._relative)
+
+    def with_root(self, folder: str | None, *, relative: set[str] | frozenset[str]) -> Spec:
+        """Set where the spec file is and which of its paths were written relative (by the loader).
+
+        Those paths take part in :meth:`spec_hash` relative to `folder`, so the same spec and data in another
+        folder hash alike; paths written absolute (or given by --set) take part as they are.
+        """
+        self._root, self._relative = folder, frozenset(relative)
+        return self
 
     def spec_hash(self) -> str:
         """Content hash of the resolved spec without `output:` and unset (null) fields: equal hashes, same experiment.
@@ -253,4 +267,51 @@ class Spec(_Model):
         optional section (such as `merge:`) leaves the hashes of existing specs, and their finished runs, alone.
         """
         section = self.model_dump(mode="json", exclude={"output", "select"}, exclude_none=True)
+        if self._root and self._relative:
+            _relative_paths(section, self._root, self._relative)
         return hashlib.sha256(json.dumps(section, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    def legacy_spec_hash(self) -> str:
+        """The hash with every path absolute, as loaded: the spec hash before paths were hashed relative to it.
+
+        Stores written before that change hold it, so their finished runs are still found.
+        """
+        root, self._root = self._root, None
+        try:
+            return self.spec_hash()
+        finally:
+            self._root = root
+
+
+PATH_FIELDS = (
+    ("data", "path"),
+    ("data", "eval_path"),
+    ("data", "mix", "*", "path"),
+    ("eval", "sets", "*", "path"),
+    ("queries", "llm", "prompt"),
+    ("queries", "llm", "cache"),
+    ("queries", "qa_pairs", "path"),
+    ("model", "base"),
+)
+"""Spec fields that may hold a local path (the loader makes them absolute, relative to the spec file)."""
+
+
+def _relative_paths(node: Any, root: str, relative: frozenset[str], keys: tuple[str, ...] | None = None) -> None:
+    """Rewrite, in place, the paths of :data:`PATH_FIELDS` in a dumped spec that are in `relative` relative to `root`.
+
+    So the same spec and data in another folder (a moved checkout, another machine, CI) hash alike; hub ids,
+    aliases and paths written absolute stay as they are.
+    """
+    for path in [keys] if keys else PATH_FIELDS:
+        *parents, last = path
+        target = node
+        for i, key in enumerate(parents):
+            if key == "*":
+                for item in target if isinstance(target, list) else []:
+                    _relative_paths(item, root, relative, (*parents[i + 1 :], last))
+                target = None
+                break
+            target = target.get(key) if isinstance(target, dict) else None
+        value = target.get(last) if isinstance(target, dict) else None
+        if isinstance(value, str) and value in relative:
+            target[last] = os.path.relpath(value, root).replace(os.sep, "/")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.spec.load import LoadedSpec, Position, Problem, SpecError
+from runner.spec.model import api_provider
 
 if TYPE_CHECKING:
     from runner.spec.experiment import Spec
@@ -45,9 +46,11 @@ def _missing_files(spec: Spec, positions: dict[tuple, Position], main_file: str)
         if spec.queries.qa_pairs is not None:
             named.append((("queries", "qa_pairs", "path"), spec.queries.qa_pairs.path, "file"))
     base = spec.model.base
+    problems = _model_problems(base, positions, main_file)
     if Path(base).expanduser().is_absolute() or base.startswith(("./", "../", "~")):
         named.append((("model", "base"), base, "folder"))
-    problems = []
+    elif base.count("/") > 1:  # a hub id is org/name: this is a folder, relative to the spec
+        named.append((("model", "base"), str(Path(main_file).parent / base), "folder"))
     for keys, value, kind in named:
         target = Path(value).expanduser()
         ok = target.is_dir() if kind == "folder" else target.is_file()
@@ -58,3 +61,17 @@ def _missing_files(spec: Spec, positions: dict[tuple, Position], main_file: str)
                 what = "is a folder, not a file"
             problems.append(Problem(file, line, col, ".".join(keys), f"{what}: {target.resolve()}"))
     return problems
+
+
+def _model_problems(base: str, positions: dict[tuple, Position], main_file: str) -> list[Problem]:
+    """`model.base` naming an API model: embx fine-tunes weights, which an API model does not hand out."""
+    provider = api_provider(base)
+    if provider is None:
+        return []
+    file, line, col = positions.get(("model", "base"), (main_file, None, None))
+    message = (
+        f"{base!r} is an API model ({provider}): fine-tuning needs a model with local weights (a hub id such as"
+        " BAAI/bge-small-en-v1.5, a local folder, or all-MiniLM-L6-v2); to compare API models with open ones on"
+        " your data, list them as candidates in the `select:` section (embx select)"
+    )
+    return [Problem(file, line, col, "model.base", message)]

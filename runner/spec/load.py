@@ -214,8 +214,14 @@ def _merge(base: dict, top: dict) -> dict:
     return merged
 
 
-def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tuple, Position], str]:
-    """Load a spec file and everything it `extends`, returning the merged mapping and key positions."""
+def _load_tree(
+    path: Path, seen: tuple[Path, ...] = (), made: set[str] | None = None
+) -> tuple[dict, dict[tuple, Position], str]:
+    """Load a spec file and everything it `extends`, returning the merged mapping and key positions.
+
+    `made` collects the absolute paths resolved from paths written relative to a spec file.
+    """
+    made = set() if made is None else made
     path = path.resolve()
     if path in seen:
         chain = " -> ".join(str(p) for p in (*seen, path))
@@ -225,7 +231,7 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tupl
     data = _plain(doc)
     parent = data.pop("extends", None)
     if parent is None:
-        return _relativise(data, path.parent, _source(data, {})), positions, text
+        return _relativise(data, path.parent, _source(data, {}), made), positions, text
     if not isinstance(parent, str):
         file, line, col = positions[("extends",)]
         raise SpecError([Problem(file, line, col, "extends", "extends must be a path to another spec file")])
@@ -234,8 +240,8 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[tupl
         file, line, col = positions[("extends",)]
         why = "is a directory, not a spec file" if parent_path.is_dir() else "file not found"
         raise SpecError([Problem(file, line, col, "extends", f"{why}: {parent_path}")])
-    base_data, base_positions, _ = _load_tree(parent_path, (*seen, path))
-    relative = _relativise(data, path.parent, _source(data, base_data))
+    base_data, base_positions, _ = _load_tree(parent_path, (*seen, path), made)
+    relative = _relativise(data, path.parent, _source(data, base_data), made)
     return _merge(base_data, relative), {**base_positions, **positions}, text
 
 
@@ -248,8 +254,12 @@ def _source(data: dict, inherited: dict) -> str:
     return "beir"
 
 
-def _relativise(data: dict, folder: Path, source: str) -> dict:
-    """Resolve data paths relative to the spec file that names them (hub ids of hf sources are left alone)."""
+def _relativise(data: dict, folder: Path, source: str, made: set[str]) -> dict:
+    """Resolve data paths relative to the spec file that names them (hub ids of hf sources are left alone).
+
+    Every path resolved from a relative one is added to `made` (the spec hash takes those relative to the spec).
+    """
+    resolved = _resolver(folder, made)
     section = data.get("data")
     if isinstance(section, dict):
         for key in ("path", "eval_path"):
@@ -262,7 +272,7 @@ def _relativise(data: dict, folder: Path, source: str) -> dict:
                 continue
             candidate = folder / expanded
             if candidate.exists() or source != "hf" or key == "eval_path":
-                section[key] = str(candidate.resolve())
+                section[key] = resolved(value)
     for section, key in (("data", "mix"), ("eval", "sets")):
         node = data.get(section)
         items = node.get(key) if isinstance(node, dict) else None
@@ -270,19 +280,32 @@ def _relativise(data: dict, folder: Path, source: str) -> dict:
             if isinstance(item, dict) and isinstance(item.get("path"), str):
                 candidate = folder / Path(item["path"]).expanduser()
                 if candidate.exists() or item.get("source") != "hf":
-                    item["path"] = str(candidate.resolve())
+                    item["path"] = resolved(item["path"])
     queries = data.get("queries")
     if isinstance(queries, dict):
         for section, key in (("llm", "prompt"), ("llm", "cache"), ("qa_pairs", "path")):
             node = queries.get(section)
             if isinstance(node, dict) and isinstance(node.get(key), str):
-                node[key] = str((folder / Path(node[key]).expanduser()).resolve())
+                node[key] = resolved(node[key])
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str):
         candidate = folder / model["base"]
         if model["base"].startswith((".", "/")) or candidate.exists():
-            model["base"] = str(candidate.resolve())
+            model["base"] = resolved(model["base"])
     return data
+
+
+def _resolver(folder: Path, made: set[str]):
+    """Resolves a path as written in a spec file in `folder`, noting the result in `made` when it was relative."""
+
+    def resolve(written: str) -> str:
+        path = Path(written).expanduser()
+        out = str((folder / path).resolve())
+        if not path.is_absolute():
+            made.add(out)
+        return out
+
+    return resolve
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -387,7 +410,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     """
     path = Path(path)
     overrides = list(overrides or [])
-    data, positions, text = _load_tree(path)
+    made: set[str] = set()
+    data, positions, text = _load_tree(path, made=made)
     override_keys: list[tuple[str, ...]] = []
     for item in overrides:
         keys, value = parse_override(item)
@@ -405,6 +429,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     if spec.search is not None:
         ranges = {name: search_values(param) for name, param in spec.search.params.items()}
         _check_paths("search.params", ranges, spec, positions, str(path.resolve()))
+    spec.with_root(str(path.resolve().parent), relative=made)
     return LoadedSpec(spec=spec, path=path.resolve(), text=text, overrides=overrides, positions=positions)
 
 

@@ -109,11 +109,18 @@ def log_callback(outcome_log: list, dev_metric: str | None):
 
     class LogAndProgress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            from rich.progress import Progress
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.progress = Progress(console=console, transient=True, disable=not console.is_terminal)
+            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.progress = Progress(
+                *columns,
+                TextColumn("{task.fields[note]}"),
+                console=console,
+                transient=True,
+                disable=not console.is_terminal,
+            )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps)
+            self.task = self.progress.add_task("train", total=state.max_steps, note="")
 
         def on_step_end(self, args, state, control, **kwargs):
             self.progress.update(self.task, completed=state.global_step)
@@ -122,6 +129,8 @@ def log_callback(outcome_log: list, dev_metric: str | None):
             self.progress.stop()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if "loss" in (logs or {}):
+                self.progress.update(self.task, note=f"loss {logs['loss']:.4f}")
             for key, value in (logs or {}).items():
                 if key in ("loss", "learning_rate", "grad_norm") or key.startswith(f"eval_{DEV_NAME}_"):
                     name = key.removeprefix("eval_")

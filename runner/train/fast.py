@@ -329,11 +329,15 @@ def train_loop(
                 if step % logging_steps == 0:  # the only host synchronisation: a few times per epoch
                     at = step / steps_per_epoch
                     log_rows.append((step, at, "loss", float(running) / running_n))
+                    bar.update(tid, note=f"loss {log_rows[-1][3]:.4f}")
                     log_rows.append((step, at, "learning_rate", scheduler.get_last_lr()[0]))
                     log_rows.append((step, at, "grad_norm", float(grad_norm)))
                     running.zero_()
                     running_n = 0
             epochs_run = epoch + 1
+            losses = [row[3] for row in log_rows if row[2] == "loss" and row[1] > epoch]
+            if losses:
+                log.info("epoch %d: training loss %.4f", epochs_run, sum(losses) / len(losses))
             if dev is None:
                 continue
             model.eval()
