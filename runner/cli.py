@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-from runner import cli_index
-from runner.cli_common import EXIT_BAD_INPUT, db_option, device_option, set_option, setup_logging
-
-
-def _use_device(device: str | None) -> None:
-    """Run on `device` (see :func:`runner.device.use_device`); exit 2 for a bad name or a missing device."""
-    if device is None:
-        return
-    from runner.device import use_device
-
-    try:
-        use_device(device)
-    except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-
-
-def _load(spec_path: str, overrides: tuple[str, ...]):
-    from runner.spec import SpecError, check_files, load_spec
-
-    try:
-        loaded = load_spec(spec_path, list(overrides))
-        check_files(loaded)
-        return loaded
-    except SpecError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_BAD_INPUT)
+from runner import cli_index, cli_select
+from runner.cli_common import (
+    EXIT_BAD_INPUT,
+    call_recorded,
+    db_option,
+    device_option,
+    load_spec_or_exit,
+    set_option,
+    setup_logging,
+    use_device_or_exit,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,8 +113,8 @@ def run(
     from runner import store
 
     overrides += tuple(f"train.distributed.{k}={v}" for k, v in distributed.items() if v is not None)
-    loaded = _load(spec, overrides)
-    _use_device(device)
+    loaded = load_spec_or_exit(spec, overrides)
+    use_device_or_exit(device)
     setup_logging(verbose)
     if dry_run:
         _plan(loaded, db, force=force)
@@ -144,72 +127,14 @@ def run(
     from runner.summary import print_experiment
 
     db = db or store.default_db()
-    try:
+
+    def work():
         store.reap_stale(db)
-        result = run_experiment(loaded, db, force=force)
-    except store.StoreError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except DataError as exc:
-        click.echo(f"error: {exc}{_recorded(exc)}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt as exc:
-        click.echo(f"interrupted{_recorded(exc, sep=' ')}", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        logging.getLogger("runner").debug("run failed", exc_info=True)
-        click.echo(f"error: {type(exc).__name__}: {exc}{_recorded(exc)}", err=True)
-        sys.exit(1)
+        return run_experiment(loaded, db, force=force)
+
+    result = call_recorded(work, bad_input=(store.StoreError, DataError), what="run")
     print_experiment(result, db)
     if result.failed:
-        sys.exit(1)
-
-
-@main.command("select")
-@click.argument("spec", type=click.Path(dir_okay=False))
-@set_option
-@db_option
-@click.option("--tune", is_flag=True, default=None, help="Then fine-tune the chosen candidate (as select.then: tune).")
-@click.option("--candidate", "choose", default=None, metavar="LABEL", help="Tune this candidate, not the recommended.")
-@click.option("--force", is_flag=True, help="Evaluate candidates again even when already evaluated.")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def select_cmd(
-    spec: str,
-    overrides: tuple[str, ...],
-    db: str | None,
-    tune: bool | None,
-    choose: str | None,
-    force: bool,
-    verbose: bool,
-) -> None:
-    """Compare SPEC's `select:` candidates on its data (one run each, stage base), print the table.
-
-    Exit 1 when a candidate failed (the others are still evaluated and shown), 2 for bad input.
-    """
-    from runner import store
-
-    loaded = _load(spec, overrides)
-    setup_logging(verbose)
-    from runner.data.types import DataError
-    from runner.select import SelectError, select_models
-    from runner.summary import print_selection
-
-    db = db or store.default_db()
-    try:
-        store.reap_stale(db)
-        result = select_models(loaded, db, force=force, tune=tune, choose=choose)
-    except (store.StoreError, SelectError, DataError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt as exc:
-        click.echo(f"interrupted{_recorded(exc, sep=' ')}", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        logging.getLogger("runner").debug("select failed", exc_info=True)
-        click.echo(f"error: {type(exc).__name__}: {exc}{_recorded(exc)}", err=True)
-        sys.exit(1)
-    print_selection(result, db)
-    if result.failed or (result.tuned is not None and result.tuned.failed):
         sys.exit(1)
 
 
@@ -222,7 +147,7 @@ def select_cmd(
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: bool) -> None:
     """Run only the data stage: write train.jsonl (FlagEmbedding), a BEIR folder and a data card."""
-    loaded = _load(spec, overrides)
+    loaded = load_spec_or_exit(spec, overrides)
     setup_logging(verbose)
     from runner.data.types import DataError
     from runner.pipeline import prepare_data
@@ -251,8 +176,8 @@ def prepare(spec: str, overrides: tuple[str, ...], output: str | None, verbose: 
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def plan(spec: str, overrides: tuple[str, ...], db: str | None, force: bool, device: str | None, verbose: bool) -> None:
     """What `embx run SPEC` would do: variants (and which are done), data sizes, steps, time per stage."""
-    loaded = _load(spec, overrides)
-    _use_device(device)
+    loaded = load_spec_or_exit(spec, overrides)
+    use_device_or_exit(device)
     setup_logging(verbose)
     _plan(loaded, db, force=force)
 
@@ -268,12 +193,6 @@ def _plan(loaded, db: str | None, *, force: bool) -> None:
     except (DataError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-
-
-def _recorded(exc: BaseException, sep: str = "\n") -> str:
-    """Where the failed run was recorded, as the pipeline found it (nothing when it never got a record)."""
-    note = getattr(exc, "embx_recorded", None)
-    return f"{sep}({note})" if note else ""
 
 
 def _follow(spec) -> None:
@@ -318,7 +237,7 @@ def search(
     """Optuna search over SPEC's `search:` space: trials scored on dev, the best spec tested once."""
     from runner import store
 
-    loaded = _load(spec, overrides)
+    loaded = load_spec_or_exit(spec, overrides)
     setup_logging(verbose)
     from runner.search import SearchError, default_storage, run_search, run_worker
     from runner.summary import print_search
@@ -568,6 +487,7 @@ def _read(fn, db: str | None, *more: str):
     return value
 
 
+main.add_command(cli_select.select)
 main.add_command(cli_index.index)
 main.add_command(cli_index.query)
 main.add_command(cli_index.eval_index)

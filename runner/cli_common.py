@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import click
+
+T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 
@@ -56,3 +61,54 @@ def setup_logging(verbose: bool) -> None:
     logging.getLogger("runner").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def load_spec_or_exit(spec_path: str, overrides: tuple[str, ...]):
+    """The validated spec (files checked too); every problem printed with file:line and exit 2 when there is one."""
+    from runner.spec import SpecError, check_files, load_spec
+
+    try:
+        loaded = load_spec(spec_path, list(overrides))
+        check_files(loaded)
+        return loaded
+    except SpecError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def use_device_or_exit(device: str | None) -> None:
+    """Run on `device` (see :func:`runner.device.use_device`); exit 2 for a bad name or a missing device."""
+    if device is None:
+        return
+    from runner.device import use_device
+
+    try:
+        use_device(device)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def recorded(exc: BaseException, sep: str = "\n") -> str:
+    """Where the failed run was recorded, as the pipeline found it (nothing when it never got a record)."""
+    note = getattr(exc, "embx_recorded", None)
+    return f"{sep}({note})" if note else ""
+
+
+def call_recorded(action: Callable[[], T], *, bad_input: tuple[type[BaseException], ...], what: str) -> T:
+    """Call a command's work; its failures become a message and an exit code (the runs are recorded already).
+
+    Exit 2 for `bad_input` (a spec, data or store problem), 130 when interrupted, 1 for any other failure.
+    """
+    try:
+        return action()
+    except bad_input as exc:
+        click.echo(f"error: {exc}{recorded(exc)}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt as exc:
+        click.echo(f"interrupted{recorded(exc, sep=' ')}", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        logging.getLogger("runner").debug("%s failed", what, exc_info=True)
+        click.echo(f"error: {type(exc).__name__}: {exc}{recorded(exc)}", err=True)
+        sys.exit(1)
