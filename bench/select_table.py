@@ -20,6 +20,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from machine import cpu_info  # noqa: E402
 
 
+def _total(run: dict) -> float:
+    return float((run.get("timings") or {}).get("total", 0.0))
+
+
 def main() -> None:
     """Read the experiment's selection runs and write their table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,6 +47,7 @@ def main() -> None:
         "recommendation": table.recommendation,
         "rule": table.rule,
         "bm25": table.bm25,
+        "candidates_total_seconds": round(sum(_total(runs[r.run_id]) for r in table.rows), 1),
         "candidates": [
             {
                 "label": row.label,
