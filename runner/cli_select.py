@@ -19,7 +19,7 @@ from runner.cli_common import call_recorded, db_option, load_spec_or_exit, set_o
 @db_option
 @click.option("--tune", is_flag=True, default=None, help="Then fine-tune the chosen candidate (as select.then: tune).")
 @click.option("--candidate", "choose", default=None, metavar="LABEL", help="Tune this candidate, not the recommended.")
-@click.option("--force", is_flag=True, help="Evaluate candidates again even when already evaluated.")
+@click.option("--force", is_flag=True, help="Run candidates again (stored base scores are reused).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def select(
     spec: str,

@@ -246,7 +246,7 @@ def print_selection(result: Any, db: str) -> None:
         if row.status != "ok":
             out.print(f"[bold red]{row.label} {row.status}:[/] {row.error}")
     for label, run_id in result.skipped:
-        out.print(f"{label}: already evaluated (run {run_id}); --force evaluates it again")
+        out.print(f"{label}: already evaluated (run {run_id}); --force runs it again")
     if result.chosen:
         out.print(f"tuned candidate [bold]{result.chosen}[/]:")
         print_experiment(result.tuned, db)
