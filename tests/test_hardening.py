@@ -23,7 +23,7 @@ from runner.spec import SpecError, load_spec
 
 def test_prompt_template_cannot_reach_python_internals(tmp_path: Path):
     """A template reaching for __init__/__globals__ (to call os.popen) is refused and runs nothing."""
-    from runner.data.queries import _prompt_template, _render
+    from runner.data.llm_queries import _prompt_template, _render
     from runner.data.types import Chunk
 
     marker = tmp_path / "pwned"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.data.queries import generate_queries, parse_questions, split_sentences
+from runner.data.llm_queries import parse_questions
+from runner.data.queries import generate_queries, split_sentences
 from runner.data.types import Chunk, Document, Section
 from runner.spec import QueriesSpec
 

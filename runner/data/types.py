@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -199,3 +200,9 @@ class GeneratedQuery:
     doc_id: str
     generator: str
     masked: str | None = None
+
+
+def resolve_path(path: str | Path, base: Path) -> Path:
+    """A spec path: absolute as given (with ~ expanded), else relative to `base`."""
+    expanded = Path(path).expanduser()
+    return expanded if expanded.is_absolute() else base / expanded
