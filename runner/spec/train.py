@@ -110,7 +110,10 @@ class TrainSpec(_Model):
         "null: off.",
     )
     hardness_strength: float | None = Field(
-        None, ge=0, description="mnrl losses with hardness_mode: how much harder negatives weigh. null: 0."
+        None,
+        ge=0,
+        description="mnrl losses with hardness_mode: how much harder negatives weigh. null: 0, which leaves plain "
+        "InfoNCE: hardness_mode needs a strength above 0 to change anything.",
     )
     matryoshka_dims: list[int] | None = Field(
         None,
