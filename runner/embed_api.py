@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -363,12 +362,10 @@ def _detail(exc: Exception) -> str:
 
 
 def latency_summary(latencies: list[float]) -> dict[str, float | None]:
-    """p50 and p95 of request latencies, in milliseconds (None when nothing was asked)."""
+    """p50 and p95 of request latencies in milliseconds, nearest-rank (None when nothing was asked)."""
     if not latencies:
         return {"p50_ms": None, "p95_ms": None}
-    ordered = sorted(latencies)
+    import numpy as np
 
-    def pct(q: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)], 1)
-
-    return {"p50_ms": pct(0.5), "p95_ms": pct(0.95)}
+    p50, p95 = np.percentile(np.asarray(latencies) * 1000, [50, 95], method="inverted_cdf")
+    return {"p50_ms": round(float(p50), 1), "p95_ms": round(float(p95), 1)}

@@ -95,22 +95,15 @@ def select_models(
 
 def _load_data(spec: Spec, *, memo: Memo) -> RetrievalData:
     """The spec's data, loaded once for every candidate (documents: chunked by `model.base`'s tokenizer)."""
-    from runner.data import load_data
+    from runner.training_set import load_run_data
 
-    def load() -> RetrievalData:
-        model = None
-        if spec.data.source == "documents":
-            from runner.device import pick_device
-            from runner.models import load_model
+    model = None
+    if spec.data.source == "documents":
+        from runner.device import pick_device
+        from runner.models import load_model
 
-            model = load_model(spec.model, pick_device())
-        return load_data(spec, model, Path(spec.output.dir) / "llm-cache")
-
-    data = memo.get("data", data_key(spec), load)
-    data.split(spec.data.splits.test)
-    if spec.data.splits.dev:
-        data.split(spec.data.splits.dev)
-    return data
+        model = load_model(spec.model, pick_device())
+    return load_run_data(spec, model=model, memo=memo)
 
 
 def candidate_spec(spec: Spec, candidate: Candidate, *, db: str | Path) -> Spec:

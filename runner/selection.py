@@ -201,22 +201,13 @@ def _because(pick: CandidateRow, *, leader: CandidateRow, tied: list[CandidateRo
     return "; ".join(parts) + "."
 
 
-def share(part: float | None, whole: float | None) -> float | None:
-    """Part / whole, None when either is unknown or whole is 0."""
-    if part is None or not whole:
-        return None
-    return part / whole
-
-
 def human_bytes(n: float | None) -> str:
-    """1536 -> '1.5 KB' (decimal units, as index sizes are usually quoted)."""
+    """1536 -> '1.5 kB' (decimal units, as index sizes are quoted; rich's formatter), '-' when unknown."""
     if n is None or n == float("inf"):
         return "-"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    from rich.filesize import decimal
+
+    return decimal(int(n))
 
 
 def _f4(value: float | None) -> str:

@@ -52,14 +52,10 @@ class TrainingSet:
             ValueError: When the train split yields no pairs.
 
         """
-        from runner.data import load_data
         from runner.data.mix import mix_pairs
 
         splits = spec.data.splits
-        data = memo.get("data", data_key(spec), lambda: load_data(spec, model, Path(spec.output.dir) / "llm-cache"))
-        data.split(splits.test)  # a missing evaluation split is an error before anything else runs
-        if splits.dev:
-            data.split(splits.dev)
+        data = load_run_data(spec, model=model, memo=memo)
         pairs = data.pairs(splits.train, spec.data.limit, spec.data.seed)
         if not pairs:
             raise ValueError(f"no training pairs in split {splits.train!r}")
@@ -114,6 +110,24 @@ class TrainingSet:
     def mix_info(self, spec: Spec) -> dict[str, int]:
         """Pairs drawn per `data.mix` source (after the leak policy)."""
         return {str(src.path): sum(1 for s, _ in self.mixed if s is src) for src in spec.data.mix}
+
+
+def load_run_data(spec: Spec, *, model: SentenceTransformer | None, memo: Memo) -> RetrievalData:
+    """The spec's data, once per process (the memo), with its test and dev splits checked before anything runs.
+
+    Args:
+        spec: The spec.
+        model: The base model (documents source: its tokenizer sizes the chunks; None for the other sources).
+        memo: Work shared between the runs of this process.
+
+    """
+    from runner.data import load_data
+
+    data = memo.get("data", data_key(spec), lambda: load_data(spec, model, Path(spec.output.dir) / "llm-cache"))
+    data.split(spec.data.splits.test)  # a missing evaluation split is an error before anything else runs
+    if spec.data.splits.dev:
+        data.split(spec.data.splits.dev)
+    return data
 
 
 def _check(spec: Spec, data: RetrievalData, pairs: list[Pair], model: SentenceTransformer) -> DataReport:
