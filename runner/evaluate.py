@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
+    from runner.matrix import DiskMatrix
     from runner.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,88 @@ def top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, chunk: int = 1024
     return torch.cat(scores).cpu(), torch.cat(indices).cpu()
 
 
+def top_k_blocks(
+    queries: torch.Tensor, blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k by dot product over blocks of rows, each block's top k merged into a running top k.
+
+    The result is the top k of the whole matrix (ties aside), with one block in memory at a time.
+
+    Args:
+        queries: (n_queries, dim) query embeddings.
+        blocks: (global row numbers (n,), (n, dim) rows) per block; the rows may be a subset (a filter).
+        k: Results per query.
+
+    Returns:
+        (scores, row numbers), each (n_queries, min(k, rows seen)), best first, on the CPU.
+
+    """
+    import torch
+
+    best_s = torch.empty((queries.shape[0], 0))
+    best_i = torch.empty((queries.shape[0], 0), dtype=torch.long)
+    for rows, block in blocks:
+        if block.shape[0] == 0:
+            continue
+        s, i = top_k(queries, block.to(queries.device, dtype=queries.dtype), k)
+        s = torch.cat([best_s, s], dim=1)
+        i = torch.cat([best_i, rows.cpu()[i]], dim=1)
+        best_s, order = torch.topk(s, min(k, s.shape[1]), dim=1)
+        best_i = torch.gather(i, 1, order)
+    return best_s, best_i
+
+
+def exact_top_k(
+    queries: torch.Tensor,
+    corpus: torch.Tensor | DiskMatrix,
+    k: int,
+    *,
+    dim: int | None = None,
+    keep: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k over corpus embeddings in memory or on disk (``eval.memory_mb``), with truncation and a filter.
+
+    Args:
+        queries: (n_queries, d) query embeddings.
+        corpus: (n_corpus, d) embeddings: a tensor, or a :class:`~runner.matrix.DiskMatrix` searched block by block.
+        k: Results per query (capped at the rows searched).
+        dim: Score the first `dim` dimensions only, re-normalised (a Matryoshka model's smaller index); None: all.
+        keep: Corpus rows that may be returned, ascending (a metadata filter); None: all.
+
+    Returns:
+        (scores, corpus row numbers), each (n_queries, min(k, rows searched)), best first, on the CPU.
+
+    """
+    import torch
+
+    from runner.matrix import DiskMatrix
+
+    def shaped(block: torch.Tensor) -> torch.Tensor:
+        return block if dim is None else torch.nn.functional.normalize(block[:, :dim], dim=1)
+
+    queries = shaped(queries)
+    if not isinstance(corpus, DiskMatrix):
+        rows = torch.arange(corpus.shape[0]) if keep is None else torch.as_tensor(keep, dtype=torch.long)
+        if keep is not None:
+            corpus = corpus[rows.to(corpus.device)]
+        scores, indices = top_k(queries.to(corpus.device), shaped(corpus), k)
+        return scores, rows[indices] if indices.numel() else indices
+    wanted = None
+    if keep is not None:
+        wanted = torch.zeros(corpus.shape[0], dtype=torch.bool)
+        wanted[torch.as_tensor(keep, dtype=torch.long)] = True
+
+    def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start, block in corpus.blocks():
+            rows = torch.arange(start, start + block.shape[0])
+            if wanted is not None:
+                picked = wanted[start : start + block.shape[0]]
+                rows, block = rows[picked], block[picked]
+            yield rows, shaped(block)
+
+    return top_k_blocks(queries, blocks(), k)
+
+
 def trec_measures(metrics: list[str]) -> dict[str, str]:
     """Map flat metric keys to pytrec_eval measure names (``ndcg@10`` -> ``ndcg_cut_10``)."""
     out = {}
@@ -182,14 +266,29 @@ class CorpusIndex:
 
     With `disk` set, the base model's embeddings are also kept on disk as ``<disk>/<key>.pt``, where the key
     (given by the caller) identifies the model's files and settings; the corpus text is hashed into it here.
+
+    With `memory_mb` set and a corpus whose embedding matrix (passages x dim x 4 bytes) is larger, embeddings
+    are encoded a block at a time into a :class:`~runner.matrix.DiskMatrix` (``<key>.npy`` for the base model,
+    a temporary file for others, in `disk`, or else `spill`) and searched block by block: the same top k, with
+    one block in memory.
     """
 
-    def __init__(self, corpus: dict[str, str], disk: Path | None = None, base_key: str | None = None):
+    def __init__(
+        self,
+        corpus: dict[str, str],
+        disk: Path | None = None,
+        base_key: str | None = None,
+        *,
+        memory_mb: float | None = None,
+        spill: Path | None = None,
+    ):
         self.ids = list(corpus)
         self.texts = [corpus[i] for i in self.ids]
-        self.embeddings: dict[str, torch.Tensor] = {}
+        self.embeddings: dict[str, torch.Tensor | DiskMatrix] = {}
         self.disk = disk
         self.base_key = base_key
+        self.memory_mb = memory_mb
+        self.spill = spill
         self.encodes = 0
         """How many times a model encoded the whole corpus here (reads from the disk cache do not count)."""
 
@@ -215,14 +314,22 @@ class CorpusIndex:
         spec: ModelSpec,
         batch_size: int | None,
         precision: str = "auto",
-    ) -> torch.Tensor:
-        """Corpus embeddings of `model`, computed once per label ("base", "tuned"); label None: no caching."""
+    ) -> torch.Tensor | DiskMatrix:
+        """Corpus embeddings of `model`, computed once per label ("base", "tuned"); label None: no caching.
+
+        A tensor, or a :class:`~runner.matrix.DiskMatrix` when the matrix would exceed `memory_mb`.
+        """
         import torch
 
         if label is not None and label in self.embeddings:
             return self.embeddings[label]
         batch_size, precision = inference_settings(model, batch_size, precision)
         path = self._disk_path(spec, model.device.type, precision) if label == "base" else None
+        if self._over_budget(model):
+            emb = self._embed_to_disk(label, model, spec, batch_size, precision, path)
+            if label is not None:
+                self.embeddings[label] = emb
+            return emb
         if path is not None and path.exists():
             try:
                 emb = torch.load(path, map_location=model.device, weights_only=True)
@@ -250,6 +357,84 @@ class CorpusIndex:
             torch.save(emb.cpu(), tmp)
             tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
         return emb
+
+    def _over_budget(self, model: SentenceTransformer) -> bool:
+        from runner.matrix import matrix_bytes
+        from runner.models import embedding_dim
+
+        if self.memory_mb is None:
+            return False
+        dim = embedding_dim(model)
+        return matrix_bytes(len(self.texts), dim) > self.memory_mb * 2**20
+
+    def _embed_to_disk(
+        self,
+        label: str | None,
+        model: SentenceTransformer,
+        spec: ModelSpec,
+        batch_size: int,
+        precision: str,
+        cache: Path | None,
+    ) -> DiskMatrix:
+        """Encode the corpus a block at a time into a DiskMatrix (read back from `cache` when it is there)."""
+        import tempfile
+
+        from runner.matrix import DiskMatrix, block_rows
+        from runner.models import embedding_dim
+        from runner.progress import task
+
+        assert self.memory_mb is not None
+        dim = embedding_dim(model)
+        rows = block_rows(self.memory_mb, dim)
+        npy = cache.with_suffix(".npy") if cache is not None else None
+        if npy is not None and npy.exists():
+            try:
+                found = DiskMatrix(npy, block=rows)
+                if found.shape == (len(self.texts), dim):
+                    log.info("corpus embeddings of the base model read block by block from %s", npy)
+                    return found
+            except ValueError as exc:
+                log.warning("ignoring unreadable embedding cache %s: %s", npy, exc)
+        folder = self.disk or self.spill
+        if folder is None:
+            raise ValueError("eval.memory_mb needs a folder for the corpus embeddings (output.dir)")
+        folder.mkdir(parents=True, exist_ok=True)
+        if npy is None:
+            handle, name = tempfile.mkstemp(prefix=f"embx-{label or 'dev'}-", suffix=".npy", dir=folder)
+            os.close(handle)
+            target = Path(name)
+        else:
+            target = npy
+        log.info(
+            "corpus embeddings (%d x %d) exceed eval.memory_mb=%g: encoding blocks of %d passages into %s",
+            len(self.texts),
+            dim,
+            self.memory_mb,
+            rows,
+            target,
+        )
+        self.encodes += 1
+
+        def blocks():
+            with task(f"encode corpus ({label or 'dev'}, to disk)", len(self.texts)) as (bar, tid):
+                for start in range(0, len(self.texts), rows):
+                    part = [spec.passage_prefix + t for t in self.texts[start : start + rows]]
+                    yield encode(
+                        model,
+                        part,
+                        batch_size=batch_size,
+                        normalize=spec.normalize,
+                        description=None,
+                        precision=precision,
+                    )
+                    bar.advance(tid, len(part))
+
+        try:
+            return DiskMatrix.write(target, blocks(), rows=len(self.texts), dim=dim, block=rows, temporary=npy is None)
+        except BaseException:
+            if npy is None:
+                target.unlink(missing_ok=True)
+            raise
 
 
 def evaluate(
@@ -287,8 +472,6 @@ def evaluate(
     """
     import time
 
-    import torch
-
     started = time.perf_counter()
     corpus_emb = index.embed(label, model, spec, batch_size, precision)
     qids = list(qrels)
@@ -300,15 +483,9 @@ def evaluate(
         description=f"encode queries ({label or 'dev'})",
         precision=precision,
     )
-    if dim is not None:
-        corpus_emb = torch.nn.functional.normalize(corpus_emb[:, :dim], dim=1)
-        q_emb = torch.nn.functional.normalize(q_emb[:, :dim], dim=1)
+    keep = None if allowed is None else [i for i, d in enumerate(index.ids) if d in allowed]
+    scores, indices = exact_top_k(q_emb, corpus_emb, depth, dim=dim, keep=keep)
     ids = index.ids
-    if allowed is not None:
-        keep = [i for i, d in enumerate(index.ids) if d in allowed]
-        corpus_emb = corpus_emb[torch.as_tensor(keep, dtype=torch.long, device=corpus_emb.device)]
-        ids = [index.ids[i] for i in keep]
-    scores, indices = top_k(q_emb.to(corpus_emb.device), corpus_emb, depth)
     run = {
         qid: {ids[j]: float(s) for s, j in zip(scores[row].tolist(), indices[row].tolist())}
         for row, qid in enumerate(qids)

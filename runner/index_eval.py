@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from runner.matrix import DiskMatrix
     from runner.spec import IndexEvalSpec
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _percentile(values: list[float], q: float) -> float:
 def evaluate_index(
     *,
     corpus_ids: list[str],
-    corpus_emb: torch.Tensor,
+    corpus_emb: torch.Tensor | DiskMatrix,
     query_ids: list[str],
     query_emb: torch.Tensor,
     qrels: dict[str, dict[str, int]],
@@ -46,7 +47,8 @@ def evaluate_index(
 
     Args:
         corpus_ids: Passage ids, rows of `corpus_emb`.
-        corpus_emb: (n, dim) passage embeddings of the model.
+        corpus_emb: (n, dim) passage embeddings of the model, in memory or on disk (``eval.memory_mb``: written
+            and searched exactly a block at a time).
         query_ids: Query ids, rows of `query_emb`.
         query_emb: (m, dim) query embeddings (prefix applied, normalised as the model's spec says).
         qrels: Judgements of the split.
@@ -57,7 +59,8 @@ def evaluate_index(
         exact: {ndcg@k, recall@k}, ann: {...}, recall_vs_exact@k}``.
 
     """
-    from runner.evaluate import score_run, top_k
+    from runner.evaluate import exact_top_k, score_run
+    from runner.matrix import iter_blocks
     from runner.vectordb import drop_collection, open_collection, redact
 
     k = settings.k
@@ -70,15 +73,16 @@ def evaluate_index(
     temp = None if settings.uri else Path(tempfile.mkdtemp(prefix="embx-index-eval-"))
     uri = settings.uri or str(temp)
     name = f"embx-eval-{secrets.token_hex(4)}"
-    corpus = corpus_emb.detach().float().cpu()
     queries = query_emb.detach().float().cpu()
     try:
         index = open_collection(uri, name, create=True, hnsw=hnsw)
         started = time.perf_counter()
-        vectors = corpus.numpy()
-        for start in range(0, len(corpus_ids), WRITE_BATCH):
-            ids = corpus_ids[start : start + WRITE_BATCH]
-            index.upsert(ids, vectors[start : start + WRITE_BATCH], [""] * len(ids), [{"passage_id": i} for i in ids])
+        for first, block in iter_blocks(corpus_emb, WRITE_BATCH):
+            vectors = block.detach().float().cpu().numpy()
+            for start in range(0, len(vectors), WRITE_BATCH):
+                part = vectors[start : start + WRITE_BATCH]
+                ids = corpus_ids[first + start : first + start + len(part)]
+                index.upsert(ids, part, [""] * len(ids), [{"passage_id": i} for i in ids])
         build = time.perf_counter() - started
         size = index.size_bytes()
         ann: dict[str, dict[str, float]] = {}
@@ -95,7 +99,7 @@ def evaluate_index(
         finally:
             if temp is not None:
                 shutil.rmtree(temp, ignore_errors=True)
-    scores, idx = top_k(queries, corpus, k)
+    scores, idx = exact_top_k(queries, corpus_emb, k)
     exact = {
         qid: {corpus_ids[j]: float(s) for s, j in zip(scores[row].tolist(), idx[row].tolist())}
         for row, qid in enumerate(query_ids)

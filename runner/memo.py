@@ -93,7 +93,7 @@ def baseline_key(spec: Spec) -> str:
     """Identity of the base model's evaluation (persisted: ``runs.baseline_key``; later runs reuse its scores).
 
     Participates: the `model:` section, the fingerprint of the model's files, :func:`data_key` and the
-    `eval:` section except `eval.index` (which measures the tuned model only).
+    `eval:` section except `eval.index` (which measures the tuned model only) and `eval.memory_mb`.
     """
     from runner.models import resolve_model
 
@@ -102,7 +102,8 @@ def baseline_key(spec: Spec) -> str:
     except ValueError:
         location = None
     model = spec.model.model_dump(mode="json")
-    settings = spec.eval.model_dump(mode="json", exclude={"index"})  # eval.index measures the tuned model only
+    # eval.index measures the tuned model only; eval.memory_mb changes where embeddings live, not the scores
+    settings = spec.eval.model_dump(mode="json", exclude={"index", "memory_mb"})
     return content_key(model, fingerprint(location), data_key(spec), settings)
 
 
@@ -197,9 +198,11 @@ def index_key(spec: Spec) -> str:
     """The corpus index of the main data (its texts and the base model's corpus embeddings).
 
     Participates: :func:`data_key`, the `model:` section, `eval.batch_size` and `eval.precision` (embeddings
-    encoded at one precision are never reused by a variant that asks for another).
+    encoded at one precision are never reused by a variant that asks for another), and `eval.memory_mb` (the index
+    holds its embeddings in memory or on disk by it).
     """
-    return content_key(data_key(spec), spec.model.model_dump(mode="json"), spec.eval.batch_size, spec.eval.precision)
+    m = spec.model.model_dump(mode="json")
+    return content_key(data_key(spec), m, spec.eval.batch_size, spec.eval.precision, spec.eval.memory_mb)
 
 
 def checks_key(spec: Spec) -> str:
@@ -241,11 +244,11 @@ def eval_set_key(entry: EvalSet) -> str:
 def eval_set_index_key(entry: EvalSet, spec: Spec) -> str:
     """An `eval.sets` entry's corpus index.
 
-    Participates: :func:`eval_set_key`, the `model:` section, `eval.batch_size` and `eval.precision`.
+    Participates: :func:`eval_set_key`, the `model:` section, `eval.batch_size`, `eval.precision` and
+    `eval.memory_mb`.
     """
-    return content_key(
-        eval_set_key(entry), spec.model.model_dump(mode="json"), spec.eval.batch_size, spec.eval.precision
-    )
+    m = spec.model.model_dump(mode="json")
+    return content_key(eval_set_key(entry), m, spec.eval.batch_size, spec.eval.precision, spec.eval.memory_mb)
 
 
 def bm25_key(spec: Spec, *, allowed: set[str] | None, qids: list[str]) -> str:

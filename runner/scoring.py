@@ -107,15 +107,19 @@ class RetrievalEvaluator:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RetrievalEvaluator:
         """The evaluator :meth:`to_json` described, with a fresh corpus index."""
+        import tempfile
+
         from runner.evaluate import CorpusIndex
 
         allowed = data.get("allowed")
+        settings = EvalSpec.model_validate(data["settings"])
+        spill = Path(tempfile.gettempdir()) / "embx-embeddings"
         return cls(
-            index=CorpusIndex(data["corpus"]),
+            index=CorpusIndex(data["corpus"], memory_mb=settings.memory_mb, spill=spill),
             queries=data["queries"],
             qrels=data["qrels"],
             model=ModelSpec.model_validate(data["model"]),
-            settings=EvalSpec.model_validate(data["settings"]),
+            settings=settings,
             allowed=set(allowed) if allowed is not None else None,
         )
 
@@ -142,9 +146,12 @@ class RunScorer:
         self.test_qrels = data.split(splits.test)
         self.dev_qrels = data.split(splits.dev) if splits.dev else None
         self.allowed = filtered_ids(spec, data)
-        disk = Path(spec.output.dir) / "embeddings" if spec.output.embedding_cache else None
+        spill = Path(spec.output.dir) / "embeddings"
+        disk = spill if spec.output.embedding_cache else None
         self.index: CorpusIndex = memo.get(
-            "index", index_key(spec), lambda: CorpusIndex(data.corpus, disk, model_key(spec))
+            "index",
+            index_key(spec),
+            lambda: CorpusIndex(data.corpus, disk, model_key(spec), memory_mb=spec.eval.memory_mb, spill=spill),
         )
         self.test = self._evaluator(self.test_qrels)
         self.dev = self._evaluator(self.dev_qrels) if self.dev_qrels else None
@@ -295,10 +302,17 @@ class RunScorer:
 
                 out["hybrid"] = score_run(qrels, fuse_rrf([dense_run(), bm25], depth), cfg.metrics)[0]
         if cfg.two_stage:
+            import torch
+
             from runner.retrieval import two_stage_run
 
             m = spec.model
             fine_emb = self.index.embed(label, model, m, cfg.batch_size, cfg.precision)  # already encoded
+            if not isinstance(fine_emb, torch.Tensor):
+                raise ValueError(
+                    f"eval.two_stage needs the corpus embeddings in memory, and {len(self.index.ids)} passages exceed "
+                    f"eval.memory_mb={cfg.memory_mb}: raise eval.memory_mb or drop eval.two_stage"
+                )
             coarse_ids = list(data.coarse)
             coarse_texts = [m.passage_prefix + data.coarse[c] for c in coarse_ids]
             coarse_emb = encode(
@@ -352,7 +366,13 @@ class RunScorer:
             data = self.memo.get(
                 "data", eval_set_key(entry), lambda entry=entry: load_source(entry.source, entry.path, [entry.split])
             )
-            index = self.memo.get("index", eval_set_index_key(entry, spec), lambda data=data: CorpusIndex(data.corpus))
+            index = self.memo.get(
+                "index",
+                eval_set_index_key(entry, spec),
+                lambda data=data: CorpusIndex(
+                    data.corpus, memory_mb=spec.eval.memory_mb, spill=Path(spec.output.dir) / "embeddings"
+                ),
+            )
             evaluator = RetrievalEvaluator(
                 index=index,
                 queries=data.queries,

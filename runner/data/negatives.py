@@ -13,6 +13,7 @@ from runner.data.types import Pair
 if TYPE_CHECKING:
     import torch
 
+    from runner.matrix import DiskMatrix
     from runner.spec import NegativesSpec
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def mine_hard_negatives(
     pool: list[str],
     query_emb: torch.Tensor,
     positive_emb: torch.Tensor,
-    pool_emb: torch.Tensor,
+    pool_emb: torch.Tensor | DiskMatrix,
     spec: NegativesSpec,
     seed: int,
     known: dict[str, set[str]] | None = None,
@@ -115,21 +116,22 @@ def mine_hard_negatives(
         pool: Candidate passage texts (the corpus).
         query_emb: (len(pairs), d) query embeddings, aligned with `pairs`.
         positive_emb: (len(pairs), d) embeddings of each pair's positive.
-        pool_emb: (len(pool), d) pool embeddings.
+        pool_emb: (len(pool), d) pool embeddings, in memory or on disk (``eval.memory_mb``: searched a block at a
+            time, exactly).
         spec: Negatives settings.
         seed: Sampling seed.
         known: Query text -> texts of all its positives.
         teacher: Scores (query, passage) pairs, higher = more relevant (a cross-encoder); used with spec.rescore.
 
     """
-    from runner.evaluate import top_k
+    from runner.evaluate import exact_top_k
 
     low, high = spec.mine_range
     rng = random.Random(seed)
     excluded = _positives(pairs, known or {})
     stats = NegativeStats("hard", len(pairs), spec.per_query)
     pos_scores = (query_emb * positive_emb).sum(dim=1).cpu().tolist()
-    scores, indices = top_k(query_emb, pool_emb, high)
+    scores, indices = exact_top_k(query_emb, pool_emb, high)
     candidates: list[tuple[list[str], set[str]]] = []
     for row, banned in enumerate(excluded):
         limit = (1.0 - spec.relative_margin) * pos_scores[row]
@@ -271,6 +273,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         return random_negatives(pairs, pool, cfg.per_query, spec.data.seed, known)
 
     from runner.evaluate import encode
+    from runner.matrix import gather
 
     m = spec.model
     if pool_label is not None:
@@ -300,9 +303,10 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
     query_emb = q_emb[[q_row[p.query] for p in pairs]]
     if pool_label is not None:  # the corpus: find positives by id (a training positive may differ, e.g. ICT)
         id_row = {doc_id: i for i, doc_id in enumerate(index.ids)}
-        positive_emb = pool_emb[[id_row[p.positive_id] for p in pairs]]
+        positive_emb = gather(pool_emb, [id_row[p.positive_id] for p in pairs])
     else:
-        positive_emb = pool_emb[[row[p.positive] for p in pairs]]
+        positive_emb = gather(pool_emb, [row[p.positive] for p in pairs])
+    positive_emb = positive_emb.to(query_emb.device)
     teacher = cross_encoder_teacher(cfg, model.device.type) if cfg.rescore is not None else None
     return mine_hard_negatives(
         pairs,

@@ -58,6 +58,15 @@ class EvalSpec(_Model):
         description="Precision of inference (encoding) under autocast; top-k and metrics are computed in fp32. "
         "auto: fp16 on CUDA; on CPU bf16 where the processor has AMX bf16 matrix units, else fp32.",
     )
+    memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="Most MiB of corpus embeddings held in memory at once, for evaluation and hard-negative mining. "
+        "A corpus whose embedding matrix (passages x dim x 4 bytes) is larger is encoded a block at a time into a "
+        "float32 .npy file under output.dir/embeddings and searched block by block: exact top-k, the same results, "
+        "one block (and its scores against 1,024 queries) in memory. Not part of the spec hash. null: the whole "
+        "matrix in memory. eval.two_stage needs it in memory.",
+    )
     retrievers: list[Literal["dense", "bm25", "hybrid"]] = Field(
         default_factory=lambda: ["dense"],
         min_length=1,

@@ -261,12 +261,13 @@ class Spec(_Model):
     def spec_hash(self) -> str:
         """Content hash of the resolved spec without `output:` and unset (null) fields: equal hashes, same experiment.
 
-        `output:` says where results go and what is kept (models, embedding cache), never what they are, and
-        `select:` names candidates compared before training, never what a run trains, so a change in either
-        does not make a finished run look unfinished; and a null field takes no part, so a new
+        `output:` says where results go and what is kept (models, embedding cache), never what they are,
+        `select:` names candidates compared before training, never what a run trains, and `eval.memory_mb` only
+        bounds memory (the results are the same), so a change in any of them does not make a finished run look
+        unfinished; and a null field takes no part, so a new
         optional section (such as `merge:`) leaves the hashes of existing specs, and their finished runs, alone.
         """
-        section = self.model_dump(mode="json", exclude={"output", "select"}, exclude_none=True)
+        section = self.model_dump(mode="json", exclude=_UNHASHED, exclude_none=True)
         if self._root and self._relative:
             _relative_paths(section, self._root, self._relative)
         return hashlib.sha256(json.dumps(section, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
@@ -282,6 +283,9 @@ class Spec(_Model):
         finally:
             self._root = root
 
+
+_UNHASHED: dict = {"output": True, "select": True, "eval": {"memory_mb"}}
+"""Spec parts outside the spec hash: they never change what a run computes (see :meth:`Spec.spec_hash`)."""
 
 PATH_FIELDS = (
     ("data", "path"),
