@@ -355,7 +355,7 @@ def test_ablation_charts_have_intervals_and_mark_the_kept_epoch(ablation_db):
     html = build_report([db])
     assert "95% intervals of the" in html
     curves = html.split('class="chart curves"')[1].split("</figure>")[0]
-    assert "dev recall@10 (epoch 0 = base model; \u2605 = epoch kept)" in curves
+    assert "dev ndcg@10 (epoch 0 = base model; \u2605 = epoch kept)" in curves  # eval.main
     # the limit variant's interval is the reference's value plus the paired interval of the difference
     limit = next(v for v in section["variants"] if v.changes == {"data.limit": 20})
     factor = next(c for c in section["factor_charts"] if c["title"] == "data.limit")

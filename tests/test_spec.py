@@ -393,7 +393,7 @@ def test_defaults_make_a_five_line_spec_valid(tmp_path):
     assert (spec.data.splits.train, spec.data.splits.dev, spec.data.splits.test) == ("train", "dev", "test")
     assert spec.negatives.mode == "in-batch" and spec.negatives.mine_range == (10, 100)
     assert spec.train.epochs == 1 and spec.train.learning_rate == 2e-5 and spec.train.batch_size == 32
-    assert spec.train.early_stopping.metric == "recall@10" and spec.train.early_stopping.patience == 2
+    assert spec.train.early_stopping.metric == "ndcg@10" and spec.train.early_stopping.patience == 2  # eval.main
     assert spec.eval.metrics == ["recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"]
     assert spec.eval.main == "ndcg@10" and spec.eval.baseline is True
 
@@ -454,3 +454,17 @@ def test_shipped_spec_validates(path):
     assert loaded.spec.name
     first = path.read_text().splitlines()[0]
     assert first.startswith("# embx "), f"{path.name} must open with the command that runs it"
+
+
+def test_early_stopping_defaults_to_the_main_metric(tmp_path):
+    from runner.spec import Spec
+
+    base = {"name": "x", "model": {"base": "./m"}, "data": {"path": "d"}}
+    assert Spec.model_validate({**base, "eval": {"main": "mrr@10"}}).train.early_stopping.metric == "mrr@10"
+    explicit = {**base, "train": {"early_stopping": {"metric": "recall@10"}}}
+    assert Spec.model_validate(explicit).train.early_stopping.metric == "recall@10"
+    implicit = Spec.model_validate(base)
+    assert (
+        implicit.spec_hash()
+        == Spec.model_validate({**base, "train": {"early_stopping": {"metric": "ndcg@10"}}}).spec_hash()
+    )

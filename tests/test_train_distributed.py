@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,13 +180,26 @@ def test_two_nodes_on_one_machine(tmp_path, model, data):
     path = spec_file(tmp_path, model, data, "nodes", nproc=1, batch=8, cross_device_negatives=True)
     common = ["--nnodes", "2", "--nproc-per-node", "1", "--set", f"train.distributed.workdir={workdir}"]
     embx = [sys.executable, "-m", "runner.cli", "run", str(path), "--db", str(db), *common]
-    follower = subprocess.Popen(
-        [*embx, "--node-rank", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    leader = subprocess.run([*embx, "--node-rank", "0"], capture_output=True, text=True, timeout=600)
-    follower_out, _ = follower.communicate(timeout=120)
-    assert leader.returncode == 0, leader.stderr[-2000:]
-    assert follower.returncode == 0 and "took part in 1 training job(s)" in follower_out
+    logs = {rank: tmp_path / f"node{rank}.log" for rank in (0, 1)}
+    nodes = {
+        rank: subprocess.Popen(
+            [*embx, "--node-rank", str(rank)], stdout=logs[rank].open("w"), stderr=subprocess.STDOUT, text=True
+        )
+        for rank in (1, 0)
+    }
+    # Either node failing ends the test at once (the other would wait for it until its rendezvous times out).
+    deadline = time.monotonic() + 600
+    while any(p.poll() is None for p in nodes.values()) and time.monotonic() < deadline:
+        if any(p.returncode not in (None, 0) for p in nodes.values()):
+            break
+        time.sleep(0.5)
+    for p in nodes.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    leader_out, follower_out = logs[0].read_text(), logs[1].read_text()
+    assert nodes[0].returncode == 0, f"leader: {leader_out[-2000:]}\nfollower: {follower_out[-2000:]}"
+    assert nodes[1].returncode == 0 and "took part in 1 training job(s)" in follower_out, follower_out[-2000:]
     ((run_id, status),) = query(db, "SELECT run_id, status FROM runs")
     train = store.get_run(db, run_id)["info"]["train"]
     assert status == "ok" and train["world_size"] == 2 and train["global_batch"] == 16

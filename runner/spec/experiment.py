@@ -227,10 +227,13 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _early_stopping_needs_dev(self) -> Spec:
-        if self.train.early_stopping is not None and self.data.splits.dev is None:
+        stopping = self.train.early_stopping
+        if stopping is not None and self.data.splits.dev is None:
             raise ValueError(
                 "data.splits.dev: train.early_stopping needs a dev split: set data.splits.dev or early_stopping: null"
             )
+        if stopping is not None and stopping.metric is None:
+            stopping.metric = self.eval.main  # the metric the run is judged on, not a saturated recall@10
         return self
 
     def resolved_json(self) -> str:

@@ -12,10 +12,14 @@ from runner.spec.base import _Model, check_metric
 class EarlyStopping(_Model):
     """Stop when the dev metric has not improved for `patience` epochs; keep the best epoch's weights."""
 
-    metric: str = Field("recall@10", description="Dev metric to select the best epoch on.")
+    metric: str | None = Field(
+        None,
+        description="Dev metric to select the best epoch on. null: eval.main (filled in when the spec is validated, "
+        "so the stored spec names it).",
+    )
     patience: int = Field(2, ge=1, description="Epochs without improvement before training stops.")
 
-    _check = field_validator("metric")(classmethod(lambda cls, v: check_metric(v)))
+    _check = field_validator("metric")(classmethod(lambda cls, v: v if v is None else check_metric(v)))
 
 
 class LoraSpec(_Model):
