@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from runner import cli_index, cli_select
+from runner import cli_index, cli_push, cli_select
 from runner.cli_common import (
     EXIT_BAD_INPUT,
     call_recorded,
@@ -125,6 +125,7 @@ def run(
     from runner.data.types import DataError
     from runner.pipeline import run_experiment
     from runner.summary import print_experiment
+    from runner.trackers import TrackerError
 
     db = db or store.default_db()
 
@@ -132,7 +133,7 @@ def run(
         store.reap_stale(db)
         return run_experiment(loaded, db, force=force)
 
-    result = call_recorded(work, bad_input=(store.StoreError, DataError), what="run")
+    result = call_recorded(work, bad_input=(store.StoreError, DataError, TrackerError), what="run")
     print_experiment(result, db)
     if result.failed:
         sys.exit(1)
@@ -491,6 +492,7 @@ main.add_command(cli_select.select)
 main.add_command(cli_index.index)
 main.add_command(cli_index.query)
 main.add_command(cli_index.eval_index)
+main.add_command(cli_push.push_runs)
 
 if __name__ == "__main__":
     main()
