@@ -200,3 +200,25 @@ def test_report_to_takes_no_part_in_the_spec_hash(tiny_model, tiny_beir):
     plain = Spec.model_validate(data)
     tracked = Spec.model_validate({**data, "train": {"report_to": ["mlflow"], "tracking_uri": "sqlite:///m.db"}})
     assert tracked.spec_hash() == plain.spec_hash()
+
+
+def test_the_trainer_loop_logs_under_the_same_names(make_spec, tmp_path):
+    uri = _uri(tmp_path)
+    train = {
+        "epochs": 1,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "early_stopping": None,
+        "loop": "trainer",
+        "precision": "fp32",
+        "report_to": ["mlflow"],
+        "tracking_uri": uri,
+    }
+    path = make_spec(tmp_path / "spec.yaml", train=train, output={"embedding_cache": False, "save_model": "none"})
+    result = run_spec(load_spec(path), tmp_path / "runs.duckdb")
+    (run,) = _runs(uri)
+    client = mlflow.MlflowClient(uri)
+    assert run.data.tags[RUN_TAG] == result.run_id
+    assert len(client.get_metric_history(run.info.run_id, "eval_dev_ndcg_10")) == 2  # base, then the epoch
+    assert client.get_metric_history(run.info.run_id, "loss") and "learning_rate" in run.data.metrics
+    assert run.data.metrics["test_tuned_ndcg_10"] == pytest.approx(result.metrics["tuned"]["ndcg@10"])
