@@ -242,9 +242,11 @@ def search(
     setup_logging(verbose)
     from runner.search import SearchError, default_storage, run_search, run_worker
     from runner.summary import print_search
+    from runner.trackers import TrackerError, preflight
 
     db = db or store.default_db()
     try:
+        preflight(loaded.spec)
         store.reap_stale(db)
         if loaded.spec.train.distributed.world_size > 1:
             raise SearchError("search trials train in one process each: train.distributed is for `embx run`")
@@ -271,7 +273,7 @@ def search(
             workers=workers,
             overrides=list(overrides),
         )
-    except (SearchError, store.StoreError) as exc:
+    except (SearchError, store.StoreError, TrackerError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:

@@ -422,8 +422,7 @@ def run_experiment(
     from runner.ablate import expand
 
     variants = expand(loaded.spec)
-    if "mlflow" in (loaded.spec.train.report_to or []):  # an unreachable server fails once, before any variant
-        trackers.check_tracking_uri(loaded.spec.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    trackers.preflight(loaded.spec)  # an unreachable tracking server fails once, before any variant
     out, memo = ExperimentResult(), Memo()
     with _follower_session(loaded.spec):
         for variant in variants:

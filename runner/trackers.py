@@ -126,6 +126,17 @@ def check_tracking_uri(uri: str | None, *, timeout: float = PROBE_TIMEOUT) -> No
         ) from None
 
 
+def preflight(spec: Spec) -> None:
+    """Probe the spec's MLflow tracking server once, before a command starts its runs (each run probes again).
+
+    Raises:
+        TrackerError: If ``train.report_to`` names mlflow and its http(s) server does not answer.
+
+    """
+    if "mlflow" in (spec.train.report_to or []):
+        check_tracking_uri(spec.train.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+
+
 def _mlflow_client(uri: str | None):
     """An MlflowClient on `uri` (else MLFLOW_TRACKING_URI, else MLflow's default), failing fast when unreachable."""
     try:
