@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from runner import cli_index, cli_select
+from runner import cli_index, cli_push, cli_select
 from runner.cli_common import (
     EXIT_BAD_INPUT,
     call_recorded,
@@ -125,6 +125,7 @@ def run(
     from runner.data.types import DataError
     from runner.pipeline import run_experiment
     from runner.summary import print_experiment
+    from runner.trackers import TrackerError
 
     db = db or store.default_db()
 
@@ -132,7 +133,7 @@ def run(
         store.reap_stale(db)
         return run_experiment(loaded, db, force=force)
 
-    result = call_recorded(work, bad_input=(store.StoreError, DataError), what="run")
+    result = call_recorded(work, bad_input=(store.StoreError, DataError, TrackerError), what="run")
     print_experiment(result, db)
     if result.failed:
         sys.exit(1)
@@ -241,9 +242,11 @@ def search(
     setup_logging(verbose)
     from runner.search import SearchError, default_storage, run_search, run_worker
     from runner.summary import print_search
+    from runner.trackers import TrackerError, preflight
 
     db = db or store.default_db()
     try:
+        preflight(loaded.spec)
         store.reap_stale(db)
         if loaded.spec.train.distributed.world_size > 1:
             raise SearchError("search trials train in one process each: train.distributed is for `embx run`")
@@ -270,7 +273,7 @@ def search(
             workers=workers,
             overrides=list(overrides),
         )
-    except (SearchError, store.StoreError) as exc:
+    except (SearchError, store.StoreError, TrackerError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
@@ -491,6 +494,7 @@ main.add_command(cli_select.select)
 main.add_command(cli_index.index)
 main.add_command(cli_index.query)
 main.add_command(cli_index.eval_index)
+main.add_command(cli_push.push_runs)
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import records, store
+from runner import records, store, trackers
 from runner.learned import check_splits, check_training
 from runner.memo import Memo, baseline_key, data_key
 from runner.models import weights_fingerprint
@@ -125,8 +125,9 @@ def run_spec(
         study=study,
         trial=trial,
     )
+    tracking = _start_tracking(spec, run_id=record.run_id, variant=record.variant)  # before any work: fails fast
     store.start_run(db, record)
-    run = _Run(spec, run_id=record.run_id, device=device, db=db, memo=memo or Memo(), on_dev=on_dev)
+    run = _Run(spec, run_id=record.run_id, device=device, db=db, memo=memo or Memo(), on_dev=on_dev, tracking=tracking)
     run.info.update({"device": record.device, "variant": record.variant})
     if provenance:
         run.info["selected_by"] = provenance
@@ -143,6 +144,8 @@ def run_spec(
         _record_end(run, exc, "failed", f"{type(exc).__name__}: {exc}")
         raise
     rows.timings = result.timings = dict(run.timer)
+    if tracking is not None:
+        tracking.finish(status="ok", scores=rows.metrics)
     saved = store.finish_run(db, run.run_id, rows)
     if saved is not None:
         result.info["recovery_file"] = str(saved)
@@ -159,6 +162,8 @@ def run_spec(
 
 def _record_end(run: _Run, exc: BaseException, status: str, error: str, train_log: list | None = None) -> None:
     """Record how a run ended, and say where on the exception (``embx_recorded``, printed by the CLI)."""
+    if run.tracking is not None:
+        run.tracking.finish(status=status)
     try:
         saved = store.end_run(
             run.db, run.run_id, status=status, error=error, timings=dict(run.timer), info=run.info, train_log=train_log
@@ -188,6 +193,16 @@ class _Run:
     info: dict[str, Any] = field(default_factory=dict)
     dev_log: list[tuple[int, float, str, float]] = field(default_factory=list)
     """Dev scores as they come (kept with a pruned run, which has no other rows)."""
+    tracking: trackers.Tracking | None = None
+    """The experiment trackers the run is logged to (``train.report_to``), if any."""
+
+
+def _start_tracking(spec: Spec, *, run_id: str, variant: str | None) -> trackers.Tracking | None:
+    """Open the run's tracker runs (``train.report_to``) and log the spec; None when it names none embx logs."""
+    import json
+
+    tags = {"embx.variant": str(variant or "base"), "embx.spec_hash": spec.spec_hash()}
+    return trackers.start(spec, run_id=run_id, resolved=json.loads(spec.resolved_json()), tags=tags)
 
 
 def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunResults]:
@@ -206,6 +221,8 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     info["baseline_from"] = scores.baseline_from
     if (records.DEV, records.BASE) in scores.dense:  # epoch 0 of the dev curve, kept even if the run is pruned
         run.dev_log += records.dev_log_rows(0, scores.dense[records.DEV, records.BASE].metrics)
+        if run.tracking is not None:
+            run.tracking.log_rows(run.dev_log)
     with timer("negatives"):
         pairs = training.add_negatives(spec, model=model, index=scorer.index, memo=memo)
     info["negatives"] = training.negative_stats.as_dict()
@@ -278,7 +295,10 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
             raise ValueError("search trials train in one process: train.distributed is not supported in search")
         # The job folder is kept when training fails (its logs), removed when it succeeds.
         job = Path(distributed.workdir or Path(spec.output.dir) / "jobs") / run.run_id
-        return launch(model, pairs=pairs, spec=spec, dev=scorer.dev, folder=job)
+        outcome = launch(model, pairs=pairs, spec=spec, dev=scorer.dev, folder=job)
+        if run.tracking is not None:  # the training processes log nothing themselves: the log, once they are done
+            run.tracking.log_rows(outcome.log)
+        return outcome
     from runner.train import get_backend
 
     epochs = iter(range(1, 10_000))
@@ -294,7 +314,8 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
     _remove_orphan_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{run.run_id}-") as workdir:
         backend = get_backend(spec.train.backend)
-        return backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir))
+        on_log = run.tracking.log_rows if run.tracking is not None else None
+        return backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir), on_log=on_log)
 
 
 WORKDIR_PREFIX = "embx-"
@@ -401,6 +422,7 @@ def run_experiment(
     from runner.ablate import expand
 
     variants = expand(loaded.spec)
+    trackers.preflight(loaded.spec)  # an unreachable tracking server fails once, before any variant
     out, memo = ExperimentResult(), Memo()
     with _follower_session(loaded.spec):
         for variant in variants:

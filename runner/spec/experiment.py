@@ -15,7 +15,7 @@ from runner.spec.data import ChunkingSpec, DataSpec, NegativesSpec, QueriesSpec
 from runner.spec.eval import EvalSpec
 from runner.spec.model import ModelSpec
 from runner.spec.select import SelectSpec
-from runner.spec.train import TrainSpec
+from runner.spec.train import EMBX_TRACKERS, TrainSpec
 
 
 class OutputSpec(_Model):
@@ -213,6 +213,15 @@ class Spec(_Model):
             raise ValueError("train.loop: embx is the sentence-transformers backend's loop; use auto")
         if self.train.loop == "embx" and self.train.distributed.world_size > 1:
             raise ValueError("train.loop: embx trains in one process; under torchrun use auto or trainer")
+        embx_loop = self.train.backend == "sentence-transformers" and (
+            self.train.loop == "embx" or (self.train.loop == "auto" and self.train.distributed.world_size == 1)
+        )
+        others = [name for name in self.train.report_to or [] if name not in EMBX_TRACKERS]
+        if embx_loop and others:
+            raise ValueError(
+                f"train.report_to: {', '.join(others)} is logged by transformers' trainer only: set train.loop: "
+                f"trainer, or report to {', '.join(EMBX_TRACKERS)}, which embx's own loop logs to"
+            )
         return self
 
     @model_validator(mode="after")
@@ -264,11 +273,12 @@ class Spec(_Model):
     def spec_hash(self) -> str:
         """Content hash of the resolved spec without `output:` and unset (null) fields: equal hashes, same experiment.
 
-        `output:` says where results go and what is kept (models, embedding cache), never what they are,
-        `select:` names candidates compared before training, never what a run trains, and `eval.memory_mb` only
-        bounds memory (the results are the same), so a change in any of them does not make a finished run look
-        unfinished; and a null field takes no part, so a new
-        optional section (such as `merge:`) leaves the hashes of existing specs, and their finished runs, alone.
+        `output:` says where results go and what is kept (models, embedding cache), never what they are, as do
+        `train.report_to` and `train.tracking_uri` (the trackers a run is also logged to); `select:` names
+        candidates compared before training, never what a run trains; `eval.memory_mb` only bounds memory (the
+        results are the same); so a change in any of them does not make a finished run look unfinished. A null
+        field takes no part, so a new optional section (such as `merge:`) leaves the hashes of existing specs, and
+        their finished runs, alone.
         """
         section = self.model_dump(mode="json", exclude=_UNHASHED, exclude_none=True)
         if self._root and self._relative:
@@ -287,7 +297,10 @@ class Spec(_Model):
             self._root = root
 
 
-_UNHASHED: dict = {"output": True, "select": True, "eval": {"memory_mb"}}
+TRACKING_FIELDS = ("report_to", "tracking_uri")
+"""`train:` fields that say where a run is also logged: they take no part in the spec hash."""
+
+_UNHASHED: dict = {"output": True, "select": True, "train": set(TRACKING_FIELDS), "eval": {"memory_mb"}}
 """Spec parts outside the spec hash: they never change what a run computes (see :meth:`Spec.spec_hash`)."""
 
 PATH_FIELDS = (

@@ -13,6 +13,8 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from runner.spec.train import trainer_report_to
+
 if TYPE_CHECKING:
     from runner.spec.model import ModelSpec
     from runner.spec.train import TrainSpec
@@ -56,7 +58,7 @@ MANAGED: dict[str, str] = {
     "save_strategy": "train.early_stopping",
     "load_best_model_at_end": "train.early_stopping",
     "metric_for_best_model": "train.early_stopping.metric",
-    "report_to": "nothing: results go to the embx store",
+    "report_to": "train.report_to",
     "negatives_cross_device": "train.cross_device_negatives",
     "ddp_backend": "train.distributed.backend",
 }
@@ -152,7 +154,7 @@ def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
         "data_seed": cfg.seed,
         "save_strategy": "no",
         "eval_strategy": "no",
-        "report_to": "none",
+        "report_to": trainer_report_to(train.report_to),  # embx logs its own trackers itself
         "disable_tqdm": True,
     }
 

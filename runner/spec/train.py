@@ -8,6 +8,33 @@ from pydantic import Field, field_validator, model_validator
 
 from runner.spec.base import _Model, check_metric
 
+TRACKERS: dict[str, tuple[str, str]] = {
+    "mlflow": ("mlflow", "mlflow"),
+    "wandb": ("wandb", "wandb"),
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "trackio": ("trackio", "trackio"),
+    "comet_ml": ("comet_ml", "comet-ml"),
+    "neptune": ("neptune", "neptune"),
+    "clearml": ("clearml", "clearml"),
+    "dvclive": ("dvclive", "dvclive"),
+    "codecarbon": ("codecarbon", "codecarbon"),
+    "azure_ml": ("azureml", "azureml-core"),
+    "dagshub": ("dagshub", "dagshub"),
+    "flyte": ("flytekit", "flytekit"),
+    "swanlab": ("swanlab", "swanlab"),
+}
+"""transformers' reporting integrations (``report_to`` names): name -> (module that must be importable, pip package).
+mlflow is satisfied by the client alone (mlflow-skinny); tests/test_trackers.py checks the names against
+transformers' own list."""
+
+EMBX_TRACKERS = ("mlflow", "wandb", "tensorboard", "trackio")
+"""Trackers embx logs to itself through their clients (every loop); the others only through the trainer loop."""
+
+
+def trainer_report_to(names: list[str] | None) -> list[str] | str:
+    """The trainer's `report_to`: the integrations of `names` that embx does not log itself, or ``"none"``."""
+    return [name for name in names or [] if name not in EMBX_TRACKERS] or "none"
+
 
 class EarlyStopping(_Model):
     """Stop when the dev metric has not improved for `patience` epochs; keep the best epoch's weights."""
@@ -163,6 +190,40 @@ class TrainSpec(_Model):
         "seconds, so it pays off on long GPU runs only.",
     )
     seed: int = Field(42, description="Seed for initialisation order, shuffling and dropout.")
+    report_to: list[str] | None = Field(
+        None,
+        description="Experiment trackers that receive each run: loss, learning rate, dev metrics per epoch, final "
+        "test metrics and the spec as parameters (e.g. [mlflow]). mlflow, wandb, tensorboard and trackio work "
+        "with every loop; transformers' other integrations (comet_ml, neptune, ...) with loop trainer only. The "
+        "tracker's package must be installed. Not part of the spec hash. null: the embx store only.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI for report_to: [mlflow]: a local store (sqlite:///mlflow.db) or a "
+        "tracking server (http://host:5000). Not part of the spec hash. null: MLFLOW_TRACKING_URI, else "
+        "MLflow's default.",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, value: list[str] | None) -> list[str] | None:
+        import difflib
+        import importlib.util
+
+        if value is None:
+            return None
+        names = [name.strip().lower() for name in value]
+        for name in names:
+            if name not in TRACKERS:
+                close = difflib.get_close_matches(name, list(TRACKERS), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"unknown tracker {name!r}: {hint}known: {', '.join(TRACKERS)}")
+            module, package = TRACKERS[name]
+            if importlib.util.find_spec(module) is None:
+                extra = "  (or: pip install 'embx[trackers]')" if name == "mlflow" else ""
+                raise ValueError(f"tracker {name!r} is not installed: pip install {package}{extra}")
+        return list(dict.fromkeys(names))
+
     early_stopping: EarlyStopping | None = Field(
         default_factory=EarlyStopping,
         description="Early stopping on the dev split; null trains all epochs and keeps the last.",

@@ -7,6 +7,7 @@ from runner.device import cpu_has_bf16_matrix_units as cpu_has_bf16_matrix_units
 from runner.device import resolve_precision as resolve_precision
 from runner.train.base import DEV_NAME as DEV_NAME
 from runner.train.base import DevEval as DevEval
+from runner.train.base import LogHook as LogHook
 from runner.train.base import TrainBackend
 from runner.train.base import TrainOutcome as TrainOutcome
 from runner.train.base import cross_device as cross_device

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 DevEval = Callable[["SentenceTransformer"], dict[str, float]]
 """Scores a model on the dev split: returns flat metric keys -> values."""
 
+LogHook = Callable[[list[tuple[int, float, str, float]]], None]
+"""Receives training-log rows (step, epoch, name, value) as they are logged (the run's experiment trackers)."""
+
 
 @dataclass
 class TrainOutcome:
@@ -59,12 +62,20 @@ class TrainBackend(Protocol):
     name: str
 
     def train(
-        self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
+        self,
+        model: SentenceTransformer,
+        pairs: list[Pair],
+        spec: Spec,
+        dev: DevEval | None,
+        workdir: Path,
+        *,
+        on_log: LogHook | None = None,
     ) -> TrainOutcome:
         """Fine-tune `model` on `pairs` (each with 0 or `per_query` negatives) as `spec.train` says.
 
         Pairs come without the model's query/passage prefixes: each backend applies `spec.model`'s prefixes
         in its own way (sentence-transformers in the dataset, FlagEmbedding through its instruction arguments).
+        Every row added to the outcome's log is also passed to `on_log` as it is logged.
         """
         ...
 
@@ -94,13 +105,14 @@ def cross_device(spec: Spec) -> bool:
 DEV_NAME = "dev"
 
 
-def log_callback(outcome_log: list, dev_metric: str | None):
+def log_callback(outcome_log: list, dev_metric: str | None, on_log: LogHook | None = None):
     """A transformers TrainerCallback that keeps the training log and drives a rich progress bar.
 
     Args:
         outcome_log: Rows (step, epoch, name, value) are appended here: loss, learning rate, grad norm and the
             trainer's own dev evaluation (``eval_dev_*``) when it runs one.
         dev_metric: Dev metric to log at INFO level after each trainer evaluation (None: none).
+        on_log: Also receives the rows of each log call.
 
     """
     from transformers import TrainerCallback
@@ -131,12 +143,16 @@ def log_callback(outcome_log: list, dev_metric: str | None):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "loss" in (logs or {}):
                 self.progress.update(self.task, note=f"loss {logs['loss']:.4f}")
+            rows = []
             for key, value in (logs or {}).items():
                 if key in ("loss", "learning_rate", "grad_norm") or key.startswith(f"eval_{DEV_NAME}_"):
                     name = key.removeprefix("eval_")
-                    outcome_log.append((state.global_step, float(state.epoch or 0.0), name, float(value)))
+                    rows.append((state.global_step, float(state.epoch or 0.0), name, float(value)))
                     if dev_metric and name == f"{DEV_NAME}_{dev_metric}":
                         log.info("epoch %.2f: dev %s = %.4f", state.epoch or 0.0, dev_metric, value)
+            outcome_log.extend(rows)
+            if on_log is not None and rows:
+                on_log(rows)
 
     return LogAndProgress()
 

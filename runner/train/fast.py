@@ -30,7 +30,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from runner.models import weights_copy
-from runner.train.base import DEV_NAME, DevEval, TrainOutcome
+from runner.train.base import DEV_NAME, DevEval, LogHook, TrainOutcome
 
 if TYPE_CHECKING:
     import torch
@@ -242,6 +242,7 @@ def train_loop(
     spec: Spec,
     dev: DevEval | None,
     precision: str,
+    on_log: LogHook | None = None,
 ) -> TrainOutcome:
     """Fine-tune `model` with `loss_fn` on `pairs` as `spec.train` says; see the module docstring.
 
@@ -252,6 +253,7 @@ def train_loop(
         spec: The run's spec (train, model prefixes, eval.main).
         dev: Scores the dev split after each epoch (None: no dev split).
         precision: fp32, bf16 or fp16 (resolved for the device).
+        on_log: Receives each group of log rows as it is logged (the run's experiment trackers).
 
     Returns:
         The outcome, with `details` holding tokens, padding efficiency and the loop's settings.
@@ -332,6 +334,8 @@ def train_loop(
                     bar.update(tid, note=f"loss {log_rows[-1][3]:.4f}")
                     log_rows.append((step, at, "learning_rate", scheduler.get_last_lr()[0]))
                     log_rows.append((step, at, "grad_norm", float(grad_norm)))
+                    if on_log is not None:
+                        on_log(log_rows[-3:])
                     running.zero_()
                     running_n = 0
             epochs_run = epoch + 1
@@ -344,8 +348,10 @@ def train_loop(
             dev_started = time.perf_counter()
             metrics = dev(model)
             eval_seconds += time.perf_counter() - dev_started
-            for key, value in metrics.items():
-                log_rows.append((step, float(epochs_run), f"{DEV_NAME}_{key}", float(value)))
+            dev_rows = [(step, float(epochs_run), f"{DEV_NAME}_{key}", float(value)) for key, value in metrics.items()]
+            log_rows += dev_rows
+            if on_log is not None:
+                on_log(dev_rows)
             score = metrics[dev_metric]
             log.info("epoch %d: dev %s = %.4f", epochs_run, dev_metric, score)
             if stopping is None:

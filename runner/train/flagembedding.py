@@ -30,6 +30,7 @@ from runner.spec.external import argument_names as argument_names
 from runner.spec.external import check_arguments as check_arguments
 from runner.train.base import (
     DevEval,
+    LogHook,
     TrainOutcome,
     cross_device,
     ddp_backend,
@@ -74,7 +75,14 @@ class FlagEmbeddingBackend:
     name = "flagembedding"
 
     def train(
-        self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
+        self,
+        model: SentenceTransformer,
+        pairs: list[Pair],
+        spec: Spec,
+        dev: DevEval | None,
+        workdir: Path,
+        *,
+        on_log: LogHook | None = None,
     ) -> TrainOutcome:
         """Fine-tune `model` on `pairs`; see :class:`runner.train.TrainBackend`."""
         from FlagEmbedding.finetune.embedder.encoder_only.base import EncoderOnlyEmbedderRunner
@@ -130,10 +138,10 @@ class FlagEmbeddingBackend:
         set_pooling(model, pooling)
 
         log_rows: list[tuple[int, float, str, float]] = []
-        tracker = _EpochDev(model, runner.model, dev, spec, log_rows)
+        tracker = _EpochDev(model, runner.model, dev, spec, log_rows, on_log=on_log)
         trainer = runner.trainer
         trainer.remove_callback(PrinterCallback)
-        for callback in (log_callback(log_rows, None), tracker.callback()):
+        for callback in (log_callback(log_rows, None, on_log), tracker.callback()):
             trainer.add_callback(callback)
         trained = [0]  # queries of the batches FlagEmbedding's model saw in this process
 
@@ -194,8 +202,10 @@ def _quiet() -> Iterator[None]:
 class _EpochDev:
     """Scores the dev split after every epoch, keeps the best epoch's weights and stops after `patience`."""
 
-    def __init__(self, st_model, fe_model, dev: DevEval | None, spec: Spec, log_rows: list) -> None:
-        self.st_model, self.fe_model, self.dev, self.log_rows = st_model, fe_model, dev, log_rows
+    def __init__(
+        self, st_model, fe_model, dev: DevEval | None, spec: Spec, log_rows: list, *, on_log: LogHook | None = None
+    ) -> None:
+        self.st_model, self.fe_model, self.dev, self.log_rows, self.on_log = st_model, fe_model, dev, log_rows, on_log
         stopping = spec.train.early_stopping
         self.metric = stopping.metric if stopping else spec.eval.main
         self.patience = stopping.patience if stopping and dev else None
@@ -223,7 +233,10 @@ class _EpochDev:
         started = time.perf_counter()
         scores = self.dev(self.st_model)
         self.seconds += time.perf_counter() - started
-        self.log_rows += [(step, float(epoch), f"dev_{k}", float(v)) for k, v in scores.items()]
+        rows = [(step, float(epoch), f"dev_{k}", float(v)) for k, v in scores.items()]
+        self.log_rows += rows
+        if self.on_log is not None:
+            self.on_log(rows)
         value = scores[self.metric]
         log.info("epoch %d: dev %s = %.4f", epoch, self.metric, value)
         if self.best is None or value > self.best:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.device import resolve_precision
+from runner.spec.train import trainer_report_to
 from runner.train.base import (
     DEV_NAME,
     DevEval,
+    LogHook,
     TrainOutcome,
     cross_device,
     ddp_backend,
@@ -62,7 +64,14 @@ class SentenceTransformersBackend:
     name = "sentence-transformers"
 
     def train(
-        self, model: SentenceTransformer, pairs: list[Pair], spec: Spec, dev: DevEval | None, workdir: Path
+        self,
+        model: SentenceTransformer,
+        pairs: list[Pair],
+        spec: Spec,
+        dev: DevEval | None,
+        workdir: Path,
+        *,
+        on_log: LogHook | None = None,
     ) -> TrainOutcome:
         """Fine-tune `model` on `pairs`; see :class:`runner.train.TrainBackend`."""
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -101,7 +110,13 @@ class SentenceTransformersBackend:
             from runner.train.fast import train_loop
 
             outcome = train_loop(
-                model, loss_fn=loss, pairs=pairs, spec=spec, dev=dev if evaluate else None, precision=precision
+                model,
+                loss_fn=loss,
+                pairs=pairs,
+                spec=spec,
+                dev=dev if evaluate else None,
+                precision=precision,
+                on_log=on_log,
             )
             return _with_lora(outcome, lora=lora)
         steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
@@ -129,12 +144,12 @@ class SentenceTransformersBackend:
             metric_for_best_model=f"eval_{DEV_NAME}_{dev_metric}" if keep_best else None,
             greater_is_better=True,
             logging_steps=max(1, steps_per_epoch // 10),
-            report_to="none",
+            report_to=trainer_report_to(cfg.report_to),  # embx logs its own trackers through on_log
             disable_tqdm=True,
             dataloader_num_workers=0,
         )
         log_rows: list[tuple[int, float, str, float]] = []
-        callbacks = [log_callback(log_rows, dev_metric if evaluate else None)]
+        callbacks = [log_callback(log_rows, dev_metric if evaluate else None, on_log)]
         if keep_best:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=stopping.patience))
         evaluator = DevEvaluator() if evaluate else None
