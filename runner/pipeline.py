@@ -273,10 +273,11 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
 
 def _load_base_model(spec: Spec, *, device: str, info: dict[str, Any]) -> SentenceTransformer:
     """The base model in fp32 on `device`; writes the `model` info section."""
-    from runner.models import load_model
+    from runner.models import embedding_dim, load_model
 
-    info["model"] = {"base": spec.model.base, "max_seq_length": spec.model.max_seq_length}
-    return load_model(spec.model, device)
+    model = load_model(spec.model, device)
+    info["model"] = {"base": spec.model.base, "max_seq_length": spec.model.max_seq_length, "dim": embedding_dim(model)}
+    return model
 
 
 def _stored_baseline(db: str | Path):

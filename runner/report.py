@@ -1,6 +1,6 @@
 """The HTML ablation report: which choice moved the metric, and is the gain real.
 
-Reads the store through store.py, compares every variant with the experiment's reference variant on the
+Reads the store through runner.store, compares every variant with the experiment's reference variant on the
 test split (per-query paired permutation test and bootstrap confidence interval from scipy), draws charts
 with matplotlib (inline SVG, so the page needs no network) and renders templates/report.html (Jinja2,
 autoescape on: dataset text is always shown as text).
@@ -141,6 +141,38 @@ def _index_evals(variants: list) -> list[dict[str, Any]]:
         found = next((f for f in reversed(found) if f), None)
         if found:
             out.append({"label": v.label, **found})
+    return out
+
+
+def index_bytes(dim: int) -> dict[str, int]:
+    """Bytes a passage's vector takes in an index at `dim` dimensions: fp32, int8 and binary.
+
+    As sentence-transformers' ``quantize_embeddings`` stores them (a test checks it): 4 bytes a dimension, 1 byte
+    (int8), 1 bit packed into bytes (ubinary).
+    """
+    return {"fp32": 4 * dim, "int8": dim, "binary": -(-dim // 8)}
+
+
+def _matryoshka(variants: list, others: dict[str, dict[str, dict[str, float]]], main: str) -> list[dict[str, Any]]:
+    """Quality vs dimensions of each ok variant scored at smaller dimensions (``train.matryoshka_dims``).
+
+    Rows, largest dimension first: the full embedding (the dense scores) then each ``dense@<d>`` source, with the
+    main metric of the tuned and the base model and the index bytes per passage.
+    """
+    out = []
+    for v in variants:
+        run = v.runs[-1]
+        found = others.get(run["run_id"], {})
+        dims = sorted((int(source.split("@")[1]) for source in found if source.startswith("dense@")), reverse=True)
+        if not dims:
+            continue
+        full = ((run.get("info") or {}).get("model") or {}).get("dim")
+        rows = [{"dim": full, "tuned": v.tuned.get(main), "base": v.base.get(main), "bytes": index_bytes(full)}]
+        rows = rows if full else []
+        for d in dims:
+            stages = found[f"dense@{d}"]
+            rows.append({"dim": d, "tuned": stages.get("tuned"), "base": stages.get("base"), "bytes": index_bytes(d)})
+        out.append({"label": v.label, "rows": rows})
     return out
 
 
@@ -297,6 +329,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "factor_charts": factor_charts(factors, base_model, main) if factors else [],
         "merges": _merges(ok_variants, main),
         "index_evals": _index_evals(ok_variants),
+        "matryoshka": _matryoshka(ok_variants, others, main),
         "curve_chart": curve_chart(ok_variants, dev_metric),
         "examples": _examples(data, example_run, main) if example_run else {"gains": [], "losses": []},
         "example_variant": (best or reference).label if (best or reference) else None,

@@ -79,3 +79,27 @@ def test_a_gist_matryoshka_run_scores_every_trained_dimension(write_spec, tmp_pa
     assert values["dense@8", "tuned"] != values["native", "tuned"]
     (spec_json,) = query(db, "SELECT spec_json FROM runs")[0]
     assert json.loads(spec_json)["train"]["loss"] == loss
+    # The report's quality-vs-dimensions table: the full size first, then each trained smaller size.
+    from runner.report import build_report
+
+    html = build_report([db])
+    table = html.split('<table class="matryoshka">')[1].split("</table>")[0]
+    cells = [row.split("</td>")[0].split("<td>")[-1] for row in table.split("<tr>")[2:]]
+    assert cells == ["32", "16", "8"]
+    assert f"<td>{values['dense@8', 'tuned']:.4f}</td>" in table and "<td>32</td><td>8</td><td>1</td>" in table
+
+
+def test_index_bytes_are_what_quantize_embeddings_stores():
+    import numpy as np
+    from sentence_transformers.quantization import quantize_embeddings
+
+    from runner.report import index_bytes
+
+    x = np.random.default_rng(0).standard_normal((4, 100)).astype(np.float32)
+    for dim in (100, 64, 9):
+        part = x[:, :dim]
+        assert index_bytes(dim) == {
+            "fp32": part.nbytes // 4,
+            "int8": quantize_embeddings(part, precision="int8").nbytes // 4,
+            "binary": quantize_embeddings(part, precision="ubinary").nbytes // 4,
+        }
