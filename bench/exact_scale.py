@@ -58,8 +58,11 @@ def _queries(seed: int):
     return torch.from_numpy(q / np.linalg.norm(q, axis=1, keepdims=True))
 
 
-def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0) -> dict:
-    """Search n synthetic passages in memory (memory_mb None) or on disk (a fresh process)."""
+def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0, device: str = "cpu") -> dict:
+    """Search n synthetic passages in memory (memory_mb None) or on disk (a fresh process), on `device`.
+
+    On a GPU the queries (and the in-memory matrix) live on it and each block read from disk is copied to it.
+    """
     import numpy as np
     import torch
 
@@ -67,14 +70,15 @@ def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0) -> dict:
     from runner.matrix import DiskMatrix, block_rows
 
     torch.set_num_threads(os.cpu_count() or 1)
-    queries = _queries(seed)
+    queries = _queries(seed).to(device)
     baseline = _rss_mb()
-    out: dict = {"passages": n, "memory_mb": memory_mb, "baseline_rss_mb": round(baseline, 1)}
+    out: dict = {"passages": n, "memory_mb": memory_mb, "device": device, "baseline_rss_mb": round(baseline, 1)}
     started = time.perf_counter()
     if memory_mb is None:
         corpus = torch.empty((n, queries.shape[1]))  # filled in place, as embx's encode fills its output
         for start, x in _batches(n, seed):
             corpus[start : start + len(x)] = torch.from_numpy(x)
+        corpus = corpus.to(device)
     else:
         rows = block_rows(memory_mb, queries.shape[1])
         parts = (torch.from_numpy(x) for _, x in _batches(n, seed))
@@ -84,6 +88,9 @@ def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0) -> dict:
     out["write_seconds"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
     scores, indices = exact_top_k(queries, corpus, K)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     out["search_seconds"] = round(time.perf_counter() - started, 2)
     out["queries_per_s"] = round(QUERIES / out["search_seconds"], 1)
     out["peak_rss_mb"] = round(_rss_mb(), 1)
@@ -103,14 +110,14 @@ def _child(*args: str, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def one_size(n: int, memory_mb: float, *, timeout: float) -> dict:
+def one_size(n: int, memory_mb: float, *, timeout: float, device: str = "cpu") -> dict:
     """Both ways for one size; checks that they return the same top 100."""
     import numpy as np
 
     folder = Path(tempfile.mkdtemp(prefix="embx-exact-scale-"))
     try:
-        in_memory = _child("--run", str(n), "none", str(folder), timeout=timeout)
-        on_disk = _child("--run", str(n), str(memory_mb), str(folder), timeout=timeout)
+        in_memory = _child("--run", str(n), "none", str(folder), "--device", device, timeout=timeout)
+        on_disk = _child("--run", str(n), str(memory_mb), str(folder), "--device", device, timeout=timeout)
         rows = [np.load(folder / f"rows-{way}.npy") for way in ("memory", "disk")]
         scores = [np.load(folder / f"scores-{way}.npy") for way in ("memory", "disk")]
         common = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(*rows)])
@@ -132,17 +139,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--memory-mb", type=float, default=256, help="eval.memory_mb of the on-disk way.")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds allowed per size and way.")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the queries and scores live.")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "exact_scale_cpu.json")
     parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         n, memory, folder = args.run
-        print(json.dumps(run(int(n), None if memory == "none" else float(memory), Path(folder))))
+        memory_mb = None if memory == "none" else float(memory)
+        print(json.dumps(run(int(n), memory_mb, Path(folder), device=args.device)))
         return
     load_start = os.getloadavg()
     rows = []
     for n in args.sizes:
-        row = one_size(n, args.memory_mb, timeout=args.timeout)
+        row = one_size(n, args.memory_mb, timeout=args.timeout, device=args.device)
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {
@@ -154,6 +163,7 @@ def main() -> None:
         "queries": QUERIES,
         "k": K,
         "memory_mb": args.memory_mb,
+        "device": args.device,
         "sizes": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,28 +1,30 @@
 #!/usr/bin/env bash
 # Builds .gpu/speed/ for bench/gpu/speed_check.sh (device tool: carry .gpu/speed), on this machine, from the repo
 # root: bash bench/gpu/pack.sh
-#   wheels/   embx's pinned libraries for Python 3.12 on x86_64 Linux that the GPU image lacks or has at other
-#             versions (transformers 4.57.6, sentence-transformers 5.7.0, ...); no duckdb (the check does not need it)
+#   wheels/   the versions installed here of embx's libraries that the GPU image lacks or has at other versions
+#             (transformers, sentence-transformers, ...), for Python 3.12 on x86_64 Linux; no duckdb (the check does
+#             not need it). Taken from this environment, so the pack follows pyproject.toml's resolution.
 #   model/    the bundled all-MiniLM-L6-v2 with fp16 weights, model.safetensors xz-compressed (cast to fp32 on load)
 #   financial_qa_10k.tgz   the BEIR data
 # Fails when .gpu/speed plus the working tree that travels with it exceed the device tool's 64 MiB.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 PYTHON=${PYTHON:-python}
-DEST=.gpu/speed
-DATA=${DATA:-/work/shared/data/financial_qa_10k}
+DEST=${DEST:-.gpu/speed}
+DATA=${DATA:-$(cd .. && pwd)/shared/data/financial_qa_10k}
 FP16=${FP16:-.gpu/model/all-MiniLM-L6-v2-fp16}   # reused when present, else made from the bundled model
 LIMIT=67108864
 mkdir -p "$DEST"
 
 version() { "$PYTHON" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 
-# 1. Wheels: embx's pins, plus the versions installed here of what embx's training/eval path imports
-#    (runner/spec.py: pydantic; runner/evaluate.py: pytrec_eval; spec overrides: ruamel.yaml) and of datasets'
-#    own pins (dill, multiprocess). torch, numpy, rich, pyarrow, pandas, accelerate... are on the GPU image.
-specs=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 sentence-transformers==5.7.0 datasets==4.8.5)
-for name in dill multiprocess pydantic pydantic_core annotated_types typing_inspection pytrec_eval_terrier \
-  ruamel.yaml; do
+# 1. Wheels: the versions installed here of the model stack (transformers, tokenizers, huggingface_hub,
+#    sentence-transformers, datasets), of what embx's training/eval path imports (runner/spec: pydantic;
+#    runner/evaluate.py: pytrec_eval; spec overrides: ruamel.yaml) and of datasets' own pins (dill, multiprocess).
+#    torch, numpy, rich, pyarrow, pandas, accelerate... are on the GPU image.
+specs=()
+for name in transformers tokenizers huggingface_hub sentence-transformers datasets dill multiprocess pydantic \
+  pydantic_core annotated_types typing_inspection pytrec_eval_terrier ruamel.yaml; do
   specs+=("$name==$(version "$name")")
 done
 echo "== wheels: ${specs[*]}"
