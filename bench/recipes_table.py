@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("db", type=Path)
     parser.add_argument("--experiment", default="medical-recipes")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--command", default="embx run bench/specs/medical_recipes.yaml", help="The command that filled the store."
+    )
     args = parser.parse_args()
     from runner import store
     from runner.report import analyse
@@ -38,6 +41,14 @@ def main() -> None:
     for row in data["metrics"]:
         if row["split"] == "test" and row["source"].startswith("dense@") and row["name"] == main_metric:
             dims.setdefault(row["run_id"], {})[f"{row['source']} {row['stage']}"] = row["value"]
+    tuned_main = {
+        row["run_id"]: row["value"]
+        for row in data["metrics"]
+        if row["split"] == "test"
+        and row["source"] == "native"
+        and row["stage"] == "tuned"
+        and row["name"] == main_metric
+    }
     variants = []
     for v in section["variants"]:
         if v.status != "ok":
@@ -55,6 +66,14 @@ def main() -> None:
                 "test_vs_reference": v.test,
                 "conclusion": v.conclusion,
                 "matryoshka": dims.get(run["run_id"], {}),
+                "repeats": [
+                    {
+                        "run_id": r["run_id"],
+                        "seed": json.loads(r["spec_json"])["train"]["seed"],
+                        "tuned": tuned_main.get(r["run_id"]),
+                    }
+                    for r in v.runs
+                ],
                 "train_seconds": (run.get("timings") or {}).get("train"),
                 "samples_per_s": train.get("samples_per_s"),
                 "best_epoch": train.get("best_epoch"),
@@ -62,7 +81,7 @@ def main() -> None:
             }
         )
     result = {
-        "command": "embx run bench/specs/medical_recipes.yaml",
+        "command": args.command,
         "machine": cpu_info(),
         "main": main_metric,
         "variants": variants,
