@@ -222,3 +222,21 @@ def test_the_trainer_loop_logs_under_the_same_names(make_spec, tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "eval_dev_ndcg_10")) == 2  # base, then the epoch
     assert client.get_metric_history(run.info.run_id, "loss") and "learning_rate" in run.data.metrics
     assert run.data.metrics["test_tuned_ndcg_10"] == pytest.approx(result.metrics["tuned"]["ndcg@10"])
+
+
+def test_a_specs_tracking_server_never_receives_mlflow_credentials_unasked(monkeypatch):
+    from runner.spec.train import TrainSpec
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("EMBX_TRACKING_HOSTS", raising=False)
+    assert TrainSpec(tracking_uri="http://collector.example:5000").tracking_uri  # no credentials set: fine
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret-token")
+    with pytest.raises(ValueError, match="MLflow would send MLFLOW_TRACKING_TOKEN to the spec's tracking server") as e:
+        TrainSpec(tracking_uri="http://collector.example:5000")
+    assert "secret-token" not in str(e.value)
+    assert TrainSpec(tracking_uri="sqlite:///mlflow.db").tracking_uri  # a local store sends nothing
+    monkeypatch.setenv("EMBX_TRACKING_HOSTS", "mlflow.internal, collector.example")
+    assert TrainSpec(tracking_uri="http://collector.example:5000").tracking_uri
+    monkeypatch.delenv("EMBX_TRACKING_HOSTS")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://collector.example")
+    assert TrainSpec(tracking_uri="http://collector.example:5000").tracking_uri

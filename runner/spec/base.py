@@ -77,6 +77,45 @@ API_KEY_ALLOW_ENV = "EMBX_API_KEY_ENVS"
 """Environment variable listing further variable names a spec's api_key_env may name (comma-separated)."""
 
 
+TRACKING_HOSTS_ENV = "EMBX_TRACKING_HOSTS"
+MLFLOW_CREDENTIAL_ENVS = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)
+"""Variables MLflow's client sends (or presents) to whatever tracking server it is pointed at."""
+
+
+def check_tracking_uri(uri: str | None) -> str | None:
+    """Refuse a spec's MLflow tracking server that would receive the user's MLflow credentials unasked.
+
+    MLflow's client sends ``MLFLOW_TRACKING_TOKEN`` (or the username and password) from the environment to the
+    tracking server it talks to, and a spec's ``train.tracking_uri`` is its author's choice. With such a variable
+    set, an http(s) URI in a spec must name the host of the user's own ``MLFLOW_TRACKING_URI`` or a host the user
+    lists outside the spec in ``EMBX_TRACKING_HOSTS`` (comma-separated). Local stores (sqlite, file) send nothing.
+    """
+    import os
+    from urllib.parse import urlsplit
+
+    if uri is None or urlsplit(uri).scheme not in ("http", "https"):
+        return uri
+    sent = [name for name in MLFLOW_CREDENTIAL_ENVS if os.environ.get(name)]
+    if not sent:
+        return uri
+    host = (urlsplit(uri).hostname or "").lower()
+    allowed = {h.strip().lower() for h in os.environ.get(TRACKING_HOSTS_ENV, "").split(",") if h.strip()}
+    own = os.environ.get("MLFLOW_TRACKING_URI")
+    if own:
+        allowed.add((urlsplit(own).hostname or "").lower())
+    if host not in allowed:
+        raise ValueError(
+            f"MLflow would send {', '.join(sent)} to the spec's tracking server {host}: allow the host outside the "
+            f"spec with {TRACKING_HOSTS_ENV}={host} (or point MLFLOW_TRACKING_URI at it), or unset the variable"
+        )
+    return uri
+
+
 def check_api_key_env(name: str | None) -> str | None:
     """Validate the name of the environment variable an endpoint's API key is read from.
 

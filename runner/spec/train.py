@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from runner.spec.base import _Model, check_metric
+from runner.spec.base import _Model, check_metric, check_tracking_uri
 
 TRACKERS: dict[str, tuple[str, str]] = {
     "mlflow": ("mlflow", "mlflow"),
@@ -201,8 +201,12 @@ class TrainSpec(_Model):
         None,
         description="MLflow tracking URI for report_to: [mlflow]: a local store (sqlite:///mlflow.db) or a "
         "tracking server (http://host:5000). Not part of the spec hash. null: MLFLOW_TRACKING_URI, else "
-        "MLflow's default.",
+        "MLflow's default. With MLFLOW_TRACKING_TOKEN (or username/password) set, a server here must be the "
+        "host of MLFLOW_TRACKING_URI or listed in EMBX_TRACKING_HOSTS: the spec may not send your credentials "
+        "to its author's server.",
     )
+
+    _tracking_uri = field_validator("tracking_uri")(classmethod(lambda cls, v: check_tracking_uri(v)))
 
     @field_validator("report_to")
     @classmethod
