@@ -252,7 +252,8 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     if scores.index_eval:
         info["index_eval"] = scores.index_eval
     if spec.output.save_model != "none":
-        info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id)
+        adapter = outcome.adapter if tuned is outcome.model else None  # a merged (interpolated) model has none
+        info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id, adapter=adapter)
     info["measurable"], split_notes = check_splits(spec, scores)
     result = records.run_result(
         scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes + notes + split_notes
@@ -380,11 +381,14 @@ def _train_info(spec: Spec, outcome: TrainOutcome) -> dict[str, Any]:
     }
 
 
-def _save(model: SentenceTransformer, *, spec: Spec, folder: Path) -> dict[str, str]:
+def _save(model: SentenceTransformer, *, spec: Spec, folder: Path, adapter: dict | None = None) -> dict[str, str]:
     """Save the tuned model (sentence-transformers format, its prefixes as prompts) and say where and what.
 
+    With `adapter` (``train.lora``), the adapters alone are also written to ``<folder>/lora-adapter``.
+
     Returns:
-        ``{"path": absolute folder, "sha256": content hash of its weight files}`` (the `saved_model` info).
+        ``{"path": absolute folder, "sha256": content hash of its weight files}`` (the `saved_model` info), plus
+        ``"adapter"``: the adapter folder, when one was written.
 
     """
     from runner.keep import weights_sha256
@@ -392,7 +396,12 @@ def _save(model: SentenceTransformer, *, spec: Spec, folder: Path) -> dict[str, 
     prompts = {"query": spec.model.query_prefix, "document": spec.model.passage_prefix}
     model.prompts = {**model.prompts, **{name: text for name, text in prompts.items() if text}}
     model.save(str(folder))
-    return {"path": str(folder.resolve()), "sha256": weights_sha256(folder)}
+    saved = {"path": str(folder.resolve())}
+    if adapter is not None:
+        from runner.train.lora import save_adapter
+
+        saved["adapter"] = str(save_adapter(adapter, folder / "lora-adapter").resolve())
+    return {**saved, "sha256": weights_sha256(folder)}
 
 
 @dataclass

@@ -35,3 +35,10 @@ def test_lora_trains_adapters_and_saves_a_merged_plain_model(write_spec, tmp_pat
     # frozen base weights: only the attention query/value matrices changed
     changed = {k for k, v in tuned.state_dict().items() if not v.equal(base.state_dict()[k])}
     assert changed and all(".attention.self.query." in k or ".attention.self.value." in k for k in changed)
+    # The adapters alone, saved beside it: loaded over the base model, they give the merged model's embeddings.
+    adapter = Path(info["saved_model"]["adapter"])
+    assert adapter == saved / "lora-adapter" and (adapter / "adapter_config.json").exists()
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 0.1 * (saved / "model.safetensors").stat().st_size
+    over_base = SentenceTransformer(str(tiny_model), device="cpu")
+    over_base.load_adapter(str(adapter))
+    assert abs(over_base.encode(text) - tuned.encode(text)).max() < 1e-5

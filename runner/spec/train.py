@@ -53,7 +53,7 @@ class LoraSpec(_Model):
     """Parameter-efficient training: LoRA adapters (peft) on the transformer, the base weights frozen.
 
     After training the adapters are folded into the weights, so the saved model is a plain one that every tool,
-    `merge:` and `embx export` handle.
+    `merge:` and `embx export` handle; the adapters alone are also saved, in ``<saved model>/lora-adapter``.
     """
 
     r: int = Field(8, ge=1, le=256, description="Rank of each adapter.")

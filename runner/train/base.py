@@ -40,6 +40,8 @@ class TrainOutcome:
         precision: The autocast precision used.
         notes: Things the user must know about how the backend trained (shown as run warnings).
         details: Backend-specific settings actually used (recorded with the run).
+        adapter: The LoRA adapters as trained, before they were folded into `model` (see
+            :func:`runner.train.lora.snapshot_adapter`); None without ``train.lora``.
 
     """
 
@@ -54,6 +56,7 @@ class TrainOutcome:
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] | None = field(default=None, repr=False)
 
 
 class TrainBackend(Protocol):

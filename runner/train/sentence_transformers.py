@@ -25,7 +25,7 @@ from runner.train.base import (
     log_callback,
     pin_mixed_precision,
 )
-from runner.train.lora import add_lora, fold_lora
+from runner.train.lora import add_lora, fold_lora, snapshot_adapter
 from runner.train.losses import build_loss
 
 if TYPE_CHECKING:
@@ -197,9 +197,10 @@ class SentenceTransformersBackend:
 
 
 def _with_lora(outcome: TrainOutcome, *, lora: dict | None) -> TrainOutcome:
-    """Fold the LoRA adapters into the weights and say so in the train info."""
+    """Keep the adapters as trained, fold them into the weights, and say so in the train info."""
     if lora is None:
         return outcome
+    outcome.adapter = snapshot_adapter(outcome.model)
     lora["folded_layers"] = fold_lora(outcome.model)
     outcome.details["lora"] = lora
     return outcome
