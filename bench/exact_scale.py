@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ for _path in (str(HERE), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from index_scale import _batches  # noqa: E402
+from index_scale import _batches, run_child  # noqa: E402
 from machine import cpu_info  # noqa: E402
 
 QUERIES = 1000
@@ -102,12 +101,7 @@ def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0, device: st
 
 
 def _child(*args: str, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, *args, timeout=timeout)
 
 
 def one_size(n: int, memory_mb: float, *, timeout: float, device: str = "cpu") -> dict:

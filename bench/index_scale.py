@@ -168,13 +168,25 @@ def encode_rate(repeats: int = 3) -> dict:
     }
 
 
+def run_child(script: str, *args: str, timeout: float) -> dict:
+    """Run `script` with `args` in a fresh Python process and return the JSON of its last output line.
+
+    Each bench step runs in its own process so its peak memory is its own (index_scale.py, exact_scale.py and
+    vectordb_choice.py share this).
+
+    Raises:
+        RuntimeError: The process failed or printed nothing (its last error line, at most 500 characters).
+
+    """
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError((proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:500])
+    return json.loads(lines[-1])
+
+
 def _child(*args: str, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError((proc.stderr.strip().splitlines() or ["failed"])[-1])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, *args, timeout=timeout)
 
 
 def one_size(n: int, *, timeout: float) -> dict:

@@ -47,7 +47,7 @@ for _path in (str(HERE), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from index_scale import BATCH, CENTRES, DIM, QUERIES, K, _batches, _exact, _queries  # noqa: E402
+from index_scale import BATCH, CENTRES, DIM, QUERIES, K, _batches, _exact, _queries, run_child  # noqa: E402
 from machine import cpu_info  # noqa: E402
 
 CANDIDATES = ("chroma", "qdrant", "lancedb", "lancedb_ivf_pq", "lancedb_ivf_hnsw_sq", "milvus")
@@ -314,13 +314,7 @@ def peek(candidate: str, folder: Path, seed: int = 0) -> dict:
 
 
 def _child(*args: str, timeout: float) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError((proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1][:500])
-    return json.loads(lines[-1])
+    return run_child(__file__, *args, timeout=timeout)
 
 
 def main() -> None:

@@ -182,10 +182,10 @@ def exact_top_k(
 
     queries = shaped(queries)
     if not isinstance(corpus, DiskMatrix):
-        rows = torch.arange(corpus.shape[0]) if keep is None else torch.as_tensor(keep, dtype=torch.long)
-        if keep is not None:
-            corpus = corpus[rows.to(corpus.device)]
-        scores, indices = top_k(queries.to(corpus.device), shaped(corpus), k)
+        if keep is None:
+            return top_k(queries.to(corpus.device), shaped(corpus), k)
+        rows = torch.as_tensor(keep, dtype=torch.long)
+        scores, indices = top_k(queries.to(corpus.device), shaped(corpus[rows.to(corpus.device)]), k)
         return scores, rows[indices] if indices.numel() else indices
     wanted = None
     if keep is not None:

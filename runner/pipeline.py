@@ -125,7 +125,7 @@ def run_spec(
         study=study,
         trial=trial,
     )
-    tracking = _start_tracking(spec, run_id=record.run_id, variant=record.variant)  # before any work: fails fast
+    tracking = trackers.start(spec, run_id=record.run_id, variant=record.variant)  # before any work: fails fast
     store.start_run(db, record)
     run = _Run(spec, run_id=record.run_id, device=device, db=db, memo=memo or Memo(), on_dev=on_dev, tracking=tracking)
     run.info.update({"device": record.device, "variant": record.variant})
@@ -195,14 +195,6 @@ class _Run:
     """Dev scores as they come (kept with a pruned run, which has no other rows)."""
     tracking: trackers.Tracking | None = None
     """The experiment trackers the run is logged to (``train.report_to``), if any."""
-
-
-def _start_tracking(spec: Spec, *, run_id: str, variant: str | None) -> trackers.Tracking | None:
-    """Open the run's tracker runs (``train.report_to``) and log the spec; None when it names none embx logs."""
-    import json
-
-    tags = {"embx.variant": str(variant or "base"), "embx.spec_hash": spec.spec_hash()}
-    return trackers.start(spec, run_id=run_id, resolved=json.loads(spec.resolved_json()), tags=tags)
 
 
 def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunResults]:

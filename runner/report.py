@@ -166,9 +166,10 @@ def _matryoshka(variants: list, others: dict[str, dict[str, dict[str, float]]], 
         dims = sorted((int(source.split("@")[1]) for source in found if source.startswith("dense@")), reverse=True)
         if not dims:
             continue
-        full = ((run.get("info") or {}).get("model") or {}).get("dim")
-        rows = [{"dim": full, "tuned": v.tuned.get(main), "base": v.base.get(main), "bytes": index_bytes(full)}]
-        rows = rows if full else []
+        full = ((run.get("info") or {}).get("model") or {}).get("dim")  # absent in runs stored before it was
+        rows = []
+        if full:
+            rows.append({"dim": full, "tuned": v.tuned.get(main), "base": v.base.get(main), "bytes": index_bytes(full)})
         for d in dims:
             stages = found[f"dense@{d}"]
             rows.append({"dim": d, "tuned": stages.get("tuned"), "base": stages.get("base"), "bytes": index_bytes(d)})

@@ -240,14 +240,16 @@ class Tracking:
                 self.handles.pop(name, None)
 
 
-def start(spec: Spec, *, run_id: str, resolved: dict[str, Any], tags: dict[str, str]) -> Tracking | None:
+def start(spec: Spec, *, run_id: str, variant: str | None) -> Tracking | None:
     """Open a tracker run for each tracker embx logs itself in ``spec.train.report_to`` and log the spec.
+
+    The resolved spec is logged as flat parameters, and the variant and spec hash as the tags ``embx.variant`` and
+    ``embx.spec_hash``.
 
     Args:
         spec: The run's spec (``train.report_to``, ``train.tracking_uri``, ``name``, ``output.dir``).
         run_id: The embx run id (the tracker run's name, and the MLflow tag ``embx.run_id``).
-        resolved: The resolved spec, logged as flat parameters.
-        tags: More tags (variant, spec hash).
+        variant: The run's ablation variant (None: base).
 
     Returns:
         The open runs, or None when the spec names no tracker embx logs.
@@ -260,7 +262,8 @@ def start(spec: Spec, *, run_id: str, resolved: dict[str, Any], tags: dict[str, 
     if not names:
         return None
     tracking = Tracking(run_id=run_id)
-    params = spec_params(resolved)
+    params = spec_params(spec.model_dump(mode="json"))
+    tags = {"embx.variant": str(variant or "base"), "embx.spec_hash": spec.spec_hash()}
     try:
         for name in names:
             tracking.handles[name] = _ACTIONS[name]["start"](spec, run_id=run_id, params=params, tags=tags)
