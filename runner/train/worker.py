@@ -80,6 +80,7 @@ def train(job: Path) -> None:
     outcome.model.save(str(job / "tuned"))
     record = asdict(outcome)
     record.pop("model")
+    record.pop("adapter")  # LoRA adapters are folded into the saved model; the adapter alone is not sent back
     per_device = spec.train.batch_size
     record["details"] = {
         **record["details"],
@@ -109,6 +110,21 @@ def main(argv: list[str] | None = None) -> None:
             "".join(traceback.format_exception(exc)) + f"{type(exc).__name__}: {exc}\n"
         )
         raise
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter does.
+
+    Left to interpreter exit, gloo's threads can abort the process ("terminate called without an active
+    exception", SIGABRT) after its work is done: torchrun then reports the rank failed and the other node's agent
+    waits for it until its rendezvous times out.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
