@@ -82,14 +82,17 @@ def _run_torchrun(cfg: DistributedSpec, job: Path) -> tuple[int, str]:
     command = torchrun_command(cfg, job)
     log.info("training on %d process(es) x %d node(s): %s", cfg.nproc_per_node, cfg.nnodes, " ".join(command))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with (job / f"torchrun-node{cfg.node_rank}.log").open("w") as out:
+    # Read back through the open file: on a follower node the leader may remove the job folder as soon as its own
+    # part ends, before this node's torchrun has exited.
+    with (job / f"torchrun-node{cfg.node_rank}.log").open("w+", errors="replace") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             code = proc.wait()
         except BaseException:
             _stop(proc)
             raise
-    return code, (job / f"torchrun-node{cfg.node_rank}.log").read_text(errors="replace")
+        out.seek(0)
+        return code, out.read()
 
 
 def _stop(proc: subprocess.Popen) -> None:
