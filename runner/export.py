@@ -144,6 +144,13 @@ def export_run(
         raise ExportError(f"unknown format {format!r}: choose one of {', '.join(FORMATS)}")
     if quantization not in INT8_CONFIGS:
         raise ExportError(f"unknown int8 config {quantization!r}: choose one of {', '.join(INT8_CONFIGS)}")
+    if format != "sentence-transformers":
+        from runner.spec.external import require
+
+        try:
+            require("onnx")
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     try:
         run = store.get_run(db, run_id)
     except KeyError as exc:
@@ -250,12 +257,8 @@ def _write(fmt: str, *, source: Path, folder: Path, quantization: str) -> dict[s
 
 def _check_onnx(model: SentenceTransformer, source: Path) -> None:
     """The ONNX backend exports only a transformers model as the first module; anything else cannot go."""
-    try:
-        from optimum.onnxruntime import ORTModel
-    except ImportError as exc:
-        raise ExportError(
-            f"ONNX export needs optimum and onnxruntime: pip install 'sentence-transformers[onnx]' ({exc})"
-        ) from exc
+    from optimum.onnxruntime import ORTModel  # present: export_run checked the onnx extra first
+
     if not isinstance(getattr(model, "transformers_model", None), ORTModel):
         kinds = ", ".join(type(m).__name__ for m in model)
         raise ExportError(

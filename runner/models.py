@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +86,24 @@ def pooling_of(model: SentenceTransformer) -> str | None:
     return {v: k for k, v in _POOLING_NAMES.items()}.get(mode, mode)
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-load progress bar (5.x draws "Loading weights" on every model load).
+
+    embx loads the same model many times in a run (base, tuned, guides, exports); the bars would bury its own
+    output and, through a shared terminal, the JSON that ``--json`` commands print. Other bars are untouched.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(spec: ModelSpec, device: str | None = None, location: str | None = None) -> SentenceTransformer:
     """Load a SentenceTransformer in fp32 (master weights), with the spec's sequence length and pooling.
 
@@ -104,13 +124,14 @@ def load_model(spec: ModelSpec, device: str | None = None, location: str | None 
     from sentence_transformers import SentenceTransformer
 
     resolved = resolve_model(spec.base) if location is None else ResolvedModel(location, location, "local")
-    model = SentenceTransformer(
-        resolved.location,
-        device=device or pick_device(),
-        revision=spec.revision if resolved.kind == "hub" else None,
-        local_files_only=resolved.kind != "hub",
-        model_kwargs={"dtype": torch.float32},
-    )
+    with quiet_loading():
+        model = SentenceTransformer(
+            resolved.location,
+            device=device or pick_device(),
+            revision=spec.revision if resolved.kind == "hub" else None,
+            local_files_only=resolved.kind != "hub",
+            model_kwargs={"dtype": torch.float32},
+        )
     model.float()
     model.max_seq_length = spec.max_seq_length
     if spec.pooling is not None:

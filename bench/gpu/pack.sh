@@ -4,7 +4,8 @@
 #   wheels/   the versions installed here of embx's libraries that the GPU image lacks or has at other versions
 #             (transformers, sentence-transformers, ...), for Python 3.12 on x86_64 Linux; no duckdb (the check does
 #             not need it). Taken from this environment, so the pack follows pyproject.toml's resolution.
-#   model/    the bundled all-MiniLM-L6-v2 with fp16 weights, model.safetensors xz-compressed (cast to fp32 on load)
+#   model/    the bundled all-MiniLM-L6-v2 with fp16 weights, model.safetensors and tokenizer.json xz-compressed
+#             (the weights are cast to fp32 on load)
 #   financial_qa_10k.tgz   the BEIR data
 # Fails when .gpu/speed plus the working tree that travels with it exceed the device tool's 64 MiB.
 set -euo pipefail
@@ -57,6 +58,7 @@ else
   echo "== compressing model.safetensors (xz -9, about 30 s)"
   xz -9 -T2 -c "$FP16/model.safetensors" > "$DEST/model.tmp/model.safetensors.xz"
 fi
+xz -9 -T2 "$DEST/model.tmp/tokenizer.json"   # 0.7 MB of JSON: about a fifth of it xz-compressed
 rm -rf "$DEST/model" && mv "$DEST/model.tmp" "$DEST/model"
 
 # 3. Data.

@@ -52,9 +52,11 @@ echo "== unpack data and model into $WORK"
 rm -rf "$WORK/financial_qa_10k" "$WORK/model"
 tar xzf "$PACK/financial_qa_10k.tgz" -C "$WORK"
 mkdir -p "$WORK/model"
-(cd "$PACK/model" && tar cf - --exclude=model.safetensors.xz .) | tar xf - -C "$WORK/model"
-"$PYTHON" -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'), 1 << 24)" \
-  "$PACK/model/model.safetensors.xz" "$WORK/model/model.safetensors"
+(cd "$PACK/model" && tar cf - --exclude='*.xz' .) | tar xf - -C "$WORK/model"
+for packed in "$PACK"/model/*.xz; do
+  "$PYTHON" -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'), 1 << 24)" \
+    "$packed" "$WORK/model/$(basename "$packed" .xz)"
+done
 ls -l "$WORK/model" "$WORK/financial_qa_10k"
 echo "install and unpack: $((SECONDS - started)) s"
 if [ -n "${DRY_RUN:-}" ]; then

@@ -9,15 +9,79 @@ imported inside the functions only, so importing the spec stays light. :mod:`run
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runner.spec.train import trainer_report_to
 
 if TYPE_CHECKING:
     from runner.spec.model import ModelSpec
     from runner.spec.train import TrainSpec
+
+# ------------------------------------------------------------------------------------------ optional parts
+
+
+class Part(NamedTuple):
+    """A part of embx that imports a library only when used, and what to do when that import fails."""
+
+    module: str
+    """The module it imports."""
+    what: str
+    """What needs it, as the user wrote it."""
+    why: str
+    """Why the import may fail in an environment that has embx."""
+    fix: str
+    """The command that gives a working environment."""
+
+
+PARTS: dict[str, Part] = {
+    "flagembedding": Part(
+        module="FlagEmbedding.finetune.embedder.encoder_only.base",
+        what="train.backend: flagembedding",
+        why="FlagEmbedding 1.4.2 imports transformers.modeling_attn_mask_utils, which transformers 5.24 removed",
+        fix="embx's own requirements select transformers <5.24: pip install torch==2.13.0 -e . (from the embx"
+        " checkout)",
+    ),
+    "onnx": Part(
+        module="optimum.onnxruntime",
+        what="ONNX export",
+        why="optimum-onnx 0.1.0 (the latest release, sentence-transformers' ONNX backend) supports transformers"
+        " <4.58 only",
+        fix='the onnx extra selects the transformers 4 stack: pip install torch==2.13.0 -e ".[onnx]" (from the embx'
+        " checkout; it downgrades transformers to 4.57 and sentence-transformers to 5.7 in that environment)",
+    ),
+}
+"""Parts of embx whose library may be absent or fail to import: name -> what to say then."""
+
+EXTRAS = ("onnx",)
+"""The parts whose library is an extra (``pip install -e ".[NAME]"``), not in the main set."""
+
+
+def require(name: str) -> None:
+    """Import the module that the part `name` of embx needs, or say what to install.
+
+    Raises:
+        ValueError: The library is absent, or installed but fails to import here (its exception is quoted).
+
+    """
+    part = PARTS[name]
+    try:
+        importlib.import_module(part.module)
+    except Exception as exc:  # absent (ImportError) or incompatible: whatever its import raises
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            stack = f"transformers {version('transformers')}"
+        except PackageNotFoundError:
+            stack = "no transformers"
+        top = part.module.split(".")[0]
+        absent = isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == top
+        found = f"{top} is not installed" if absent else f"`import {part.module}` fails: {type(exc).__name__}: {exc}"
+        needs = f"the {name} extra" if name in EXTRAS else top
+        raise ValueError(f"{part.what} needs {needs}: {found} (here: {stack}). {part.why}; {part.fix}") from None
+
 
 # ------------------------------------------------------------------------------------------- FlagEmbedding
 
@@ -47,6 +111,7 @@ MANAGED: dict[str, str] = {
     "max_steps": "train.epochs",
     "per_device_train_batch_size": "train.batch_size",
     "warmup_ratio": "train.warmup_ratio",
+    "warmup_steps": "train.warmup_ratio",
     "weight_decay": "train.weight_decay",
     "seed": "train.seed",
     "data_seed": "train.seed",
@@ -66,6 +131,7 @@ MANAGED: dict[str, str] = {
 
 
 def _argument_classes() -> tuple[type, type, type]:
+    require("flagembedding")
     from FlagEmbedding.finetune.embedder.encoder_only.base import (
         EncoderOnlyEmbedderDataArguments,
         EncoderOnlyEmbedderModelArguments,
@@ -135,6 +201,20 @@ def parse_arguments(values: dict[str, Any]) -> tuple[Any, Any, Any]:
         raise ValueError(f"train.flagembedding: FlagEmbedding rejects the arguments: {text}") from None
 
 
+def _warmup_argument() -> str:
+    """The trainer argument that takes a warm-up ratio: transformers 5 folded ``warmup_ratio`` into ``warmup_steps``.
+
+    There, a ``warmup_steps`` below 1 is the ratio of the total steps; transformers 4 has ``warmup_ratio``.
+    """
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return (
+        "warmup_ratio" if "warmup_ratio" in {f.name for f in dataclasses.fields(TrainingArguments)} else "warmup_steps"
+    )
+
+
 def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
     """FlagEmbedding argument values that the spec's own fields set (device, paths and pooling aside)."""
     cfg = train
@@ -148,7 +228,7 @@ def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.epochs,
         "per_device_train_batch_size": cfg.batch_size,
-        "warmup_ratio": cfg.warmup_ratio,
+        _warmup_argument(): cfg.warmup_ratio,
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "data_seed": cfg.seed,

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from runner.spec.base import _Model, check_metric, check_tracking_uri
 
-TRACKERS: dict[str, tuple[str, str]] = {
+TRACKERS: dict[str, tuple[str | None, str | None]] = {
     "mlflow": ("mlflow", "mlflow"),
     "wandb": ("wandb", "wandb"),
     "tensorboard": ("tensorboard", "tensorboard"),
@@ -22,10 +22,11 @@ TRACKERS: dict[str, tuple[str, str]] = {
     "dagshub": ("dagshub", "dagshub"),
     "flyte": ("flytekit", "flytekit"),
     "swanlab": ("swanlab", "swanlab"),
+    "kubeflow": (None, None),  # transformers 5: reports to the Kubeflow Trainer's server, no package needed
 }
-"""transformers' reporting integrations (``report_to`` names): name -> (module that must be importable, pip package).
-mlflow is satisfied by the client alone (mlflow-skinny); tests/test_trackers.py checks the names against
-transformers' own list."""
+"""transformers' reporting integrations (``report_to`` names): name -> (module that must be importable, pip package),
+None for nothing to install. mlflow is satisfied by the client alone (mlflow-skinny); tests/test_trackers.py checks
+the names against transformers' own list."""
 
 EMBX_TRACKERS = ("mlflow", "wandb", "tensorboard", "trackio")
 """Trackers embx logs to itself through their clients (every loop); the others only through the trainer loop."""
@@ -223,7 +224,7 @@ class TrainSpec(_Model):
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise ValueError(f"unknown tracker {name!r}: {hint}known: {', '.join(TRACKERS)}")
             module, package = TRACKERS[name]
-            if importlib.util.find_spec(module) is None:
+            if module is not None and importlib.util.find_spec(module) is None:
                 extra = "  (or: pip install 'embx[trackers]')" if name == "mlflow" else ""
                 raise ValueError(f"tracker {name!r} is not installed: pip install {package}{extra}")
         return list(dict.fromkeys(names))

@@ -25,6 +25,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -214,6 +215,23 @@ def collate(
     return features, tokens
 
 
+def per_column_forwards() -> AbstractContextManager[None]:
+    """Embed each column of a batch (queries, positives, each negative) in its own forward pass.
+
+    sentence-transformers 6 merges a batch's columns into one forward, every row padded to the widest column, which
+    fills a GPU better; this loop's length buckets already size each column's padding. On the medical demo (2-core
+    AMX CPU, bf16) merging padded the queries to the passages' width and trained at 6.62 samples/s against 8.15-8.45
+    per column (README, "Dependencies"); the padding this loop reports is also the padding that runs. On GPU the
+    merge is unmeasured: bench/gpu/speed_check.sh compares this loop with sentence-transformers' trainer, which
+    merges. sentence-transformers 5 never merges.
+    """
+    try:
+        from sentence_transformers.base.losses.merged_forward import column_merging_disabled
+    except ImportError:  # sentence-transformers 5
+        return nullcontext()
+    return column_merging_disabled()
+
+
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: str) -> torch.optim.Optimizer:
     """AdamW with the Trainer's parameter groups (no decay on biases and LayerNorm weights), fused if possible."""
     import torch
@@ -309,7 +327,7 @@ def train_loop(
                 samples += len(batch)  # the planner may leave a pair out or add one to a batch
                 padded += sum(f["input_ids"].numel() for f in features)
                 features = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in features]
-                with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                with torch.autocast(device.type, dtype=dtype, enabled=amp), per_column_forwards():
                     loss = loss_fn(features, None)
                 if scaler is not None:
                     scaler.scale(loss).backward()

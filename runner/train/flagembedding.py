@@ -48,6 +48,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _shared_base(model: SentenceTransformer, folder: Path, *, rank: int) -> Path:
+    """The base transformer and tokenizer that FlagEmbedding loads, written for this rank.
+
+    Once a process group is up, transformers 5 writes ``save_pretrained`` files on rank 0 only: rank 0 then writes
+    one copy that every rank waits for and loads. Without one, each rank writes its own.
+    """
+    import torch.distributed as dist
+
+    shared = dist.is_available() and dist.is_initialized()
+    if not shared:
+        folder = folder.with_name(f"{folder.name}-rank{rank}")
+    if rank == 0 or not shared:
+        model[0].auto_model.save_pretrained(str(folder))
+        model.tokenizer.save_pretrained(str(folder))
+    if shared:
+        dist.barrier()
+    return folder
+
+
 def _write_jsonl(pairs: list[Pair], path: Path) -> int:
     """Write pairs as FlagEmbedding training JSONL; returns the train_group_size they support."""
     width = min((len(p.negatives) for p in pairs), default=0)
@@ -105,11 +124,10 @@ class FlagEmbeddingBackend:
             log.warning(notes[-1])
 
         rank, _, world = dist_env()
+        base_dir = _shared_base(model, workdir / "flagembedding-base", rank=rank)
         workdir = workdir / f"flagembedding-rank{rank}"  # each training process prepares its own files
         workdir.mkdir(parents=True, exist_ok=True)
-        base_dir, out_dir = workdir / "base", workdir / "output"
-        model[0].auto_model.save_pretrained(str(base_dir))
-        model.tokenizer.save_pretrained(str(base_dir))
+        out_dir = workdir / "output"
         group_size = _write_jsonl(pairs, workdir / "train.jsonl")
         steps_per_epoch = max(1, math.ceil(len(pairs) / (cfg.batch_size * world)))
         values = {

@@ -196,6 +196,22 @@ class SentenceTransformersBackend:
         return _with_lora(outcome, lora=lora)
 
 
+def scores_dev_on_rank_zero_only(spec: Spec) -> bool:
+    """Whether, under torchrun, the trainer calls the dev scorer on rank 0 only (and shares the metrics itself).
+
+    sentence-transformers 6's trainer runs an evaluator on rank 0 while the other ranks serve its encode calls,
+    then broadcasts the metrics; sentence-transformers 5's trainer, embx's own loop and FlagEmbedding's call it
+    on every rank, so the scorer broadcasts rank 0's metrics itself.
+    """
+    if spec.train.backend != "sentence-transformers" or spec.train.loop == "embx":
+        return False
+    try:
+        from sentence_transformers.util.distributed import distributed_evaluation  # noqa: F401
+    except ImportError:  # sentence-transformers 5
+        return False
+    return True
+
+
 def _with_lora(outcome: TrainOutcome, *, lora: dict | None) -> TrainOutcome:
     """Keep the adapters as trained, fold them into the weights, and say so in the train info."""
     if lora is None:

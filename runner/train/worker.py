@@ -21,18 +21,25 @@ log = logging.getLogger("runner.train.worker")
 
 
 def _dev_scorer(job: Path, spec, rank: int):
-    """Dev scoring for the trainer: the run's own dev evaluator, run on rank 0 and broadcast to every rank."""
+    """Dev scoring for the trainer: the run's own dev evaluator, run on rank 0 and broadcast to every rank.
+
+    Where the trainer itself calls the scorer on rank 0 only and shares the metrics (sentence-transformers 6),
+    the scorer does not broadcast: the other ranks are then serving rank 0's encode calls, not calling it.
+    """
     if not (job / "dev.json").exists():
         return None
     import torch.distributed as dist
 
     from runner.scoring import RetrievalEvaluator
+    from runner.train.sentence_transformers import scores_dev_on_rank_zero_only
+
+    shared_by_trainer = scores_dev_on_rank_zero_only(spec)
 
     evaluator = RetrievalEvaluator.from_json(json.loads((job / "dev.json").read_text())) if rank == 0 else None
 
     def score(model) -> dict[str, float]:
         metrics = evaluator.metrics(model) if evaluator is not None else None
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and not shared_by_trainer:
             box = [metrics]
             dist.broadcast_object_list(box, src=0)
             metrics = box[0]
