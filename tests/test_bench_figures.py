@@ -141,7 +141,7 @@ def test_readme_demo_set_counts_match_the_data():
     queries = len((demo / "queries.jsonl").read_text().splitlines())
     dev = {row.split("\t")[0] for row in (demo / "qrels" / "dev.tsv").read_text().splitlines()[1:] if row}
     assert f"{corpus} clinical passages and {queries} lay-language questions" in readme
-    assert f"dev recall@10 over {len(dev)} queries" in readme
+    assert f"dev NDCG@10 (the main metric) over {len(dev)} queries" in readme
 
 
 def test_derived_speed_figures_are_what_the_summary_script_computes():
