@@ -100,3 +100,17 @@ def test_bf16_training_on_any_cpu(loop, tiny_model, tiny_beir, tmp_path, monkeyp
     assert not same_weights(after, before)
     losses = [r[3] for r in outcome.log if r[2] == "loss"]
     assert losses and all(0 < v < 10 for v in losses)
+
+
+def test_the_trainer_takes_the_warmup_in_the_argument_its_transformers_has(tiny_model, tiny_beir, tmp_path, caplog):
+    """transformers 5 folded warmup_ratio into warmup_steps (a float below 1 is the ratio): the trainer gets the
+    ratio there, without sentence-transformers' deprecation warning in the user's output."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    spec = spec_for(tiny_model, tiny_beir, "trainer", epochs=2, early_stopping=None)
+    assert spec.train.warmup_ratio > 0
+    with caplog.at_level("WARNING"):
+        outcome = get_backend("sentence-transformers").train(model, PAIRS, spec, None, tmp_path)
+    assert outcome.steps == 2 * 3
+    assert "`warmup_ratio` argument is deprecated" not in caplog.text

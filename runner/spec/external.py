@@ -201,7 +201,7 @@ def parse_arguments(values: dict[str, Any]) -> tuple[Any, Any, Any]:
         raise ValueError(f"train.flagembedding: FlagEmbedding rejects the arguments: {text}") from None
 
 
-def _warmup_argument() -> str:
+def warmup_argument() -> str:
     """The trainer argument that takes a warm-up ratio: transformers 5 folded ``warmup_ratio`` into ``warmup_steps``.
 
     There, a ``warmup_steps`` below 1 is the ratio of the total steps; transformers 4 has ``warmup_ratio``.
@@ -228,7 +228,7 @@ def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.epochs,
         "per_device_train_batch_size": cfg.batch_size,
-        _warmup_argument(): cfg.warmup_ratio,
+        warmup_argument(): cfg.warmup_ratio,
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "data_seed": cfg.seed,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.device import resolve_precision
+from runner.spec.external import warmup_argument
 from runner.spec.train import trainer_report_to
 from runner.train.base import (
     DEV_NAME,
@@ -127,7 +128,7 @@ class SentenceTransformersBackend:
             num_train_epochs=cfg.epochs,
             per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
-            warmup_ratio=cfg.warmup_ratio,
+            **{warmup_argument(): cfg.warmup_ratio},  # warmup_steps below 1 on transformers 5 (a ratio)
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
             data_seed=cfg.seed,
