@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -37,15 +36,11 @@ for _path in (str(HERE), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from index_scale import _batches, run_child  # noqa: E402
+from index_scale import _batches, peak_rss_mb, run_child, write_result  # noqa: E402
 from machine import cpu_info  # noqa: E402
 
 QUERIES = 1000
 K = 100
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _queries(seed: int):
@@ -70,7 +65,7 @@ def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0, device: st
 
     torch.set_num_threads(os.cpu_count() or 1)
     queries = _queries(seed).to(device)
-    baseline = _rss_mb()
+    baseline = peak_rss_mb()
     out: dict = {"passages": n, "memory_mb": memory_mb, "device": device, "baseline_rss_mb": round(baseline, 1)}
     started = time.perf_counter()
     if memory_mb is None:
@@ -92,8 +87,8 @@ def run(n: int, memory_mb: float | None, folder: Path, seed: int = 0, device: st
         out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     out["search_seconds"] = round(time.perf_counter() - started, 2)
     out["queries_per_s"] = round(QUERIES / out["search_seconds"], 1)
-    out["peak_rss_mb"] = round(_rss_mb(), 1)
-    out["peak_above_baseline_mb"] = round(_rss_mb() - baseline, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_above_baseline_mb"] = round(peak_rss_mb() - baseline, 1)
     way = "memory" if memory_mb is None else "disk"
     np.save(folder / f"rows-{way}.npy", indices.numpy())
     np.save(folder / f"scores-{way}.npy", scores.numpy())
@@ -160,9 +155,7 @@ def main() -> None:
         "device": args.device,
         "sizes": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,18 @@ def encode_rate(repeats: int = 3) -> dict:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (exact_scale.py and train_scale.py share it)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_result(out: Path, result: dict) -> None:
+    """Write a bench's result file (indented JSON, its folder made) and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def run_child(script: str, *args: str, timeout: float) -> dict:
     """Run `script` with `args` in a fresh Python process and return the JSON of its last output line.
 

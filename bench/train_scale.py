@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -29,15 +28,11 @@ for _path in (str(HERE), str(ROOT)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from index_scale import run_child  # noqa: E402
+from index_scale import peak_rss_mb, run_child, write_result  # noqa: E402
 from machine import cpu_info  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "medquad"
 SETTINGS = {"epochs": 1, "batch_size": 32, "max_seq_length": 128, "negatives": "in-batch", "precision": "auto"}
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(n: int, data: Path) -> dict:
@@ -72,7 +67,7 @@ def child(n: int, data: Path) -> dict:
         }
     )
     model = load_model(spec.model, "cpu")
-    baseline = _peak_mb()
+    baseline = peak_rss_mb()
     with tempfile.TemporaryDirectory(prefix="embx-train-scale-") as work:
         started = time.perf_counter()
         outcome = get_backend("sentence-transformers").train(model, pairs, spec, None, Path(work))
@@ -82,7 +77,7 @@ def child(n: int, data: Path) -> dict:
         "samples": outcome.samples,
         "seconds": round(seconds, 1),
         "samples_per_s": round(outcome.samples / seconds, 2),
-        "peak_mb_above_model": round(_peak_mb() - baseline, 1),
+        "peak_mb_above_model": round(peak_rss_mb() - baseline, 1),
         "precision": outcome.precision,
         "steps": outcome.steps,
     }
@@ -119,9 +114,7 @@ def main() -> None:
         "settings": SETTINGS,
         "sizes": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
