@@ -17,7 +17,7 @@ from runner import store
 from runner.cli import main
 from runner.pipeline import run_spec
 from runner.spec import Spec, SpecError, load_spec
-from runner.spec.train import TRACKERS, trainer_report_to
+from runner.spec.train import TRACKERS, TRACKERS_SINCE, trainer_report_to, transformers_major
 from runner.trackers import COMPLETE_TAG, RUN_TAG, push_runs
 
 EPOCHS = 2
@@ -180,7 +180,14 @@ def test_unknown_tracker_names_the_close_one(write_spec):
 def test_tracker_names_are_transformers_integrations():
     from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-    assert set(TRACKERS) == set(INTEGRATION_TO_CALLBACK)
+    later = {name for name, since in TRACKERS_SINCE.items() if transformers_major() < since}
+    assert set(TRACKERS) - later == set(INTEGRATION_TO_CALLBACK)
+
+
+def test_a_tracker_of_a_later_transformers_is_refused_naming_the_version(write_spec, monkeypatch):
+    monkeypatch.setattr("runner.spec.train.transformers_major", lambda: 4)
+    with pytest.raises(SpecError, match=r"kubeflow' needs transformers >= 5 \(installed: 4.x\)"):
+        load_spec(write_spec(train={"report_to": ["kubeflow"]}))
 
 
 def test_trackers_embx_does_not_log_go_to_the_trainer(write_spec, monkeypatch):

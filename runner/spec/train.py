@@ -28,6 +28,18 @@ TRACKERS: dict[str, tuple[str | None, str | None]] = {
 None for nothing to install. mlflow is satisfied by the client alone (mlflow-skinny); tests/test_trackers.py checks
 the names against transformers' own list."""
 
+TRACKERS_SINCE: dict[str, int] = {"kubeflow": 5}
+"""Integrations that only a later transformers major has: name -> the first major with it (the ``[onnx]`` extra
+keeps transformers 4)."""
+
+
+def transformers_major() -> int:
+    """The installed transformers' major version, read from its metadata (no import)."""
+    from importlib.metadata import version
+
+    return int(version("transformers").split(".")[0])
+
+
 EMBX_TRACKERS = ("mlflow", "wandb", "tensorboard", "trackio")
 """Trackers embx logs to itself through their clients (every loop); the others only through the trainer loop."""
 
@@ -223,6 +235,12 @@ class TrainSpec(_Model):
                 close = difflib.get_close_matches(name, list(TRACKERS), n=1, cutoff=0.6)
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise ValueError(f"unknown tracker {name!r}: {hint}known: {', '.join(TRACKERS)}")
+            since = TRACKERS_SINCE.get(name)
+            if since is not None and transformers_major() < since:
+                raise ValueError(
+                    f"tracker {name!r} needs transformers >= {since} (installed: {transformers_major()}.x); "
+                    "the main set installs it: pip install torch==2.13.0 -e ."
+                )
             module, package = TRACKERS[name]
             if module is not None and importlib.util.find_spec(module) is None:
                 extra = "  (or: pip install 'embx[trackers]')" if name == "mlflow" else ""
