@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "passages": encode(
                 model,
                 docs,
+                task="document",
                 batch_size=args.batch_size,
                 normalize=True,
                 description=f"{precision} passages",
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             "queries": encode(
                 model,
                 queries,
+                task="query",
                 batch_size=args.batch_size,
                 normalize=True,
                 description=f"{precision} queries",

@@ -130,8 +130,9 @@ def _usage(model_spec: ModelSpec, result: ExportResult, repo: str | None) -> str
         f"passage_prefix = {model_spec.passage_prefix!r}",
         "queries = [query_prefix + q for q in ['your question']]",
         "passages = [passage_prefix + p for p in ['a passage of your corpus', 'another passage']]",
-        f"q = model.encode(queries, normalize_embeddings={model_spec.normalize})",
-        f"p = model.encode(passages, normalize_embeddings={model_spec.normalize})",
+        "# task routes queries and passages through their own branch of a model with a Router (a query adapter)",
+        f"q = model.encode(queries, task='query', normalize_embeddings={model_spec.normalize})",
+        f"p = model.encode(passages, task='document', normalize_embeddings={model_spec.normalize})",
         "print(model.similarity(q, p))  # higher: more relevant",
     ]
     return fenced("\n".join(lines), "python")

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,7 @@ def encode(
     model: SentenceTransformer,
     texts: list[str],
     *,
+    task: Literal["query", "document"],
     batch_size: int | None,
     normalize: bool,
     description: str | None,
@@ -60,6 +61,8 @@ def encode(
     Args:
         model: The model.
         texts: Texts, prefixes already applied.
+        task: What the texts are: sentence-transformers routes them through the matching branch of a model with a
+            Router (a query adapter applies to queries only); a plain model encodes both alike.
         batch_size: Texts per forward pass (None: by device, see :func:`inference_settings`).
         normalize: L2-normalise the embeddings.
         description: Label of the progress bar (None: no bar, the caller draws its own).
@@ -71,7 +74,7 @@ def encode(
     """
     import torch
 
-    from runner.progress import task
+    from runner.progress import task as progress_task
 
     batch_size, precision = inference_settings(model, batch_size, precision)
     device = model.device.type
@@ -79,12 +82,13 @@ def encode(
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: torch.Tensor | None = None
     chunk = batch_size * 8
-    bar_task = task(description or "", len(texts), show=description is not None)
+    bar_task = progress_task(description or "", len(texts), show=description is not None)
     with bar_task as (bar, tid), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
             emb = model.encode(
                 [texts[i] for i in idx],
+                task=task,
                 batch_size=batch_size,
                 convert_to_tensor=True,
                 normalize_embeddings=normalize,
@@ -344,6 +348,7 @@ class CorpusIndex:
         emb = encode(
             model,
             texts,
+            task="document",
             batch_size=batch_size,
             normalize=spec.normalize,
             description=f"encode corpus ({label or 'dev'})",
@@ -422,6 +427,7 @@ class CorpusIndex:
                     yield encode(
                         model,
                         part,
+                        task="document",
                         batch_size=batch_size,
                         normalize=spec.normalize,
                         description=None,
@@ -473,11 +479,15 @@ def evaluate(
     import time
 
     started = time.perf_counter()
-    corpus_emb = index.embed(label, model, spec, batch_size, precision)
+    from runner.models import documents_are_base
+
+    # A query adapter's passages embed as the base model's: its corpus is the base's, not encoded again.
+    corpus_emb = index.embed("base" if documents_are_base(model) else label, model, spec, batch_size, precision)
     qids = list(qrels)
     q_emb = encode(
         model,
         [spec.query_prefix + queries[q] for q in qids],
+        task="query",
         batch_size=batch_size,
         normalize=spec.normalize,
         description=f"encode queries ({label or 'dev'})",

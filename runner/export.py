@@ -161,6 +161,11 @@ def export_run(
             + (f" (error: {run['error']})" if run.get("error") else "")
         )
     source = saved_model_path(run)
+    if format != "sentence-transformers" and (source / "router_config.json").exists():
+        raise ExportError(
+            f"run {run['run_id']} saved a model with a Router (a query adapter: queries and passages take different "
+            "routes), which sentence-transformers' ONNX exporter does not cover: export it as sentence-transformers"
+        )
     target = Path(output).expanduser().resolve()
     _check_target(target, source=source, overwrite=overwrite)
     spec = json.loads(run.get("spec_json") or "{}")
@@ -328,11 +333,11 @@ def check_parity(
     from runner.models import load_model
 
     queries, docs, qrels = parity_texts(db, run)
-    texts = [model_spec.query_prefix + t for t in queries.values()] + [
-        model_spec.passage_prefix + t for t in docs.values()
-    ]
-    ref = _embed(load_model(model_spec, "cpu", location=str(reference)), texts)
-    new = _embed(load_exported(exported, load), texts)
+    query_texts = [model_spec.query_prefix + t for t in queries.values()]
+    passage_texts = [model_spec.passage_prefix + t for t in docs.values()]
+    texts = query_texts + passage_texts
+    ref = _embed(load_model(model_spec, "cpu", location=str(reference)), query_texts, passage_texts)
+    new = _embed(load_exported(exported, load), query_texts, passage_texts)
     cos = np.sum(_unit(ref) * _unit(new), axis=1)
     int8 = load.get("quantization") is not None
     out: dict[str, Any] = {
@@ -376,12 +381,16 @@ def check_parity(
     return out
 
 
-def _embed(model: SentenceTransformer, texts: list[str]):
-    """fp32 numpy embeddings, not normalised, in input order."""
+def _embed(model: SentenceTransformer, queries: list[str], passages: list[str]):
+    """fp32 numpy embeddings of the queries, then the passages, not normalised, in input order.
+
+    Each goes through its own route of a model with a Router (a query adapter's).
+    """
     import numpy as np
 
-    emb = model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False)
-    return np.asarray(emb, dtype=np.float32)
+    settings = {"batch_size": 32, "convert_to_numpy": True, "normalize_embeddings": False, "show_progress_bar": False}
+    routes = ((queries, "query"), (passages, "document"))
+    return np.concatenate([np.asarray(model.encode(t, task=task, **settings), np.float32) for t, task in routes if t])
 
 
 def _unit(x):

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner import store
 from runner.memo import index_model_key, model_key, point_id
@@ -176,21 +176,22 @@ def eval_index(
     qrels = data.split(spec.data.splits.test)
     ids, qids = list(data.corpus), list(qrels)
 
-    def embed(texts: list[str], what: str):
+    def embed(texts: list[str], what: Literal["query", "document"]):
         return encode(
             model,
             texts,
+            task=what,
             batch_size=spec.eval.batch_size,
             normalize=spec.model.normalize,
-            description=f"encode {what}",
+            description=f"encode {what} texts",
             precision=spec.eval.precision,
         )
 
     figures = evaluate_index(
         corpus_ids=ids,
-        corpus_emb=embed([spec.model.passage_prefix + data.corpus[i] for i in ids], "corpus"),
+        corpus_emb=embed([spec.model.passage_prefix + data.corpus[i] for i in ids], "document"),
         query_ids=qids,
-        query_emb=embed([spec.model.query_prefix + data.queries[q] for q in qids], "queries"),
+        query_emb=embed([spec.model.query_prefix + data.queries[q] for q in qids], "query"),
         qrels=qrels,
         settings=settings,
     )
@@ -392,6 +393,7 @@ def _flush(index: VectorIndex, pending: list[Passage], seen: set[str], *, model,
     vectors = encode(
         model,
         [im.spec.passage_prefix + p.text for _, p in todo],
+        task="document",
         batch_size=im.eval.batch_size,
         normalize=im.spec.normalize,
         description=None,
@@ -470,5 +472,7 @@ def query_index(
         log.warning("index %s is incomplete (an interrupted embx index): rerun that command to finish it", name)
     spec = ModelSpec.model_validate_json(meta["embx_model_spec"])
     model = load_model(spec, location=meta.get("embx_model_path") or None)
-    vector = encode(model, [spec.query_prefix + text], batch_size=1, normalize=spec.normalize, description=None)
+    vector = encode(
+        model, [spec.query_prefix + text], task="query", batch_size=1, normalize=spec.normalize, description=None
+    )
     return meta, index.search(vector.cpu().numpy(), k, where)[0]

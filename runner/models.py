@@ -176,3 +176,13 @@ def weights_fingerprint(module) -> list[float]:
     with torch.no_grad():
         parts = [torch.stack([p.double().sum(), p.double().square().sum()]) for p in module.parameters()]
         return torch.cat(parts).cpu().tolist() if parts else []
+
+
+FROZEN_DOCUMENTS = "embx_documents_are_base"
+"""Attribute set on a model whose document route is the unchanged base model (a query adapter's, built by
+:func:`runner.train.query_adapter.adapted_model`): its passage embeddings are the base model's, reused."""
+
+
+def documents_are_base(model: object) -> bool:
+    """True for a model, built in this process, whose passages embed exactly as the base model's do."""
+    return bool(getattr(model, FROZEN_DOCUMENTS, False))

@@ -133,6 +133,7 @@ class EmbxEncoder:
         emb = encode(
             self.model,
             texts,
+            task="query" if prompt_type is not None and prompt_type.value == "query" else "document",
             batch_size=kwargs.get("batch_size"),
             normalize=self.spec.normalize,
             description=label,

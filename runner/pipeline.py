@@ -307,7 +307,7 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
 
     _remove_orphan_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{run.run_id}-") as workdir:
-        backend = get_backend(spec.train.backend)
+        backend = get_backend("query-adapter" if spec.train.query_adapter else spec.train.backend)
         on_log = run.tracking.log_rows if run.tracking is not None else None
         return backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir), on_log=on_log)
 

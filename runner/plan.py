@@ -167,9 +167,10 @@ def _probe(spec: Spec, model, *, training, precision: str) -> dict[str, Any]:
     from runner.models import weights_copy
 
     texts = list(training.data.corpus.values())[:PROBE_TEXTS]
-    encode(model, texts[:8], batch_size=spec.eval.batch_size, normalize=True, description="probe", precision="auto")
+    probe = {"task": "document", "normalize": True, "description": "probe", "precision": "auto"}
+    encode(model, texts[:8], batch_size=spec.eval.batch_size, **probe)
     started = time.perf_counter()
-    encode(model, texts, batch_size=spec.eval.batch_size, normalize=True, description="probe", precision="auto")
+    encode(model, texts, batch_size=spec.eval.batch_size, **probe)
     encode_rate = len(texts) / (time.perf_counter() - started)
     per_example = _texts_per_example(spec)
     corpus = list(training.data.corpus.values())

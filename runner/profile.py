@@ -111,11 +111,10 @@ def local_profile(
     dim = embedding_dim(model)
     picked = random.Random(0).sample(range(len(texts)), min(sample, len(texts)))
     chosen = [texts[i] for i in picked]
-    encode(
-        model, chosen[:8], batch_size=batch_size, normalize=spec.normalize, description="warm up", precision=precision
-    )
+    speed = {"task": "document", "batch_size": batch_size, "normalize": spec.normalize, "precision": precision}
+    encode(model, chosen[:8], description="warm up", **speed)
     started = time.perf_counter()
-    encode(model, chosen, batch_size=batch_size, normalize=spec.normalize, description="speed", precision=precision)
+    encode(model, chosen, description="speed", **speed)
     seconds = time.perf_counter() - started
     read = sum(min(lengths[i], limit) for i in picked)
     return {

@@ -257,6 +257,7 @@ class RunScorer:
         query_emb = encode(
             model,
             [spec.model.query_prefix + self.data.queries[q] for q in qids],
+            task="query",
             batch_size=spec.eval.batch_size,
             normalize=spec.model.normalize,
             description="encode queries (index eval)",
@@ -318,6 +319,7 @@ class RunScorer:
             coarse_emb = encode(
                 model,
                 coarse_texts,
+                task="document",
                 batch_size=cfg.batch_size,
                 normalize=m.normalize,
                 description="encode coarse chunks",
@@ -328,6 +330,7 @@ class RunScorer:
             q_emb = encode(
                 model,
                 q_texts,
+                task="query",
                 batch_size=cfg.batch_size,
                 normalize=m.normalize,
                 description="encode queries (two-stage)",

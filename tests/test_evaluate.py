@@ -221,10 +221,10 @@ def test_bf16_inference_on_any_cpu(tiny_model, tiny_beir, monkeypatch):
     texts = list(load_beir(tiny_beir).corpus.values())
     model = load_model(ModelSpec(base=str(tiny_model), max_seq_length=32), "cpu")
     seen, handles = linear_output_dtypes(model)
-    fp32 = encode(model, texts, batch_size=16, normalize=True, description="fp32", precision="fp32")
+    fp32 = encode(model, texts, task="document", batch_size=16, normalize=True, description="fp32", precision="fp32")
     assert seen == {torch.float32}
     seen.clear()
-    bf16 = encode(model, texts, batch_size=16, normalize=True, description="bf16", precision="bf16")
+    bf16 = encode(model, texts, task="document", batch_size=16, normalize=True, description="bf16", precision="bf16")
     for handle in handles:
         handle.remove()
     assert seen == {torch.bfloat16}

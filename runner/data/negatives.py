@@ -283,6 +283,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         pool_emb = encode(
             model,
             pool_texts,
+            task="document",
             batch_size=spec.eval.batch_size,
             normalize=m.normalize,
             description="encode pool",
@@ -294,6 +295,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
     q_emb = encode(
         model,
         q_texts,
+        task="query",
         batch_size=spec.eval.batch_size,
         normalize=m.normalize,
         description="mine negatives",

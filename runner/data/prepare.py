@@ -35,6 +35,7 @@ def embedder(model: SentenceTransformer, batch_size: int | None = None, precisio
             encode(
                 model,
                 texts,
+                task="document",
                 batch_size=batch_size,
                 normalize=True,
                 description="embed texts (checks, chunking)",

@@ -41,7 +41,7 @@ from runner.spec.load import (
 )
 from runner.spec.model import ModelSpec
 from runner.spec.select import ApiModelSpec, Candidate, SelectSpec
-from runner.spec.train import DistributedSpec, EarlyStopping, LoraSpec, TrainSpec
+from runner.spec.train import DistributedSpec, EarlyStopping, LoraSpec, QueryAdapterSpec, TrainSpec
 
 __all__ = [
     "METRIC_PATTERN",
@@ -58,6 +58,7 @@ __all__ = [
     "LLMSpec",
     "LoadedSpec",
     "LoraSpec",
+    "QueryAdapterSpec",
     "MixSource",
     "MergeSpec",
     "ModelSpec",

@@ -198,6 +198,28 @@ class Spec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _query_adapter_alone(self) -> Spec:
+        train = self.train
+        if train.query_adapter is None:
+            return self
+        clashes = [
+            f"train.{name}"
+            for name in ("lora", "matryoshka_dims", "guide", "hardness_mode")
+            if getattr(train, name) is not None
+        ]
+        clashes += ["train.backend: flagembedding"] if train.backend != "sentence-transformers" else []
+        clashes += [f"train.loss: {train.loss}"] if train.loss != "mnrl" else []
+        clashes += ["train.loop: trainer"] if train.loop == "trainer" else []
+        clashes += ["train.distributed"] if train.distributed.world_size > 1 else []
+        clashes += ["merge"] if self.merge is not None else []
+        if clashes:
+            raise ValueError(
+                f"train.query_adapter trains a linear map over the frozen base model with InfoNCE; it does not "
+                f"combine with {', '.join(clashes)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _gist_negatives(self) -> Spec:
         if self.train.loss == "gist" and self.negatives.mode != "in-batch" and self.negatives.per_query > 1:
             raise ValueError(

@@ -79,6 +79,26 @@ class LoraSpec(_Model):
     )
 
 
+class QueryAdapterSpec(_Model):
+    """A query-side linear adapter over the frozen base model, instead of fine-tuning it.
+
+    Queries pass through a learned d x d linear map (initialised to the identity) after the base model; passages
+    keep the base model's embeddings, so a corpus already indexed with the base model needs no re-indexing. It is
+    trained with InfoNCE (scale `train.scale`, batches of `train.batch_size` pairs, in-batch and mined negatives,
+    a passage that is another pair's positive and the query's own never counted as a negative) over embeddings the
+    frozen base computes once, so an epoch takes seconds even on a CPU; `train.early_stopping` picks the epoch.
+    The saved model is a sentence-transformers model with a Router: `encode_query` applies the adapter,
+    `encode_document` is the base model.
+    """
+
+    epochs: int = Field(
+        30, ge=1, le=1000, description="Maximum epochs over the training pairs (this replaces train.epochs)."
+    )
+    learning_rate: float = Field(
+        1e-3, gt=0, lt=1, description="AdamW learning rate of the adapter (this replaces train.learning_rate)."
+    )
+
+
 class DistributedSpec(_Model):
     """Training on several processes (GPUs) and machines through torchrun (torch.distributed.run).
 
@@ -254,6 +274,11 @@ class TrainSpec(_Model):
     lora: LoraSpec | None = Field(
         None,
         description="Train LoRA adapters instead of every weight (peft, through sentence-transformers); see below.",
+    )
+    query_adapter: QueryAdapterSpec | None = Field(
+        None,
+        description="Train a query-side linear adapter over the frozen base model instead of fine-tuning it: no "
+        "re-indexing of the corpus; see below. null: fine-tune.",
     )
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec, description="Multi-process / multi-node training through torchrun."

@@ -26,4 +26,8 @@ def get_backend(name: str) -> TrainBackend:
         from runner.train.flagembedding import FlagEmbeddingBackend
 
         return FlagEmbeddingBackend()
+    if name == "query-adapter":
+        from runner.train.query_adapter import QueryAdapterBackend
+
+        return QueryAdapterBackend()
     raise ValueError(f"unknown training backend {name!r}")
