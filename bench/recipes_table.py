@@ -33,6 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     from runner import store
     from runner.report import analyse
+    from runner.stats import paired_test
 
     data = store.load_experiment(args.db, args.experiment)
     section = analyse(data)
@@ -56,6 +57,8 @@ def main() -> None:
             continue
         run = v.runs[0]
         train = (run.get("info") or {}).get("train") or {}
+        common = sorted(set(v.per_query.get("base", {})) & set(v.per_query.get("tuned", {})))
+        vs_base = paired_test([v.per_query["base"][q] for q in common], [v.per_query["tuned"][q] for q in common])
         variants.append(
             {
                 "label": v.label,
@@ -64,6 +67,7 @@ def main() -> None:
                 "tuned": v.tuned,
                 "base": v.base,
                 "test_vs_reference": v.test,
+                "test_vs_base": vs_base,
                 "conclusion": v.conclusion,
                 "matryoshka": dims.get(run["run_id"], {}),
                 "repeats": [
@@ -78,6 +82,7 @@ def main() -> None:
                 "samples_per_s": train.get("samples_per_s"),
                 "best_epoch": train.get("best_epoch"),
                 "lora": train.get("lora"),
+                "loop": train.get("loop"),
             }
         )
     result = {
@@ -87,19 +92,20 @@ def main() -> None:
         "variants": variants,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"| variant | tuned {main_metric} | vs reference | p | 95% CI | train s | samples/s |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| variant | tuned {main_metric} | vs base (p) | vs reference | p | 95% CI | train s | samples/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for v in variants:
         if v["status"] != "ok":
-            print(f"| {v['label']} | {v['status']} | | | | | |")
+            print(f"| {v['label']} | {v['status']} | | | | | | |")
             continue
         t = v["test_vs_reference"] or {}
         ci = f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]" if t else "-"
         diff = f"{t['mean_diff']:+.4f}" if t else "reference"
         p = f"{t['p_value']:.3g}" if t else "-"
+        b = v["test_vs_base"]
         print(
-            f"| {v['label']} | {v['tuned'].get(main_metric, 0):.4f} | {diff} | {p} | {ci} | {v['train_seconds']} |"
-            f" {v['samples_per_s']} |"
+            f"| {v['label']} | {v['tuned'].get(main_metric, 0):.4f} | {b['mean_diff']:+.4f} ({b['p_value']:.3g}) |"
+            f" {diff} | {p} | {ci} | {v['train_seconds']} | {v['samples_per_s']} |"
         )
     for v in variants:
         if v.get("matryoshka"):

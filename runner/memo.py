@@ -219,8 +219,11 @@ def negatives_key(spec: Spec) -> str:
     """Mined or sampled negatives with their statistics.
 
     Participates: :func:`index_key`, :func:`checks_key` (which pairs survived the leak policy), the
-    `negatives:` section, the training sample (limit, seed) and the train split.
+    `negatives:` section, the training sample (limit, seed), the train split, and whether a distillation loss
+    asks for the teacher's scores of each pair.
     """
+    from runner.spec.train import DISTILLATION_LOSSES
+
     return content_key(
         index_key(spec),
         checks_key(spec),
@@ -228,6 +231,7 @@ def negatives_key(spec: Spec) -> str:
         spec.data.limit,
         spec.data.seed,
         spec.data.splits.train,
+        *(["teacher scores"] if spec.train.loss in DISTILLATION_LOSSES else []),
     )
 
 

@@ -79,6 +79,14 @@ def print_result(result: Any, db: str) -> None:
         f"{train.get('precision')} on {info.get('device')}; "
         f"total {result.timings.get('total', 0):.1f} s"
     )
+    if train.get("loop") == "query-adapter":
+        base, tuned = result.metrics.get("base", {}).get(result.main), result.metrics.get("tuned", {}).get(result.main)
+        gain = "" if base is None or tuned is None else f" ({tuned - base:+.4f})"
+        out.print(
+            f"query adapter: test {result.main} {_fmt(base)} -> {_fmt(tuned)}{gain} with the passages embedded by the "
+            "base model, unchanged: a corpus indexed with the base model needs no re-indexing; embed queries with "
+            "encode_query (or encode(..., task='query'))"
+        )
     for warning in result.warnings:
         out.print(f"[bold red]WARNING:[/] {warning}")
     saved = info.get("saved_model") or {}

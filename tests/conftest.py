@@ -98,6 +98,21 @@ def build_tiny_model(root: Path, seed: int = 0, dropout: float = 0.1, max_seq_le
     return st_dir
 
 
+def build_tiny_cross_encoder(root):
+    """A 2-layer, 32-dim BERT cross-encoder (one relevance logit) with the bundled MiniLM tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from runner.models import resolve_model
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
+    config = tiny_bert_config(tokenizer, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _needs_extra(request):
     """A test marked `onnx` needs that extra: skipped without it, failed under CI.

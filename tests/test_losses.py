@@ -103,3 +103,78 @@ def test_index_bytes_are_what_quantize_embeddings_stores():
             "int8": quantize_embeddings(part, precision="int8").nbytes // 4,
             "binary": quantize_embeddings(part, precision="ubinary").nbytes // 4,
         }
+
+
+def _distill_spec(tiny_model, tiny_beir, loss: str, **train) -> Spec:
+    negatives = {"mode": "hard", "per_query": 2, "rescore": {"model": "unused-here"}}
+    return Spec.model_validate(spec_data(tiny_model, tiny_beir, train={"loss": loss, **train}, negatives=negatives))
+
+
+@pytest.mark.parametrize("loss_name", ["margin-mse", "distill-kl"])
+def test_distillation_matches_the_teachers_logits_with_the_students_scaled_similarity(tiny_model, tiny_beir, loss_name):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    texts = ["what do you feel with chest pain", "cardiac signs involve artery", "a runner drinks water", "salt"]
+    teacher = torch.tensor([[4.0, -1.0, 0.5]])  # logits of the positive and the two negatives
+    loss = build_loss(model, _distill_spec(tiny_model, tiny_beir, loss_name, scale=20.0))
+    features = [model.tokenize([t]) for t in texts[:4]]
+    with torch.no_grad():
+        got = float(loss(features, teacher))
+        emb = model.encode(texts, convert_to_tensor=True)
+    student = 20.0 * (emb[0] * emb[1:]).sum(dim=-1)  # scale x cosine (the model normalises)
+    if loss_name == "margin-mse":
+        margins = teacher[0, 0] - teacher[0, 1:]
+        expected = float(((student[0] - student[1:] - margins) ** 2).mean())
+    else:
+        p = torch.softmax(teacher[0], dim=0)
+        expected = float((p * (p.log() - torch.log_softmax(student, dim=0))).sum())
+    assert got == pytest.approx(expected, rel=1e-3, abs=1e-4)
+
+
+def test_teacher_scores_follow_the_positive_then_each_negative():
+    from runner.data.negatives import with_teacher_scores
+    from runner.data.types import Pair
+
+    pairs = [Pair("q1", "pos one", negatives=["n1", "neg two"]), Pair("q2", "p", negatives=["neg", "x"])]
+    scored = with_teacher_scores(pairs, lambda asked: [float(len(q) * 100 + len(text)) for q, text in asked])
+    assert [p.teacher_scores for p in scored] == [[207.0, 202.0, 207.0], [201.0, 203.0, 201.0]]
+    assert [p.negatives for p in scored] == [p.negatives for p in pairs]
+
+
+def test_distillation_without_a_teacher_is_a_spec_error(tiny_model, tiny_beir):
+    with pytest.raises(ValueError, match="set negatives.mode: hard and negatives.rescore"):
+        Spec.model_validate(spec_data(tiny_model, tiny_beir, train={"loss": "margin-mse"}))
+    with pytest.raises(ValueError, match=r"FlagEmbedding trains with its own InfoNCE \(mnrl\) or distils"):
+        _distill_spec(tiny_model, tiny_beir, "margin-mse", backend="flagembedding")
+
+
+@pytest.mark.parametrize(
+    ("loss", "loop", "backend"),
+    [
+        ("margin-mse", "embx", "sentence-transformers"),
+        ("distill-kl", "trainer", "sentence-transformers"),
+        ("distill-kl", "auto", "flagembedding"),
+    ],
+)
+def test_a_distillation_run_trains_on_the_cross_encoders_scores(write_spec, tmp_path, loss, loop, backend):
+    from conftest import build_tiny_cross_encoder
+
+    teacher = build_tiny_cross_encoder(tmp_path / "cross-encoder")
+    spec = write_spec(
+        negatives={"mode": "hard", "per_query": 2, "rescore": {"model": str(teacher), "relative_margin": 0.5}},
+        train={"epochs": 1, "loss": loss, "loop": loop, "backend": backend},
+    )
+    db = tmp_path / "r.duckdb"
+    result = cli("run", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    (info,) = query(db, "SELECT info FROM runs")[0]
+    info = json.loads(info)
+    negatives = info["negatives"]
+    assert negatives["teacher_scored"] == negatives["pairs"] * 3  # the positive and both negatives of each pair
+    assert info["train"]["samples"] > 0
+    if backend == "flagembedding":  # its own knowledge distillation (kl_div) on the scores embx wrote
+        assert info["train"]["knowledge_distillation"] is True
+    losses = [v for (v,) in query(db, "SELECT value FROM train_log WHERE name = 'loss'")]
+    assert losses and all(math.isfinite(v) for v in losses)

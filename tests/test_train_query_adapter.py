@@ -106,7 +106,7 @@ def test_a_run_trains_only_the_adapter_and_saves_a_router_model(adapter_run, tin
     from sentence_transformers import SentenceTransformer
 
     _, _, info, output = adapter_run
-    assert "no re-indexing" in output
+    assert "query adapter: test ndcg@10" in output and "no re-indexing" in output
     assert info["train"]["loop"] == "query-adapter" and info["train"]["epochs_run"] == 3
     assert info["train"]["adapter_shift"] > 0
     saved = SentenceTransformer(info["saved_model"]["path"], device="cpu")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from runner.data.types import Pair
+from runner.spec.train import DISTILLATION_LOSSES
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,7 @@ class NegativeStats:
         filled_random: Slots filled with random passages because too few mined candidates survived.
         rescored: Candidates the cross-encoder teacher scored (``negatives.rescore``).
         dropped_teacher: Candidates dropped because the teacher scored them close to the positive.
+        teacher_scored: (query, passage) pairs the teacher scored as distillation targets (distillation losses).
 
     """
 
@@ -45,6 +47,7 @@ class NegativeStats:
     filled_random: int = 0
     rescored: int = 0
     dropped_teacher: int = 0
+    teacher_scored: int = 0
 
     def as_dict(self) -> dict[str, int | str]:
         """Plain dict for the store."""
@@ -221,8 +224,17 @@ def rescore_candidates(
     return out
 
 
-def cross_encoder_teacher(spec: NegativesSpec, device: str) -> Teacher:
-    """The ``negatives.rescore`` teacher: sentence-transformers' CrossEncoder, scores after its activation."""
+def cross_encoder_teacher(spec: NegativesSpec, device: str, *, logits: bool = False) -> Teacher:
+    """The ``negatives.rescore`` teacher: sentence-transformers' CrossEncoder.
+
+    Args:
+        spec: The negatives section (its `rescore`).
+        device: Where the cross-encoder runs.
+        logits: Its raw logits (the distillation targets) instead of its scores after its activation (rescoring,
+            whose relative margin needs scores of one sign).
+
+    """
+    import torch
     from sentence_transformers import CrossEncoder
 
     from runner.models import resolve_model
@@ -230,14 +242,36 @@ def cross_encoder_teacher(spec: NegativesSpec, device: str) -> Teacher:
     assert spec.rescore is not None
     cfg = spec.rescore
     model = CrossEncoder(resolve_model(cfg.model).location, device=device)
+    activation = {"activation_fn": torch.nn.Identity()} if logits else {}
 
     def score(asked: list[tuple[str, str]]) -> list[float]:
         if not asked:
             return []
-        values = model.predict(asked, batch_size=cfg.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        values = model.predict(
+            asked, batch_size=cfg.batch_size, show_progress_bar=False, convert_to_numpy=True, **activation
+        )
         return [float(v) for v in values.reshape(len(asked), -1)[:, -1]]
 
     return score
+
+
+def with_teacher_scores(pairs: list[Pair], teacher: Teacher) -> list[Pair]:
+    """The pairs with the teacher's scores of their positive, then of each negative (``Pair.teacher_scores``)."""
+    asked = [(p.query, text) for p in pairs for text in (p.positive, *p.negatives)]
+    scores = iter(teacher(asked))
+    out = [
+        Pair(
+            p.query,
+            p.positive,
+            p.query_id,
+            p.positive_id,
+            p.negatives,
+            [next(scores) for _ in range(1 + len(p.negatives))],
+        )
+        for p in pairs
+    ]
+    log.info("teacher scores: %d (query, passage) pairs scored for distillation", len(asked))
+    return out
 
 
 def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[list[Pair], NegativeStats]:
@@ -310,7 +344,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         positive_emb = gather(pool_emb, [row[p.positive] for p in pairs])
     positive_emb = positive_emb.to(query_emb.device)
     teacher = cross_encoder_teacher(cfg, model.device.type) if cfg.rescore is not None else None
-    return mine_hard_negatives(
+    mined, stats = mine_hard_negatives(
         pairs,
         pool=pool,
         query_emb=query_emb,
@@ -321,3 +355,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         known=known,
         teacher=teacher,
     )
+    if spec.train.loss in DISTILLATION_LOSSES:
+        mined = with_teacher_scores(mined, cross_encoder_teacher(cfg, model.device.type, logits=True))
+        stats.teacher_scored = sum(len(p.teacher_scores or []) for p in mined)
+    return mined, stats

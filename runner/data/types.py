@@ -30,6 +30,8 @@ class Pair:
     query_id: str | None = None
     positive_id: str | None = None
     negatives: list[str] = field(default_factory=list)
+    teacher_scores: list[float] | None = None
+    """The teacher's logits for the positive, then each negative (distillation losses); None without one."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from runner.spec.data import ChunkingSpec, DataSpec, NegativesSpec, QueriesSpec
 from runner.spec.eval import EvalSpec
 from runner.spec.model import ModelSpec
 from runner.spec.select import SelectSpec
-from runner.spec.train import EMBX_TRACKERS, TrainSpec
+from runner.spec.train import DISTILLATION_LOSSES, EMBX_TRACKERS, TrainSpec
 
 
 class OutputSpec(_Model):
@@ -189,10 +189,11 @@ class Spec(_Model):
         for name in ("matryoshka_dims", "hardness_mode", "guide", "lora"):
             if getattr(self.train, name) is not None:
                 raise ValueError(f"train.{name}: a sentence-transformers option; FlagEmbedding's runner has none")
-        if self.train.loss != "mnrl":
+        if self.train.loss not in ("mnrl", "distill-kl"):
             raise ValueError(
                 f"train.loss: {self.train.loss} is a sentence-transformers loss; FlagEmbedding trains with its "
-                "own InfoNCE (mnrl); for large batches in little memory set train.flagembedding.sub_batch_size"
+                "own InfoNCE (mnrl) or distils the teacher's scores (distill-kl, its kl_div); for large batches in "
+                "little memory set train.flagembedding.sub_batch_size"
             )
         external.check_arguments(model=self.model, train=self.train)  # FlagEmbedding's own argument parser
         return self
@@ -217,6 +218,20 @@ class Spec(_Model):
                 f"train.query_adapter trains a linear map over the frozen base model with InfoNCE; it does not "
                 f"combine with {', '.join(clashes)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distillation_needs_a_teacher(self) -> Spec:
+        loss = self.train.loss
+        if loss not in DISTILLATION_LOSSES:
+            return self
+        if self.negatives.mode != "hard" or self.negatives.rescore is None:
+            raise ValueError(
+                f"train.loss: {loss} distils a cross-encoder teacher's scores of each pair's positive and mined "
+                "negatives: set negatives.mode: hard and negatives.rescore: {model: <cross-encoder>}"
+            )
+        if self.data.mix:
+            raise ValueError(f"train.loss: {loss}: data.mix pairs have no teacher scores; remove data.mix")
         return self
 
     @model_validator(mode="after")

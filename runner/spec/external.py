@@ -100,7 +100,8 @@ MANAGED: dict[str, str] = {
     "query_instruction_format": "model.query_prefix (prefixes are prepended as plain text)",
     "passage_instruction_for_retrieval": "model.passage_prefix",
     "passage_instruction_format": "model.passage_prefix (prefixes are prepended as plain text)",
-    "knowledge_distillation": "nothing: embx writes no teacher scores",
+    "knowledge_distillation": "train.loss: distill-kl (embx writes the teacher's scores)",
+    "kd_loss_type": "train.loss: distill-kl (kl_div)",
     "temperature": "train.scale (temperature = 1 / scale)",
     "sentence_pooling_method": "model.pooling",
     "normalize_embeddings": "model.normalize",
@@ -232,6 +233,8 @@ def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
+        "knowledge_distillation": cfg.loss == "distill-kl",  # the JSONL then carries the teacher's scores
+        "kd_loss_type": "kl_div",
         "save_strategy": "no",
         "eval_strategy": "no",
         "report_to": trainer_report_to(train.report_to),  # embx logs its own trackers itself

@@ -40,6 +40,9 @@ def transformers_major() -> int:
     return int(version("transformers").split(".")[0])
 
 
+DISTILLATION_LOSSES = ("margin-mse", "distill-kl")
+"""Losses trained on the teacher's scores (``negatives.rescore``) instead of on in-batch negatives."""
+
 EMBX_TRACKERS = ("mlflow", "wandb", "tensorboard", "trackio")
 """Trackers embx logs to itself through their clients (every loop); the others only through the trainer loop."""
 
@@ -148,12 +151,16 @@ class TrainSpec(_Model):
         "train_group_size = 1 + negatives.per_query, temperature = 1 / scale, pooling = model.pooling or the "
         "model's own).",
     )
-    loss: Literal["mnrl", "cached-mnrl", "gist", "cached-gist"] = Field(
+    loss: Literal["mnrl", "cached-mnrl", "gist", "cached-gist", "margin-mse", "distill-kl"] = Field(
         "mnrl",
         description="mnrl: MultipleNegativesRankingLoss (InfoNCE). cached-mnrl: the GradCache variant, for "
         "large batches in little memory. gist: GISTEmbedLoss, InfoNCE whose in-batch and mined negatives are "
         "masked where the `guide` model scores them above the positive (false negatives); cached-gist: its "
-        "GradCache variant. All are sentence-transformers' own classes.",
+        "GradCache variant. margin-mse (MarginMSELoss) and distill-kl (DistillKLDivLoss): distillation from the "
+        "cross-encoder teacher of negatives.rescore, whose logits for each pair's positive and mined negatives "
+        "are the targets (the student's score is scale x its similarity, on the teacher's logit scale); "
+        "FlagEmbedding takes distill-kl as its knowledge distillation (kl_div). All are sentence-transformers' "
+        "own classes.",
     )
     scale: float = Field(20.0, gt=0, description="Similarity scale of the loss (1 / temperature).")
     guide: str | None = Field(

@@ -120,6 +120,19 @@ def tokenize_pairs(
     return Columns.build(dict(encoded), rows, time.perf_counter() - started)
 
 
+def teacher_labels(pairs: Sequence[Pair]) -> torch.Tensor | None:
+    """(pairs, 1 + negatives) teacher scores, trimmed as :func:`tokenize_pairs` trims the negatives.
+
+    None when the pairs have none (every loss but distillation).
+    """
+    import torch
+
+    if not pairs or any(p.teacher_scores is None for p in pairs):
+        return None
+    width = min(len(p.negatives) for p in pairs)
+    return torch.tensor([p.teacher_scores[: 1 + width] for p in pairs], dtype=torch.float32)
+
+
 def plan_batches(columns: Columns, batch_size: int, rng: random.Random, buckets: bool) -> list[list[int]]:
     """Batches of pair indices for one epoch, no text twice in a batch, length-bucketed when `buckets`.
 
@@ -287,6 +300,7 @@ def train_loop(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     columns = tokenize_pairs(model, pairs, spec.model.query_prefix, spec.model.passage_prefix)
+    labels = teacher_labels(pairs)
     pad_id = model.tokenizer.pad_token_id or 0
     multiple = 8 if device.type == "cuda" else 1
     first_epoch = plan_batches(columns, cfg.batch_size, rng, cfg.length_buckets)  # its length sizes the schedule
@@ -328,7 +342,7 @@ def train_loop(
                 padded += sum(f["input_ids"].numel() for f in features)
                 features = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in features]
                 with torch.autocast(device.type, dtype=dtype, enabled=amp), per_column_forwards():
-                    loss = loss_fn(features, None)
+                    loss = loss_fn(features, None if labels is None else labels[batch].to(device))
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)

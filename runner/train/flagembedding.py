@@ -68,11 +68,16 @@ def _shared_base(model: SentenceTransformer, folder: Path, *, rank: int) -> Path
 
 
 def _write_jsonl(pairs: list[Pair], path: Path) -> int:
-    """Write pairs as FlagEmbedding training JSONL; returns the train_group_size they support."""
+    """Write pairs as FlagEmbedding training JSONL; returns the train_group_size they support.
+
+    Pairs with teacher scores (distillation) also get FlagEmbedding's ``pos_scores`` and ``neg_scores``.
+    """
     width = min((len(p.negatives) for p in pairs), default=0)
     with path.open("w", encoding="utf-8") as f:
         for p in pairs:
-            row = {"query": p.query, "pos": [p.positive], "neg": list(p.negatives[:width])}
+            row: dict = {"query": p.query, "pos": [p.positive], "neg": list(p.negatives[:width])}
+            if p.teacher_scores is not None:
+                row |= {"pos_scores": p.teacher_scores[:1], "neg_scores": p.teacher_scores[1 : 1 + width]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return 1 + width
 
@@ -191,7 +196,12 @@ class FlagEmbeddingBackend:
             steps=state.global_step,
             precision=precision,
             notes=notes,
-            details={"pooling": pooling, "train_group_size": group_size, "temperature": 1.0 / cfg.scale},
+            details={
+                "pooling": pooling,
+                "train_group_size": group_size,
+                "temperature": 1.0 / cfg.scale,
+                "knowledge_distillation": bool(data_args.knowledge_distillation),  # as FlagEmbedding parsed it
+            },
         )
 
 

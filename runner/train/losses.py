@@ -2,16 +2,19 @@
 
 One place for both loops (embx's and the trainer) and for torchrun's workers: InfoNCE (MNRL) or its GradCache
 variant, with the hardness weighting MNRL now has; GISTEmbed, which masks the in-batch and mined negatives a
-guide model scores above the positive (the false negatives that in-batch and mined negatives bring); and
-Matryoshka as a modifier over any of them.
+guide model scores above the positive (the false negatives that in-batch and mined negatives bring); MarginMSE and
+KL-divergence distillation from a cross-encoder teacher's logits (``Pair.teacher_scores``); and Matryoshka as a
+modifier over any of them.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from runner.spec import Spec
@@ -39,7 +42,13 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
     from runner.models import embedding_dim
 
     cfg = spec.train
-    if cfg.loss in ("gist", "cached-gist"):
+    if cfg.loss in ("margin-mse", "distill-kl"):
+        scaled = functools.partial(_scaled_dot, scale=cfg.scale)
+        if cfg.loss == "margin-mse":
+            loss = losses.MarginMSELoss(model, similarity_fct=scaled)
+        else:
+            loss = losses.DistillKLDivLoss(model, similarity_fct=scaled, temperature=1.0)
+    elif cfg.loss in ("gist", "cached-gist"):
         guide = guide_model(model, spec)
         common = {
             "temperature": 1.0 / cfg.scale,
@@ -69,6 +78,11 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
             raise ValueError(f"train.matryoshka_dims: {too_large} exceed the model's {full} dimensions")
         loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
     return loss
+
+
+def _scaled_dot(a: torch.Tensor, b: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """The student's score of each row pair on the teacher's logit scale: `scale` x their dot product."""
+    return scale * (a * b).sum(dim=-1)
 
 
 def guide_model(model: SentenceTransformer, spec: Spec) -> SentenceTransformer:

@@ -47,7 +47,6 @@ def adapted_model(base: SentenceTransformer, adapter: torch.nn.Linear, *, normal
     """
     import torch
     from sentence_transformers import SentenceTransformer
-
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Router
 
     dim = adapter.weight.shape[0]
@@ -173,10 +172,6 @@ class QueryAdapterBackend:
             samples=len(pairs) * epochs_run,
             steps=step,
             precision="fp32",
-            notes=[
-                "query adapter: passages keep the base model's embeddings (an index built with the base model needs "
-                "no re-indexing); queries go through the adapter (encode_query, or encode with task='query')"
-            ],
             details={
                 "loop": "query-adapter",
                 "embed_seconds": round(embed_seconds, 3),

@@ -39,16 +39,21 @@ log = logging.getLogger(__name__)
 
 
 def _dataset(pairs: list[Pair], query_prefix: str, passage_prefix: str):
-    """Columns anchor, positive[, negative_1..n], prefixes applied: the layout MNRL expects."""
+    """Columns anchor, positive[, negative_1..n], prefixes applied: the layout MNRL expects.
+
+    Then `label`, the teacher's scores of the positive and each negative, when the pairs have them (distillation).
+    """
     from datasets import Dataset
 
-    columns: dict[str, list[str]] = {
+    columns: dict[str, list] = {
         "anchor": [query_prefix + p.query for p in pairs],
         "positive": [passage_prefix + p.positive for p in pairs],
     }
     width = min((len(p.negatives) for p in pairs), default=0)
     for i in range(width):
         columns[f"negative_{i + 1}"] = [passage_prefix + p.negatives[i] for p in pairs]
+    if pairs and all(p.teacher_scores is not None for p in pairs):
+        columns["label"] = [p.teacher_scores[: 1 + width] for p in pairs]
     return Dataset.from_dict(columns)
 
 

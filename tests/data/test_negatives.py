@@ -186,6 +186,7 @@ def test_in_batch_leaves_negatives_empty():
         "filled_random": 0,
         "rescored": 0,
         "dropped_teacher": 0,
+        "teacher_scored": 0,
     }
 
 
@@ -274,24 +275,10 @@ def test_rescore_needs_hard_mining():
         NegativesSpec(mode="random", rescore={"model": "x"})
 
 
-def build_tiny_cross_encoder(root):
-    """A 2-layer, 32-dim BERT cross-encoder (one relevance logit) with the bundled MiniLM tokenizer."""
-    from conftest import tiny_bert_config
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    from runner.models import resolve_model
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2").location)
-    config = tiny_bert_config(tokenizer, num_labels=1)
-    BertForSequenceClassification(config).save_pretrained(root)
-    tokenizer.save_pretrained(root)
-    return root
-
-
 def test_a_run_rescores_mined_negatives_with_a_cross_encoder(write_spec, tmp_path):
     import json
 
+    from conftest import build_tiny_cross_encoder
     from helpers import cli, query
 
     teacher = build_tiny_cross_encoder(tmp_path / "cross-encoder")
