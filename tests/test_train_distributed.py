@@ -203,3 +203,23 @@ def test_two_nodes_on_one_machine(tmp_path, model, data):
     ((run_id, status),) = query(db, "SELECT run_id, status FROM runs")
     train = store.get_run(db, run_id)["info"]["train"]
     assert status == "ok" and train["world_size"] == 2 and train["global_batch"] == 16
+
+
+def test_a_distillation_loss_trains_under_torchrun_on_the_teachers_scores(tmp_path, model, data):
+    import math
+
+    from conftest import build_tiny_cross_encoder
+    from ruamel.yaml import YAML
+
+    teacher = build_tiny_cross_encoder(tmp_path / "cross-encoder")
+    # batches of 2 per process: the trainer's no-duplicates sampler can form them although mined negatives are
+    # other pairs' positives in this 32-passage corpus
+    path = spec_file(tmp_path, model, data, "distill", nproc=2, batch=2, loss="margin-mse")
+    spec = YAML(typ="safe").load(path)
+    spec["negatives"] = {"mode": "hard", "per_query": 1, "mine_range": [1, 10], "rescore": {"model": str(teacher)}}
+    result = run_spec(load_spec(dump_yaml(spec, path)), tmp_path / "r.duckdb")
+    run = store.get_run(tmp_path / "r.duckdb", result.run_id)
+    assert run["status"] == "ok" and run["info"]["train"]["world_size"] == 2 and run["info"]["train"]["samples"] > 0
+    assert run["info"]["negatives"]["teacher_scored"] == 16 * 2  # each pair's positive and its negative
+    losses = [r["value"] for r in run["train_log"] if r["name"] == "loss"]
+    assert losses and all(math.isfinite(v) for v in losses)
