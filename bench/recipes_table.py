@@ -83,6 +83,7 @@ def main() -> None:
                 "best_epoch": train.get("best_epoch"),
                 "lora": train.get("lora"),
                 "loop": train.get("loop"),
+                "train_pairs": ((run.get("info") or {}).get("data") or {}).get("train_pairs"),
             }
         )
     result = {
