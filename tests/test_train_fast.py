@@ -291,3 +291,52 @@ def test_each_column_is_embedded_in_its_own_forward_at_its_own_width(model_dir, 
     query_widths = [width for _, width in widths[0::3]]
     passage_widths = [width for i, (_, width) in enumerate(widths) if i % 3]
     assert max(query_widths) < 8 < min(passage_widths)
+
+
+@pytest.mark.parametrize("loop", ["embx", "trainer"])
+def test_gradient_checkpointing_recomputes_each_layer_and_takes_the_same_steps(model_dir, tiny_beir, tmp_path, loop):
+    """Checkpointing runs each transformer layer again during the backward pass (that is where the memory goes
+    back) and must not change what training computes: the same weights after the same steps, to float noise."""
+    from sentence_transformers import SentenceTransformer
+
+    from runner.train import get_backend
+
+    pairs = [Pair(f"question about {w}", f"A passage about {w} and its care.") for w in WORDS_8]
+    trained = {}
+    for checkpointing in (False, True):
+        spec = Spec.model_validate(
+            {
+                "name": "checkpointing",
+                "model": {"base": str(model_dir), "max_seq_length": 24},
+                "data": {"path": str(tiny_beir), "splits": {"dev": None}},
+                "negatives": {"mode": "in-batch"},
+                "train": {
+                    "epochs": 1,
+                    "batch_size": 4,
+                    "learning_rate": 1e-3,
+                    "warmup_ratio": 0.0,
+                    "precision": "fp32",
+                    "early_stopping": None,
+                    "loop": loop,
+                    "gradient_checkpointing": checkpointing,
+                },
+            }
+        )
+        model = SentenceTransformer(str(model_dir), device="cpu")
+        calls = [0]
+        layer = model[0].auto_model.encoder.layer[0].intermediate  # inside the checkpointed layer
+        hook = layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        try:
+            outcome = get_backend("sentence-transformers").train(
+                model, pairs, spec, None, tmp_path / str(checkpointing)
+            )
+        finally:
+            hook.remove()
+        trained[checkpointing] = (calls[0], outcome.model.state_dict())
+        assert not outcome.model[0].auto_model.is_gradient_checkpointing  # the model ships without it
+    (plain_calls, plain), (checkpointed_calls, checkpointed) = trained[False], trained[True]
+    assert checkpointed_calls == 2 * plain_calls  # every layer forward is recomputed once in the backward
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
+
+
+WORDS_8 = ["salt", "iron", "bone", "sleep", "eye", "heart", "skin", "lung"]

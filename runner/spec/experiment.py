@@ -213,6 +213,7 @@ class Spec(_Model):
         clashes += ["train.loop: trainer"] if train.loop == "trainer" else []
         clashes += ["train.distributed"] if train.distributed.world_size > 1 else []
         clashes += ["merge"] if self.merge is not None else []
+        clashes += ["train.gradient_checkpointing"] if train.gradient_checkpointing else []
         if clashes:
             raise ValueError(
                 f"train.query_adapter trains a linear map over the frozen base model with InfoNCE; it does not "

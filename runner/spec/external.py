@@ -102,6 +102,7 @@ MANAGED: dict[str, str] = {
     "passage_instruction_format": "model.passage_prefix (prefixes are prepended as plain text)",
     "knowledge_distillation": "train.loss: distill-kl (embx writes the teacher's scores)",
     "kd_loss_type": "train.loss: distill-kl (kl_div)",
+    "gradient_checkpointing": "train.gradient_checkpointing",
     "temperature": "train.scale (temperature = 1 / scale)",
     "sentence_pooling_method": "model.pooling",
     "normalize_embeddings": "model.normalize",
@@ -233,6 +234,7 @@ def spec_values(*, model: ModelSpec, train: TrainSpec) -> dict[str, Any]:
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         "knowledge_distillation": cfg.loss == "distill-kl",  # the JSONL then carries the teacher's scores
         "kd_loss_type": "kl_div",
         "save_strategy": "no",

@@ -233,6 +233,13 @@ class TrainSpec(_Model):
         description="embx loop: torch.compile the transformer (dynamic shapes). Compiling takes tens of "
         "seconds, so it pays off on long GPU runs only.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each transformer layer's input for the backward pass and recompute the rest: "
+        "training memory falls from the whole batch's activations to about one layer's, for about a third more "
+        "compute (transformers' gradient checkpointing; every loop and backend). For large batches or long "
+        "passages in little memory; see bench/README for the measured effect.",
+    )
     seed: int = Field(42, description="Seed for initialisation order, shuffling and dropout.")
     report_to: list[str] | None = Field(
         None,
@@ -303,6 +310,6 @@ class TrainSpec(_Model):
     flagembedding: dict[str, Any] = Field(
         default_factory=dict,
         description="More FlagEmbedding arguments (backend flagembedding only), e.g. {sub_batch_size: 32, "
-        "query_max_len: 64, gradient_checkpointing: true}: names and values are checked by FlagEmbedding's own "
+        "query_max_len: 64}: names and values are checked by FlagEmbedding's own "
         "argument parser when the spec is validated. Arguments that a spec field sets are refused here.",
     )

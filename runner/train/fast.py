@@ -301,6 +301,8 @@ def train_loop(
     rng = random.Random(cfg.seed)
     columns = tokenize_pairs(model, pairs, spec.model.query_prefix, spec.model.passage_prefix)
     labels = teacher_labels(pairs)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pad_id = model.tokenizer.pad_token_id or 0
     multiple = 8 if device.type == "cuda" else 1
     first_epoch = plan_batches(columns, cfg.batch_size, rng, cfg.length_buckets)  # its length sizes the schedule
@@ -399,6 +401,8 @@ def train_loop(
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    if cfg.gradient_checkpointing:
+        model[0].auto_model.gradient_checkpointing_disable()  # the saved model evaluates and ships without it
     if compiled is not None:
         del compiled.forward  # evaluation and saving use the module's own forward again
     best_epoch = epochs_run

@@ -153,6 +153,8 @@ class SentenceTransformersBackend:
             report_to=trainer_report_to(cfg.report_to),  # embx logs its own trackers through on_log
             disable_tqdm=True,
             dataloader_num_workers=0,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         )
         log_rows: list[tuple[int, float, str, float]] = []
         callbacks = [log_callback(log_rows, dev_metric if evaluate else None, on_log)]
@@ -179,6 +181,8 @@ class SentenceTransformersBackend:
             trainer.train()
         finally:
             hook.remove()
+            if cfg.gradient_checkpointing:  # the trainer leaves it on: the saved model evaluates and ships without
+                model[0].auto_model.gradient_checkpointing_disable()
         seconds = time.perf_counter() - started
         state = trainer.state
         epochs_run = math.ceil(state.epoch or 0)
