@@ -323,16 +323,15 @@ def test_gradient_checkpointing_recomputes_each_layer_and_takes_the_same_steps(m
             }
         )
         model = SentenceTransformer(str(model_dir), device="cpu")
-        calls = [0]
+        calls: list[int] = []
         layer = model[0].auto_model.encoder.layer[0].intermediate  # inside the checkpointed layer
-        hook = layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        hook = layer.register_forward_hook(lambda *_, seen=calls: seen.append(1))
+        backend = get_backend("sentence-transformers")
         try:
-            outcome = get_backend("sentence-transformers").train(
-                model, pairs, spec, None, tmp_path / str(checkpointing)
-            )
+            outcome = backend.train(model, pairs, spec, None, tmp_path / str(checkpointing))
         finally:
             hook.remove()
-        trained[checkpointing] = (calls[0], outcome.model.state_dict())
+        trained[checkpointing] = (len(calls), outcome.model.state_dict())
         assert not outcome.model[0].auto_model.is_gradient_checkpointing  # the model ships without it
     (plain_calls, plain), (checkpointed_calls, checkpointed) = trained[False], trained[True]
     assert checkpointed_calls == 2 * plain_calls  # every layer forward is recomputed once in the backward
