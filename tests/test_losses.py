@@ -178,3 +178,8 @@ def test_a_distillation_run_trains_on_the_cross_encoders_scores(write_spec, tmp_
         assert info["train"]["knowledge_distillation"] is True
     losses = [v for (v,) in query(db, "SELECT value FROM train_log WHERE name = 'loss'")]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_options_distillation_would_ignore_are_refused(tiny_model, tiny_beir):
+    with pytest.raises(ValueError, match=r"distill-kl does not use train.hardness_mode"):
+        _distill_spec(tiny_model, tiny_beir, "distill-kl", hardness_mode="hard_negatives")

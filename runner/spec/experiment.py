@@ -233,6 +233,9 @@ class Spec(_Model):
             )
         if self.data.mix:
             raise ValueError(f"train.loss: {loss}: data.mix pairs have no teacher scores; remove data.mix")
+        unused = [f"train.{n}" for n in ("hardness_mode", "guide", "gist_margin") if getattr(self.train, n) is not None]
+        if unused:
+            raise ValueError(f"train.loss: {loss} does not use {', '.join(unused)} (options of the mnrl/gist losses)")
         return self
 
     @model_validator(mode="after")

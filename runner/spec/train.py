@@ -87,8 +87,8 @@ class QueryAdapterSpec(_Model):
 
     Queries pass through a learned d x d linear map (initialised to the identity) after the base model; passages
     keep the base model's embeddings, so a corpus already indexed with the base model needs no re-indexing. It is
-    trained with InfoNCE (scale `train.scale`, batches of `train.batch_size` pairs, in-batch and mined negatives,
-    a passage that is another pair's positive and the query's own never counted as a negative) over embeddings the
+    trained with InfoNCE (scale `train.scale`, batches of `train.batch_size` pairs, in-batch and mined negatives;
+    a passage that is the query's own positive is never counted as one of its negatives) over embeddings the
     frozen base computes once, so an epoch takes seconds even on a CPU; `train.early_stopping` picks the epoch.
     The saved model is a sentence-transformers model with a Router: `encode_query` applies the adapter,
     `encode_document` is the base model.
