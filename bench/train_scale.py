@@ -2,12 +2,15 @@
 
     python bench/train_scale.py                                   # 1k, 2k, 4k, 8k MedQuAD pairs
     python bench/train_scale.py --sizes 1000 2000 --out /tmp/t.json
+    python bench/train_scale.py --sizes 1000 4000 --checkpointing both --out bench/results/train_memory_cpu.json
 
 Each size trains in its own process (its peak memory is its own) with embx's sentence-transformers backend and its
 own loop, as `embx run` does: the bundled all-MiniLM-L6-v2, MedQuAD's train pairs (../shared/data/medquad, the
 first N in qrels order), in-batch negatives, one epoch, batch 32, `max_seq_length` 128, `precision: auto`, no dev
 split. Measured per size: the seconds `train` took (tokenising, batching, the steps), samples/s, and the peak
-resident memory of the process above what it held after loading the model. Evaluation and mining grow with the
+resident memory of the process above what it held after loading the model, and the padded tokens of the largest
+batch (all columns), which sets the activation memory the backward pass keeps. `--checkpointing on` trains with
+`train.gradient_checkpointing`; `both` runs each size without and with it. Evaluation and mining grow with the
 corpus, not with the pairs: bench/exact_scale.py gives their search cost from 10k to 1M passages.
 """
 
@@ -35,7 +38,7 @@ DATA = ROOT.parent / "shared" / "data" / "medquad"
 SETTINGS = {"epochs": 1, "batch_size": 32, "max_seq_length": 128, "negatives": "in-batch", "precision": "auto"}
 
 
-def child(n: int, data: Path) -> dict:
+def child(n: int, data: Path, checkpointing: bool = False) -> dict:
     """Train on the first `n` train pairs of `data` in this process; the figures as a dict."""
     from runner.data.beir import load_beir
     from runner.data.types import Pair
@@ -63,6 +66,7 @@ def child(n: int, data: Path) -> dict:
                 "batch_size": SETTINGS["batch_size"],
                 "precision": SETTINGS["precision"],
                 "early_stopping": None,
+                "gradient_checkpointing": checkpointing,
             },
         }
     )
@@ -80,6 +84,8 @@ def child(n: int, data: Path) -> dict:
         "peak_mb_above_model": round(peak_rss_mb() - baseline, 1),
         "precision": outcome.precision,
         "steps": outcome.steps,
+        "gradient_checkpointing": checkpointing,
+        "largest_batch_tokens": outcome.details.get("largest_batch_tokens"),
     }
 
 
@@ -89,24 +95,29 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "train_scale_cpu.json")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="off")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.data)))
+        print(json.dumps(child(args.child, args.data, args.child_checkpointing)))
         return
     load_start = os.getloadavg()[0]
     rows = []
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     for n in args.sizes:
-        row = run_child(__file__, "--child", str(n), "--data", str(args.data), timeout=3600)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for checkpointing in modes:
+            flags = ["--child-checkpointing"] if checkpointing else []
+            row = run_child(__file__, "--child", str(n), "--data", str(args.data), *flags, timeout=3600)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     first = rows[0]
     for row in rows:
         # linear growth: time per 1,000 pairs stays put, and so does memory (batches are a fixed size)
         row["seconds_per_1000_pairs"] = round(row["seconds"] / row["pairs"] * 1000, 1)
         row["time_vs_smallest"] = round(row["seconds"] / first["seconds"], 2)
     result = {
-        "command": "python bench/train_scale.py" + ("" if args.sizes == [1000, 2000, 4000, 8000] else " --sizes ..."),
+        "command": " ".join(["python bench/train_scale.py", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": cpu_info(),
         "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},

@@ -281,12 +281,14 @@ def test_each_column_is_embedded_in_its_own_forward_at_its_own_width(model_dir, 
     widths: list[tuple[int, int]] = []
     hook = model[0].register_forward_pre_hook(lambda module, args: widths.append(tuple(args[0]["input_ids"].shape)))
     try:
-        train_loop(
+        outcome = train_loop(
             model, loss_fn=MultipleNegativesRankingLoss(model), pairs=pairs, spec=spec, dev=None, precision="fp32"
         )
     finally:
         hook.remove()
     assert len(widths) == 2 * 3  # 2 steps x 3 columns (query, positive, negative), one forward each
+    steps = [widths[i : i + 3] for i in (0, 3)]
+    assert outcome.details["largest_batch_tokens"] == max(sum(r * w for r, w in step) for step in steps)
     assert {rows for rows, _ in widths} == {4}
     query_widths = [width for _, width in widths[0::3]]
     passage_widths = [width for i, (_, width) in enumerate(widths) if i % 3]

@@ -327,7 +327,7 @@ def train_loop(
     log_rows: list[tuple[int, float, str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     bad_epochs = 0
-    step = epochs_run = tokens = padded = samples = 0
+    step = epochs_run = tokens = padded = samples = largest = 0
     eval_seconds = 0.0
     running = torch.zeros((), device=device)
     running_n = 0
@@ -341,7 +341,9 @@ def train_loop(
                 features, n_tokens = collate(columns, batch, pad_id, multiple)
                 tokens += n_tokens
                 samples += len(batch)  # the planner may leave a pair out or add one to a batch
-                padded += sum(f["input_ids"].numel() for f in features)
+                batch_tokens = sum(f["input_ids"].numel() for f in features)
+                padded += batch_tokens
+                largest = max(largest, batch_tokens)
                 features = [{k: v.to(device, non_blocking=True) for k, v in f.items()} for f in features]
                 with torch.autocast(device.type, dtype=dtype, enabled=amp), per_column_forwards():
                     loss = loss_fn(features, None if labels is None else labels[batch].to(device))
@@ -424,6 +426,7 @@ def train_loop(
             "loop": "embx",
             "tokens": tokens,
             "padded_tokens": padded,
+            "largest_batch_tokens": largest,  # padded, all columns: what sets the peak activation memory
             "padding_efficiency": round(tokens / padded, 4) if padded else None,
             "tokenize_seconds": round(columns.seconds, 3),
             "length_buckets": cfg.length_buckets,
