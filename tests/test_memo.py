@@ -54,6 +54,8 @@ def test_spec_hash_is_frozen(golden_dir):
     assert _spec(**{"train.learning_rate": 1e-5}).spec_hash() == "70af665dcd40690f"
     assert _spec(**{"output.save_model": "none", "output.dir": "elsewhere"}).spec_hash() == _spec().spec_hash()
     assert _spec(**{"merge": None, "ablate": None}).spec_hash() == _spec().spec_hash()
+    # memory settings that compute the same steps: same experiment
+    assert _spec(**{"train.gradient_checkpointing": True, "eval.memory_mb": 64}).spec_hash() == _spec().spec_hash()
     # New optional settings default to null, so they leave existing hashes alone too.
     assert _spec(**{"train.gist_margin": None, "train.lora": None, "negatives.rescore": None}).spec_hash() == (
         _spec().spec_hash()

@@ -316,10 +316,10 @@ class Spec(_Model):
 
         `output:` says where results go and what is kept (models, embedding cache), never what they are, as do
         `train.report_to` and `train.tracking_uri` (the trackers a run is also logged to); `select:` names
-        candidates compared before training, never what a run trains; `eval.memory_mb` only bounds memory (the
-        results are the same); so a change in any of them does not make a finished run look unfinished. A null
-        field takes no part, so a new optional section (such as `merge:`) leaves the hashes of existing specs, and
-        their finished runs, alone.
+        candidates compared before training, never what a run trains; `eval.memory_mb` and
+        `train.gradient_checkpointing` only bound memory (the results are the same); so a change in any of them
+        does not make a finished run look unfinished. A null field takes no part, so a new optional section (such
+        as `merge:`) leaves the hashes of existing specs, and their finished runs, alone.
         """
         section = self.model_dump(mode="json", exclude=_UNHASHED, exclude_none=True)
         if self._root and self._relative:
@@ -341,7 +341,12 @@ class Spec(_Model):
 TRACKING_FIELDS = ("report_to", "tracking_uri")
 """`train:` fields that say where a run is also logged: they take no part in the spec hash."""
 
-_UNHASHED: dict = {"output": True, "select": True, "train": set(TRACKING_FIELDS), "eval": {"memory_mb"}}
+_UNHASHED: dict = {
+    "output": True,
+    "select": True,
+    "train": {*TRACKING_FIELDS, "gradient_checkpointing"},
+    "eval": {"memory_mb"},
+}
 """Spec parts outside the spec hash: they never change what a run computes (see :meth:`Spec.spec_hash`)."""
 
 PATH_FIELDS = (
