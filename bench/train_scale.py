@@ -89,6 +89,31 @@ def child(n: int, data: Path, checkpointing: bool = False) -> dict:
     }
 
 
+def compare(rows: list[dict]) -> dict:
+    """Derived figures: per size, what checkpointing saves and costs; per mode, how the peak grows with the pairs."""
+    by = {(r["pairs"], r["gradient_checkpointing"]): r for r in rows}
+    saved = [
+        {
+            "pairs": n,
+            "peak_mb_saved": round(off["peak_mb_above_model"] - on["peak_mb_above_model"], 1),
+            "time_ratio": round(on["seconds"] / off["seconds"], 2),
+        }
+        for (n, mode), off in by.items()
+        if not mode and (on := by.get((n, True)))
+    ]
+    growth = {}
+    for mode in (False, True):
+        sizes = sorted(n for n, m in by if m == mode)
+        if len(sizes) > 1:
+            first, last = by[sizes[0], mode], by[sizes[-1], mode]
+            growth["on" if mode else "off"] = {
+                "from_pairs": sizes[0],
+                "to_pairs": sizes[-1],
+                "peak_mb_growth": round(last["peak_mb_above_model"] - first["peak_mb_above_model"], 1),
+            }
+    return {"checkpointing": saved, "peak_growth": growth}
+
+
 def main() -> None:
     """Parse arguments; run each size in its own process; write the result file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -124,6 +149,7 @@ def main() -> None:
         "data": str(args.data.name),
         "settings": SETTINGS,
         "sizes": rows,
+        **compare(rows),
     }
     write_result(args.out, result)
 

@@ -235,10 +235,10 @@ class TrainSpec(_Model):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="Keep only each transformer layer's input for the backward pass and recompute the rest: "
-        "training memory falls from the whole batch's activations to about one layer's, for about a third more "
-        "compute (transformers' gradient checkpointing; every loop and backend). For large batches or long "
-        "passages in little memory; see bench/README for the measured effect.",
+        description="Keep only each transformer layer's input for the backward pass and recompute the rest "
+        "(transformers' gradient checkpointing; every loop and backend): less memory for the activations, more "
+        "training time. For large batches, long passages or a large model in little memory; bench/README "
+        "measures both sides. Takes the same steps, so it is not part of the spec hash.",
     )
     seed: int = Field(42, description="Seed for initialisation order, shuffling and dropout.")
     report_to: list[str] | None = Field(
