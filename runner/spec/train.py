@@ -162,7 +162,7 @@ class TrainSpec(_Model):
         "masked where the `guide` model scores them above the positive (false negatives); cached-gist: its "
         "GradCache variant. margin-mse (MarginMSELoss) and distill-kl (DistillKLDivLoss): distillation from the "
         "cross-encoder teacher of negatives.rescore, whose logits for each pair's positive and mined negatives "
-        "are the targets (the student's score is scale x its similarity, on the teacher's logit scale); "
+        "are the targets (the student's score is scale x its cosine similarity, on the teacher's logit scale); "
         "FlagEmbedding takes distill-kl as its knowledge distillation (kl_div). All are sentence-transformers' "
         "own classes.",
     )

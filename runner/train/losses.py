@@ -43,7 +43,7 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
 
     cfg = spec.train
     if cfg.loss in ("margin-mse", "distill-kl"):
-        scaled = functools.partial(_scaled_dot, scale=cfg.scale)
+        scaled = functools.partial(_scaled_cosine, scale=cfg.scale)
         if cfg.loss == "margin-mse":
             loss = losses.MarginMSELoss(model, similarity_fct=scaled)
         else:
@@ -80,9 +80,11 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
     return loss
 
 
-def _scaled_dot(a: torch.Tensor, b: torch.Tensor, *, scale: float) -> torch.Tensor:
-    """The student's score of each row pair on the teacher's logit scale: `scale` x their dot product."""
-    return scale * (a * b).sum(dim=-1)
+def _scaled_cosine(a: torch.Tensor, b: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """The student's score of each row pair on the teacher's logit scale: `scale` x their cosine, as MNRL scores."""
+    import torch.nn.functional as F
+
+    return scale * F.cosine_similarity(a, b, dim=-1)
 
 
 def guide_model(model: SentenceTransformer, spec: Spec) -> SentenceTransformer:
