@@ -50,7 +50,7 @@ def test_a_stale_pack_is_refused(tmp_path):
     (pack / "wheels").mkdir(parents=True)
     (pack / "model").mkdir()
     (pack / "model" / "model.safetensors.xz").write_bytes(b"")
-    (pack / "financial_qa_10k.tgz").write_bytes(b"")
+    (pack / "financial_qa_10k.tar.xz").write_bytes(b"")
     (pack / "wheels" / "transformers-0.0.1-py3-none-any.whl").write_bytes(b"")
     env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "OUT": str(tmp_path / "out"), "PACK": str(pack)}
     env["SPEED_WORK"] = str(tmp_path / "work")

@@ -22,7 +22,7 @@ WORK=${SPEED_WORK:-/tmp/embx-speed}
 NAME=${SPEED_NAME:-speed_financial_h100}
 PYTHON=${PYTHON:-python3}
 started=$SECONDS
-[ -d "$PACK/wheels" ] && [ -f "$PACK/model/model.safetensors.xz" ] && [ -f "$PACK/financial_qa_10k.tgz" ] \
+[ -d "$PACK/wheels" ] && [ -f "$PACK/model/model.safetensors.xz" ] && [ -f "$PACK/financial_qa_10k.tar.xz" ] \
   || { echo "$PACK is incomplete: run bench/gpu/pack.sh and carry .gpu/speed" >&2; exit 3; }
 mkdir -p "$WORK" "$OUT"
 
@@ -50,7 +50,7 @@ fi
 
 echo "== unpack data and model into $WORK"
 rm -rf "$WORK/financial_qa_10k" "$WORK/model"
-tar xzf "$PACK/financial_qa_10k.tgz" -C "$WORK"
+tar xJf "$PACK/financial_qa_10k.tar.xz" -C "$WORK"
 mkdir -p "$WORK/model"
 (cd "$PACK/model" && tar cf - --exclude='*.xz' .) | tar xf - -C "$WORK/model"
 for packed in "$PACK"/model/*.xz; do
