@@ -321,10 +321,14 @@ class CorpusIndex:
     ) -> torch.Tensor | DiskMatrix:
         """Corpus embeddings of `model`, computed once per label ("base", "tuned"); label None: no caching.
 
-        A tensor, or a :class:`~runner.matrix.DiskMatrix` when the matrix would exceed `memory_mb`.
+        A tensor, or a :class:`~runner.matrix.DiskMatrix` when the matrix would exceed `memory_mb`. A query
+        adapter's passages embed as the base model's: its label is "base", so they are not encoded again.
         """
         import torch
 
+        from runner.models import documents_are_base
+
+        label = "base" if documents_are_base(model) else label
         if label is not None and label in self.embeddings:
             return self.embeddings[label]
         batch_size, precision = inference_settings(model, batch_size, precision)
@@ -343,17 +347,8 @@ class CorpusIndex:
                     return emb
             except Exception as exc:  # a damaged cache file (torch raises many kinds) is encoded again
                 log.warning("ignoring unreadable embedding cache %s: %s: %s", path, type(exc).__name__, exc)
-        texts = [spec.passage_prefix + t for t in self.texts]
         self.encodes += 1
-        emb = encode(
-            model,
-            texts,
-            task="document",
-            batch_size=batch_size,
-            normalize=spec.normalize,
-            description=f"encode corpus ({label or 'dev'})",
-            precision=precision,
-        )
+        emb = self._encode(self.texts, model, spec, batch_size, precision, f"encode corpus ({label or 'dev'})")
         if label is not None:
             self.embeddings[label] = emb
         if path is not None:
@@ -362,6 +357,12 @@ class CorpusIndex:
             torch.save(emb.cpu(), tmp)
             tmp.replace(path)  # atomic: a concurrent reader sees the old file or the whole new one
         return emb
+
+    def _encode(self, texts, model, spec: ModelSpec, batch_size: int, precision: str, description: str | None):
+        """Passages of this corpus, prefixed and encoded as documents."""
+        prefixed = [spec.passage_prefix + t for t in texts]
+        common = {"batch_size": batch_size, "normalize": spec.normalize, "precision": precision}
+        return encode(model, prefixed, task="document", description=description, **common)
 
     def _over_budget(self, model: SentenceTransformer) -> bool:
         from runner.matrix import matrix_bytes
@@ -423,16 +424,8 @@ class CorpusIndex:
         def blocks():
             with task(f"encode corpus ({label or 'dev'}, to disk)", len(self.texts)) as (bar, tid):
                 for start in range(0, len(self.texts), rows):
-                    part = [spec.passage_prefix + t for t in self.texts[start : start + rows]]
-                    yield encode(
-                        model,
-                        part,
-                        task="document",
-                        batch_size=batch_size,
-                        normalize=spec.normalize,
-                        description=None,
-                        precision=precision,
-                    )
+                    part = self.texts[start : start + rows]
+                    yield self._encode(part, model, spec, batch_size, precision, None)
                     bar.advance(tid, len(part))
 
         try:
@@ -479,10 +472,7 @@ def evaluate(
     import time
 
     started = time.perf_counter()
-    from runner.models import documents_are_base
-
-    # A query adapter's passages embed as the base model's: its corpus is the base's, not encoded again.
-    corpus_emb = index.embed("base" if documents_are_base(model) else label, model, spec, batch_size, precision)
+    corpus_emb = index.embed(label, model, spec, batch_size, precision)
     qids = list(qrels)
     q_emb = encode(
         model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable
@@ -224,15 +225,11 @@ def rescore_candidates(
     return out
 
 
-def cross_encoder_teacher(spec: NegativesSpec, device: str, *, logits: bool = False) -> Teacher:
-    """The ``negatives.rescore`` teacher: sentence-transformers' CrossEncoder.
+def cross_encoder_teacher(spec: NegativesSpec, device: str) -> Callable[..., list[float]]:
+    """The ``negatives.rescore`` teacher: sentence-transformers' CrossEncoder, loaded once.
 
-    Args:
-        spec: The negatives section (its `rescore`).
-        device: Where the cross-encoder runs.
-        logits: Its raw logits (the distillation targets) instead of its scores after its activation (rescoring,
-            whose relative margin needs scores of one sign).
-
+    The scorer returns its scores after its activation (rescoring, whose relative margin needs scores of one
+    sign), or with ``logits=True`` its raw logits (the distillation targets).
     """
     import torch
     from sentence_transformers import CrossEncoder
@@ -242,11 +239,11 @@ def cross_encoder_teacher(spec: NegativesSpec, device: str, *, logits: bool = Fa
     assert spec.rescore is not None
     cfg = spec.rescore
     model = CrossEncoder(resolve_model(cfg.model).location, device=device)
-    activation = {"activation_fn": torch.nn.Identity()} if logits else {}
 
-    def score(asked: list[tuple[str, str]]) -> list[float]:
+    def score(asked: list[tuple[str, str]], *, logits: bool = False) -> list[float]:
         if not asked:
             return []
+        activation = {"activation_fn": torch.nn.Identity()} if logits else {}
         values = model.predict(
             asked, batch_size=cfg.batch_size, show_progress_bar=False, convert_to_numpy=True, **activation
         )
@@ -356,6 +353,7 @@ def attach_negatives(spec, pairs: list[Pair], *, data, model, index) -> tuple[li
         teacher=teacher,
     )
     if spec.train.loss in DISTILLATION_LOSSES:
-        mined = with_teacher_scores(mined, cross_encoder_teacher(cfg, model.device.type, logits=True))
+        assert teacher is not None  # the spec asks distillation for a rescore teacher
+        mined = with_teacher_scores(mined, functools.partial(teacher, logits=True))
         stats.teacher_scored = sum(len(p.teacher_scores or []) for p in mined)
     return mined, stats

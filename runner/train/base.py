@@ -59,6 +59,37 @@ class TrainOutcome:
     adapter: dict[str, Any] | None = field(default=None, repr=False)
 
 
+@dataclass
+class BestEpoch:
+    """Early stopping's bookkeeping in embx's own loops: the best dev score so far, its epoch and weights.
+
+    Attributes:
+        patience: Epochs without improvement before training stops.
+        score: The best dev score so far (None before the first).
+        epoch: Its epoch.
+        weights: What `snapshot` returned at that epoch.
+        waited: Epochs since it.
+
+    """
+
+    patience: int
+    score: float | None = None
+    epoch: int | None = None
+    weights: Any = field(default=None, repr=False)
+    waited: int = 0
+
+    def stop_after(self, epoch: int, score: float, snapshot: Callable[[], Any]) -> bool:
+        """Record `epoch`'s dev score (taking a snapshot when it is the best); True when training should stop."""
+        if self.score is None or score > self.score:
+            self.score, self.epoch, self.weights, self.waited = score, epoch, snapshot(), 0
+            return False
+        self.waited += 1
+        if self.waited >= self.patience:
+            log.info("early stopping after epoch %d (best: epoch %d)", epoch, self.epoch)
+            return True
+        return False
+
+
 class TrainBackend(Protocol):
     """A fine-tuning backend."""
 

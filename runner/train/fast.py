@@ -31,7 +31,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from runner.models import weights_copy
-from runner.train.base import DEV_NAME, DevEval, LogHook, TrainOutcome
+from runner.train.base import DEV_NAME, BestEpoch, DevEval, LogHook, TrainOutcome
 
 if TYPE_CHECKING:
     import torch
@@ -325,8 +325,7 @@ def train_loop(
     logging_steps = max(1, steps_per_epoch // 10)
 
     log_rows: list[tuple[int, float, str, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    bad_epochs = 0
+    best = BestEpoch(stopping.patience) if stopping is not None else None
     step = epochs_run = tokens = padded = samples = largest = 0
     eval_seconds = 0.0
     running = torch.zeros((), device=device)
@@ -390,16 +389,8 @@ def train_loop(
                 on_log(dev_rows)
             score = metrics[dev_metric]
             log.info("epoch %d: dev %s = %.4f", epochs_run, dev_metric, score)
-            if stopping is None:
-                continue
-            if best is None or score > best[0]:
-                state = weights_copy(model)
-                best, bad_epochs = (score, epochs_run, state), 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= stopping.patience:
-                    log.info("early stopping after epoch %d (best: epoch %d)", epochs_run, best[1])
-                    break
+            if best is not None and best.stop_after(epochs_run, score, lambda: weights_copy(model)):
+                break
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -408,9 +399,9 @@ def train_loop(
     if compiled is not None:
         del compiled.forward  # evaluation and saving use the module's own forward again
     best_epoch = epochs_run
-    if best is not None:
-        model.load_state_dict(best[2])
-        best_epoch = best[1]
+    if best is not None and best.epoch is not None:
+        model.load_state_dict(best.weights)
+        best_epoch = best.epoch
     model.eval()
     return TrainOutcome(
         model=model.float(),

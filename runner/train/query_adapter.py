@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from runner.models import FROZEN_DOCUMENTS
-from runner.train.base import DEV_NAME, DevEval, LogHook, TrainOutcome
+from runner.train.base import DEV_NAME, BestEpoch, DevEval, LogHook, TrainOutcome
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -112,8 +112,8 @@ class QueryAdapterBackend:
         stopping = cfg.early_stopping
         dev_metric = stopping.metric if stopping else spec.eval.main
         log_rows: list[tuple[int, float, str, float]] = []
-        best: tuple[float, int, torch.Tensor] | None = None
-        bad_epochs, step, epochs_run, eval_seconds = 0, 0, 0, 0.0
+        best = BestEpoch(stopping.patience) if stopping is not None else None
+        step, epochs_run, eval_seconds = 0, 0, 0.0
         order = list(range(len(pairs)))
         for epoch in range(1, settings.epochs + 1):
             rng.shuffle(order)
@@ -144,22 +144,16 @@ class QueryAdapterBackend:
             log_rows += rows_now
             if on_log is not None:
                 on_log(rows_now)
-            if dev is None or stopping is None:
+            if dev is None or best is None:
                 continue
-            score = metrics[dev_metric]
-            log.info("adapter epoch %d: dev %s = %.4f", epoch, dev_metric, score)
-            if best is None or score > best[0]:
-                best, bad_epochs = (score, epoch, adapter.weight.detach().clone()), 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= stopping.patience:
-                    log.info("early stopping after adapter epoch %d (best: epoch %d)", epoch, best[1])
-                    break
+            log.info("adapter epoch %d: dev %s = %.4f", epoch, dev_metric, metrics[dev_metric])
+            if best.stop_after(epoch, metrics[dev_metric], lambda: adapter.weight.detach().clone()):
+                break
         best_epoch = epochs_run
-        if best is not None:
+        if best is not None and best.epoch is not None:
             with torch.no_grad():
-                adapter.weight.copy_(best[2])
-            best_epoch = best[1]
+                adapter.weight.copy_(best.weights)
+            best_epoch = best.epoch
         adapter.requires_grad_(False)
         tuned.eval()
         return TrainOutcome(
