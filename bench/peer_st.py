@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--save-model", type=Path, default=None, help="save the tuned model here (for paired tests)")
     args = parser.parse_args()
 
     import torch
@@ -126,6 +127,8 @@ def main() -> None:
     t = time.perf_counter()
     tuned = evaluator(model)
     tuned_eval_seconds = time.perf_counter() - t
+    if args.save_model:
+        model.save(str(args.save_model))
 
     def pick(m):
         return {k.removeprefix("test_cosine_"): v for k, v in m.items() if k.startswith("test_cosine_")}

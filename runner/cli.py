@@ -44,6 +44,8 @@ def validate(specs: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             bad += 1
             continue
         click.echo(f"{spec}: ok ({loaded.spec.name}, hash {loaded.spec.spec_hash()})")
+        for choice in loaded.spec.recipe_choices:
+            click.echo(f"  recipe auto: {choice.line()}")
     if bad:
         if len(specs) > 1:
             click.echo(f"{bad} of {len(specs)} specs have problems", err=True)

@@ -28,6 +28,10 @@ FEW_QUERIES = 30
 """Below this many queries one query moves a split's mean by more than 0.03: said alongside a split warning."""
 
 
+class TrainingError(RuntimeError):
+    """Training ran but could not have taught the model anything (the run is recorded as failed)."""
+
+
 def check_training(
     spec: Spec, *, steps: int, steps_per_epoch: int, base_weights: list[float], tuned_weights: list[float]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -43,8 +47,19 @@ def check_training(
     Returns:
         The `learned` info section and the warnings.
 
+    Raises:
+        TrainingError: When no optimizer step was taken: the model handed on would be the base model, so the run
+            fails instead of finishing "ok".
+
     """
     cfg = spec.train
+    if steps == 0:
+        raise TrainingError(
+            f"training took no optimizer step ({steps_per_epoch} planned per epoch at batch size {cfg.batch_size}): "
+            "the batches held no pair to learn from (too few training pairs for train.batch_size, or a no-duplicates "
+            "batch sampler that could not place pairs whose texts repeat); add training pairs or lower "
+            "train.batch_size"
+        )
     planned = steps_per_epoch * cfg.epochs
     warmup = math.ceil(cfg.warmup_ratio * planned)  # as get_linear_schedule_with_warmup and the HF trainer count it
     # Step i (0-based) runs at lr * i / warmup during the warm-up, at lr from step `warmup` on.
@@ -76,6 +91,32 @@ def check_training(
     if not changed:
         warnings.append("the tuned weights equal the base model's: training changed nothing")
     return facts, warnings
+
+
+def kept_base(
+    spec: Spec, *, log: list[tuple[int, float, str, float]], best_epoch: int | None, base_dev: dict[str, float] | None
+) -> dict[str, Any] | None:
+    """``train.early_stopping.keep_base``: whether the base model (epoch 0) beat every trained epoch on dev.
+
+    Args:
+        spec: The run's spec.
+        log: The training log, with its ``dev_<metric>`` rows per epoch.
+        best_epoch: The epoch training kept.
+        base_dev: The base model's dev metrics (None: dev was not scored).
+
+    Returns:
+        The facts (metric, the base model's score, the best epoch and its score) when the base model is better and
+        is to be kept; None when an epoch beat it, or keep_base is off.
+
+    """
+    stopping = spec.train.early_stopping
+    if stopping is None or not stopping.keep_base or not base_dev or best_epoch is None:
+        return None
+    metric = stopping.metric or spec.eval.main
+    best = [value for _, epoch, name, value in log if name == f"{DEV}_{metric}" and epoch == best_epoch]
+    if not best or metric not in base_dev or best[-1] >= base_dev[metric]:
+        return None
+    return {"metric": metric, "base": base_dev[metric], "best_epoch": best_epoch, "best": best[-1]}
 
 
 def check_splits(spec: Spec, scores: Scores) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import records, store, trackers
-from runner.learned import check_splits, check_training
+from runner.learned import check_splits, check_training, kept_base
 from runner.memo import Memo, baseline_key, data_key
 from runner.models import weights_fingerprint
 from runner.records import RunResult
@@ -129,6 +129,10 @@ def run_spec(
     store.start_run(db, record)
     run = _Run(spec, run_id=record.run_id, device=device, db=db, memo=memo or Memo(), on_dev=on_dev, tracking=tracking)
     run.info.update({"device": record.device, "variant": record.variant})
+    if spec.recipe_choices:  # what `recipe: auto` filled in, and why
+        run.info["recipe"] = {
+            choice.field: {"value": choice.value, "reason": choice.reason} for choice in spec.recipe_choices
+        }
     if provenance:
         run.info["selected_by"] = provenance
     try:
@@ -236,8 +240,17 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         base_weights=base_print,
         tuned_weights=weights_fingerprint(outcome.model),
     )
+    base_dev = scores.dense.get((records.DEV, records.BASE))
+    kept = kept_base(spec, log=outcome.log, best_epoch=outcome.best_epoch, base_dev=base_dev and base_dev.metrics)
+    if kept:  # no epoch beat the base model on dev: hand on the base model
+        info["learned"]["kept_base"] = kept
+        notes.append(
+            f"kept the base model: no epoch beat it on dev {kept['metric']} (best epoch {kept['best_epoch']}: "
+            f"{kept['best']:.4f} < base {kept['base']:.4f}); the saved model is the base model"
+        )
+        outcome.model, outcome.adapter = _load_base_model(spec, device=run.device, info={}), None
     tuned = outcome.model
-    if spec.merge:
+    if spec.merge and not kept:
         with timer("merge"):
             tuned, info["merge"] = _merge(spec, base=base_weights, outcome=outcome, scorer=scorer, guards=guards)
     scorer.tuned(tuned, into=scores, timer=timer)
@@ -422,11 +435,14 @@ def run_experiment(
 
     """
     from runner.ablate import expand
+    from runner.train.launch import follower_session
 
     variants = expand(loaded.spec)
     trackers.preflight(loaded.spec)  # an unreachable tracking server fails once, before any variant
     out, memo = ExperimentResult(), Memo()
-    with _follower_session(loaded.spec):
+    for choice in loaded.spec.recipe_choices:
+        log.info("recipe auto: %s", choice.line())
+    with follower_session(loaded.spec):
         for variant in variants:
             hashes = (variant.spec.spec_hash(), variant.spec.legacy_spec_hash())  # and runs hashed with absolute paths
             done = None if force else store.find_ok_run(db, *hashes)
@@ -447,22 +463,6 @@ def run_experiment(
 
         remove_models(db, experiment=loaded.spec.name)
     return out
-
-
-@contextmanager
-def _follower_session(spec: Spec) -> Iterator[None]:
-    """On a multi-node leader, open a session of training jobs for the follower nodes and close it at the end."""
-    cfg = spec.train.distributed
-    if cfg.nnodes == 1:
-        yield
-        return
-    from runner.train.launch import finish, start_session
-
-    start_session(Path(cfg.workdir))
-    try:
-        yield
-    finally:
-        finish(Path(cfg.workdir))
 
 
 def prepare_data(loaded: LoadedSpec, out: Path) -> dict[str, Any]:

@@ -160,6 +160,7 @@ def spec_data(model_dir: Path, beir: Path, **sections) -> dict:
     """A spec mapping for the tiny model and data; keyword sections are merged into (or replace) the defaults."""
     spec = {
         "name": "tiny",
+        "recipe": "manual",  # the plain defaults: each test sets what it exercises (tests/test_spec_recipe.py: auto)
         "model": {"base": str(model_dir), "max_seq_length": 32},
         "data": {"path": str(beir)},
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "early_stopping": {"patience": 1}},

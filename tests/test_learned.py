@@ -9,7 +9,7 @@ import pytest
 
 from runner import store
 from runner.evaluate import EvalResult
-from runner.learned import MIN_STEPS, check_splits, check_training
+from runner.learned import MIN_STEPS, TrainingError, check_splits, check_training, kept_base
 from runner.pipeline import run_spec
 from runner.records import Scores
 from runner.spec import Spec, load_spec
@@ -98,6 +98,31 @@ def test_enough_steps_past_the_warm_up_do_not_warn():
     assert check_training(spec, steps=39, steps_per_epoch=13, base_weights=[1.0], tuned_weights=[1.0])[1] == [
         "the tuned weights equal the base model's: training changed nothing"
     ]
+
+
+def test_a_run_that_took_no_step_is_an_error_not_a_warning():
+    """Seen under torchrun: a no-duplicates sampler formed no batch, and the run finished "ok" with the base model."""
+    spec = _spec(epochs=1, batch_size=32, warmup_ratio=0.1, learning_rate=5e-5)
+    with pytest.raises(TrainingError, match="no optimizer step .*lower train.batch_size"):
+        check_training(spec, steps=0, steps_per_epoch=1, base_weights=[1.0], tuned_weights=[1.0])
+    assert check_training(spec, steps=1, steps_per_epoch=1, base_weights=[1.0], tuned_weights=[2.0])[1]  # warns
+
+
+def test_kept_base_compares_the_kept_epoch_with_the_base_on_the_stopping_metric():
+    spec = _spec(epochs=3, batch_size=32, warmup_ratio=0.1, learning_rate=5e-5)
+    spec.train.early_stopping.keep_base = True
+    log = [(0, 1.0, "dev_ndcg@10", 0.50), (0, 2.0, "dev_ndcg@10", 0.55), (0, 2.0, "dev_recall@10", 0.9)]
+    base = {"ndcg@10": 0.60, "recall@10": 0.8}
+    assert kept_base(spec, log=log, best_epoch=2, base_dev=base) == {
+        "metric": "ndcg@10",
+        "base": 0.60,
+        "best_epoch": 2,
+        "best": 0.55,
+    }
+    assert kept_base(spec, log=log, best_epoch=2, base_dev={"ndcg@10": 0.55}) is None  # a tie keeps the tuned
+    assert kept_base(spec, log=log, best_epoch=2, base_dev=None) is None  # no dev scores
+    spec.train.early_stopping.keep_base = None
+    assert kept_base(spec, log=log, best_epoch=2, base_dev=base) is None
 
 
 def _scores(base: list[float], tuned: list[float], split: str = "test") -> Scores:

@@ -40,7 +40,9 @@ def golden_dir(tmp_path: Path, monkeypatch) -> Path:
 
 
 def _spec(**changes) -> Spec:
-    spec = Spec.model_validate({"name": "golden", "model": {"base": "./model"}, "data": {"path": "data"}})
+    spec = Spec.model_validate(
+        {"name": "golden", "recipe": "manual", "model": {"base": "./model"}, "data": {"path": "data"}}
+    )
     return spec.variant(changes) if changes else spec
 
 
@@ -51,6 +53,11 @@ def test_spec_hash_is_frozen(golden_dir):
     # 42c4a9b7be30fb7d / b3655b5bb4494698): train.early_stopping.metric now defaults to eval.main instead of
     # recall@10, which trains differently, so a run that relied on the old default is run again once.
     assert _spec().spec_hash() == "499e4e92b6265e21"
+    # `recipe` itself is not hashed, what it fills in is: a minimal spec that trained the plain recipe before
+    # `recipe: auto` became the default now trains another one, so its finished run is run again once
+    auto = Spec.model_validate({"name": "golden", "model": {"base": "./model"}, "data": {"path": "data"}})
+    assert auto.spec_hash() != _spec().spec_hash()
+    assert auto.variant({"recipe": "manual"}).spec_hash() == auto.spec_hash()  # the filled values are kept
     assert _spec(**{"train.learning_rate": 1e-5}).spec_hash() == "70af665dcd40690f"
     assert _spec(**{"output.save_model": "none", "output.dir": "elsewhere"}).spec_hash() == _spec().spec_hash()
     assert _spec(**{"merge": None, "ablate": None}).spec_hash() == _spec().spec_hash()
@@ -108,7 +115,7 @@ def _spec_in(folder: Path) -> Path:
     """The same spec file and data (a BEIR folder beside it, a model folder) under `folder`."""
     _write(folder / "data/corpus.jsonl", '{"_id": "d1", "title": "t", "text": "heart attack"}\n')
     _write(folder / "model/config.json", '{"hidden_size": 32}\n')
-    _write(folder / "specs/spec.yaml", "name: golden\nmodel: {base: ../model}\ndata: {path: ../data}\n")
+    _write(folder / "specs/spec.yaml", "name: golden\nrecipe: manual\nmodel: {base: ../model}\ndata: {path: ../data}\n")
     return folder / "specs/spec.yaml"
 
 

@@ -315,3 +315,20 @@ def test_near_leak_of_a_paraphrase_with_minilm(tmp_path, make_spec, paraphrase_b
     assert "query-near: training query 'planted'" in str(err.value) and "'q-bp'" in str(err.value)
     ((status,),) = query(db, "SELECT status FROM runs")
     assert status == "failed"
+
+
+def test_keep_base_hands_on_the_base_model_when_no_epoch_beats_it(tmp_path, write_spec):
+    """`train.early_stopping.keep_base` (recipe: auto sets it): a learning rate that wrecks the model on dev."""
+    # the bundled MiniLM (a good base model: a random tiny one improves whatever it learns), wrecked by lr 0.1
+    model = {"base": "all-MiniLM-L6-v2", "max_seq_length": 32}
+    train = {"epochs": 1, "batch_size": 8, "learning_rate": 0.1, "early_stopping": {"patience": 1, "keep_base": True}}
+    result = run_spec(load_spec(write_spec(model=model, train=train)), tmp_path / "runs.duckdb")
+    kept = result.info["learned"]["kept_base"]
+    assert kept["metric"] == "ndcg@10" and kept["best_epoch"] == 1 and kept["best"] < kept["base"]
+    assert result.dev["tuned"] == pytest.approx(result.dev["base"])  # the base model, scored again
+    assert result.metrics["tuned"] == pytest.approx(result.metrics["base"])
+    assert any("kept the base model" in w for w in result.warnings)
+    # without keep_base the same run hands on the wrecked model
+    train["early_stopping"] = {"patience": 1}
+    worse = run_spec(load_spec(write_spec(model=model, train=train, name="off.yaml")), tmp_path / "off.duckdb")
+    assert "kept_base" not in worse.info["learned"] and worse.dev["tuned"]["ndcg@10"] < worse.dev["base"]["ndcg@10"]

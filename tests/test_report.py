@@ -39,6 +39,7 @@ def ablation_db(tmp_path_factory, tiny_model, tiny_beir):
     spec = root / "spec.yaml"
     spec.write_text(
         f"""name: tiny-ablation
+recipe: manual
 model: {{base: {tiny_model}, max_seq_length: 32}}
 data: {{path: {data}}}
 train: {{epochs: 2, batch_size: 8, learning_rate: 1.0e-3, early_stopping: {{patience: 2}}}}

@@ -177,7 +177,9 @@ def test_cross_field_rules(tmp_path):
     assert problem.path == "negatives"
     assert "fewer ranks than per_query=5" in problem.message
     path = write(tmp_path / "s2.yaml", MINIMAL + "  splits: {dev: null}\n")
-    (problem,) = problems_of(path)
+    (problem,) = problems_of(path, ["recipe=manual"])  # auto turns the unset early stopping off without dev
+    assert "early_stopping needs a dev split" in problem.message
+    (problem,) = problems_of(path, ["train.early_stopping.patience=1"])  # as does one written with no dev
     assert "early_stopping needs a dev split" in problem.message
     # ... and with early stopping off, no dev split is fine.
     spec = load_spec(path, ["train.early_stopping=null"]).spec
@@ -391,9 +393,10 @@ def test_defaults_make_a_five_line_spec_valid(tmp_path):
     assert spec.model.pooling is None and spec.model.max_seq_length == 256 and spec.model.normalize is True
     assert spec.data.source == "beir" and spec.data.path == str((tmp_path / "data" / "x").resolve())
     assert (spec.data.splits.train, spec.data.splits.dev, spec.data.splits.test) == ("train", "dev", "test")
-    assert spec.negatives.mode == "in-batch" and spec.negatives.mine_range == (10, 100)
-    assert spec.train.epochs == 1 and spec.train.learning_rate == 2e-5 and spec.train.batch_size == 32
-    assert spec.train.early_stopping.metric == "ndcg@10" and spec.train.early_stopping.patience == 2  # eval.main
+    # recipe: auto (runner/spec/recipe.py; tests/test_spec_recipe.py)
+    assert spec.negatives.mode == "hard" and spec.negatives.mine_range == (10, 100)
+    assert spec.train.epochs == 3 and spec.train.learning_rate == 5e-5 and spec.train.batch_size == 32
+    assert spec.train.early_stopping.metric == "ndcg@10" and spec.train.early_stopping.patience == 1  # eval.main
     assert spec.eval.metrics == ["recall@1", "recall@10", "ndcg@10", "mrr@10", "map@100"]
     assert spec.eval.main == "ndcg@10" and spec.eval.baseline is True
 
@@ -425,7 +428,7 @@ def test_spec_hash_stable_and_sensitive(tmp_path):
     assert first.spec_hash() == second.spec_hash()
     assert len(first.spec_hash()) == 16
     # The hash is of the resolved spec: writing a default explicitly does not change it...
-    explicit = write(tmp_path / "s2.yaml", MINIMAL + "train:\n  epochs: 1\n")
+    explicit = write(tmp_path / "s2.yaml", MINIMAL + "train:\n  epochs: 3\n")  # as recipe: auto chooses
     assert load_spec(explicit).spec.spec_hash() == first.spec_hash()
     # ... changing any field does.
     changed = load_spec(path, ["train.learning_rate=3e-5"]).spec
@@ -459,7 +462,7 @@ def test_shipped_spec_validates(path):
 def test_early_stopping_defaults_to_the_main_metric(tmp_path):
     from runner.spec import Spec
 
-    base = {"name": "x", "model": {"base": "./m"}, "data": {"path": "d"}}
+    base = {"name": "x", "recipe": "manual", "model": {"base": "./m"}, "data": {"path": "d"}}
     assert Spec.model_validate({**base, "eval": {"main": "mrr@10"}}).train.early_stopping.metric == "mrr@10"
     explicit = {**base, "train": {"early_stopping": {"metric": "recall@10"}}}
     assert Spec.model_validate(explicit).train.early_stopping.metric == "recall@10"

@@ -14,6 +14,7 @@ from runner.spec.base import _Model, apply_override, check_metric
 from runner.spec.data import ChunkingSpec, DataSpec, NegativesSpec, QueriesSpec
 from runner.spec.eval import EvalSpec
 from runner.spec.model import ModelSpec
+from runner.spec.recipe import RecipeChoice, apply_auto_recipe
 from runner.spec.select import SelectSpec
 from runner.spec.train import DISTILLATION_LOSSES, EMBX_TRACKERS, TrainSpec
 
@@ -147,6 +148,13 @@ class Spec(_Model):
     description: str = Field("", description="Free text shown in listings and reports.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="Base model.")
     data: DataSpec = Field(..., description="Data source.")
+    recipe: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: embx fills the recipe fields this spec leaves unset (negatives.mode: hard, "
+        "train.epochs: 3 with early stopping at patience 1 on the main metric, train.learning_rate: 5e-5) with the "
+        "choices bench/README.md measured, and prints each with its reason; fields the spec sets are kept. manual: "
+        "unset fields keep the plain sentence-transformers defaults shown below (in-batch negatives, 1 epoch at 2e-5).",
+    )
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec, description="Chunking (documents source).")
     queries: QueriesSpec = Field(default_factory=QueriesSpec, description="Query generation (documents source).")
     negatives: NegativesSpec = Field(default_factory=NegativesSpec, description="Negative sampling.")
@@ -165,6 +173,19 @@ class Spec(_Model):
     """Folder of the spec file it was loaded from."""
     _relative: frozenset[str] = PrivateAttr(frozenset())
     """Absolute paths the loader resolved from paths written relative to a spec file: hashed relative to `_root`."""
+    _recipe: list[RecipeChoice] = PrivateAttr(default_factory=list)
+    """What `recipe: auto` filled in, with why (see :attr:`recipe_choices`)."""
+
+    @model_validator(mode="after")
+    def _auto_recipe(self) -> Spec:  # first: the checks below see the recipe's values
+        if self.recipe == "auto":
+            self._recipe = apply_auto_recipe(self)
+        return self
+
+    @property
+    def recipe_choices(self) -> list[RecipeChoice]:
+        """The fields `recipe: auto` filled, each with its reason (empty for `recipe: manual` or a spec setting all)."""
+        return list(self._recipe)
 
     @model_validator(mode="after")
     def _search_needs_dev(self) -> Spec:
@@ -300,7 +321,11 @@ class Spec(_Model):
         data = self.model_dump(mode="json", exclude={"ablate", "search", "select"})
         for path, value in changes.items():
             apply_override(data, path.split("."), value)
-        return Spec.model_validate(data).with_root(self._root, relative=self._relative)
+        variant = Spec.model_validate(data).with_root(self._root, relative=self._relative)
+        variant._recipe = [  # the dump sets every field: keep the reasons of the choices no change touched
+            c for c in self._recipe if not any(path == c.field or path.startswith(c.field + ".") for path in changes)
+        ]
+        return variant
 
     def with_root(self, folder: str | None, *, relative: set[str] | frozenset[str]) -> Spec:
         """Set where the spec file is and which of its paths were written relative (by the loader).
@@ -344,6 +369,7 @@ TRACKING_FIELDS = ("report_to", "tracking_uri")
 _UNHASHED: dict = {
     "output": True,
     "select": True,
+    "recipe": True,  # what it chose is hashed: the fields it filled
     "train": {*TRACKING_FIELDS, "gradient_checkpointing"},
     "eval": {"memory_mb"},
 }

@@ -61,6 +61,12 @@ class EarlyStopping(_Model):
         "so the stored spec names it).",
     )
     patience: int = Field(2, ge=1, description="Epochs without improvement before training stops.")
+    keep_base: bool | None = Field(
+        None,
+        description="true: the base model is epoch 0: when no trained epoch beats its dev score, the run keeps (and "
+        "saves) the base model and says so, so no run hands on a model worse on dev than the one it started from. "
+        "recipe: auto sets it. null: keep the best trained epoch.",
+    )
 
     _check = field_validator("metric")(classmethod(lambda cls, v: v if v is None else check_metric(v)))
 

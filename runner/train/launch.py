@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,6 +178,20 @@ def launch(
     data["log"] = [tuple(row) for row in data["log"]]
     shutil.rmtree(folder, ignore_errors=True)  # kept only when the job failed, for its logs
     return TrainOutcome(model=tuned, **data)
+
+
+@contextmanager
+def follower_session(spec: Spec) -> Iterator[None]:
+    """On a multi-node leader, open a session of training jobs for the follower nodes and close it at the end."""
+    cfg = spec.train.distributed
+    if cfg.nnodes == 1:
+        yield
+        return
+    start_session(Path(cfg.workdir))
+    try:
+        yield
+    finally:
+        finish(Path(cfg.workdir))
 
 
 def start_session(workdir: Path) -> None:

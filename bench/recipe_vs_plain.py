@@ -1,0 +1,232 @@
+"""embx's default recipe (`recipe: auto`, a spec of name and data) against the plain sentence-transformers script.
+
+One invocation, each dataset in turn, both arms on the same training pairs, corpus and test queries:
+
+    python bench/recipe_vs_plain.py --out bench/results/recipe_vs_plain_cpu.json
+
+- plain: bench/peer_st.py (SentenceTransformerTrainer, MNRL over in-batch negatives, no-duplicates batches,
+  lr 2e-5, warm-up 0.1) with embx's epoch budget (3) and batch size (32), keeping its last epoch;
+- auto: `embx run` of a spec that names only the data (the recipe is printed in the log and recorded).
+
+CPU-sized: the large sets are cut to `--train` training pairs (qrels rows drawn at random), `--dev` and `--test`
+queries (with all their judgements) and a corpus of at most `--corpus` passages (every judged passage of the kept
+queries, then random others); the bundled demo is used whole. Both tuned models and the base model are then scored
+by one evaluator (embx's, fp32) on the same test queries, so the paired permutation test and bootstrap interval of
+auto - plain are per query. Dev scores (base and auto's tuned model) come from embx's run: the "never worse than
+the base model on dev" check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import cpu_info  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data"
+DATASETS = {
+    "demo": ROOT / "data" / "medical-demo",
+    "medquad": SHARED / "medquad",
+    "nfcorpus": SHARED / "nfcorpus",
+    "financial_qa_10k": SHARED / "financial_qa_10k",
+}
+PLAIN = {"epochs": 3, "batch_size": 32, "lr": 2e-5}
+"""The plain script's settings: embx's epoch budget and batch size, the script's own learning rate."""
+
+
+def _rows(path: Path) -> list[tuple[str, str, int]]:
+    with path.open() as f:
+        return [(r["query-id"], r["corpus-id"], int(float(r["score"]))) for r in csv.DictReader(f, delimiter="\t")]
+
+
+def subset(source: Path, target: Path, *, train: int, dev: int, test: int, corpus: int, seed: int) -> dict:
+    """Write a CPU-sized BEIR folder cut from `source` (see the module docstring); returns its sizes."""
+    rng = random.Random(seed)
+    kept: dict[str, list[tuple[str, str, int]]] = {}
+    positives = [r for r in _rows(source / "qrels" / "train.tsv") if r[2] > 0]
+    kept["train"] = sorted(rng.sample(positives, min(train, len(positives))))
+    for split, count in (("dev", dev), ("test", test)):
+        rows = _rows(source / "qrels" / f"{split}.tsv")
+        qids = sorted({r[0] for r in rows})
+        chosen = set(rng.sample(qids, min(count, len(qids))))
+        kept[split] = [r for r in rows if r[0] in chosen]
+    docs = {}
+    with (source / "corpus.jsonl").open() as f:
+        for line in f:
+            docs[json.loads(line)["_id"]] = line
+    judged = {r[1] for rows in kept.values() for r in rows}
+    others = sorted(set(docs) - judged)
+    fill = rng.sample(others, max(0, min(len(others), corpus - len(judged))))
+    keep_docs = judged | set(fill)
+    qids = {r[0] for rows in kept.values() for r in rows}
+    (target / "qrels").mkdir(parents=True, exist_ok=True)
+    with (target / "corpus.jsonl").open("w") as f:
+        f.writelines(docs[d] for d in sorted(keep_docs))
+    with (source / "queries.jsonl").open() as f, (target / "queries.jsonl").open("w") as out:
+        out.writelines(line for line in f if json.loads(line)["_id"] in qids)
+    for split, rows in kept.items():
+        with (target / "qrels" / f"{split}.tsv").open("w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{d}\t{s}\n" for q, d, s in rows)
+    return {
+        "train_pairs": len(kept["train"]),
+        "dev_queries": len({r[0] for r in kept["dev"]}),
+        "test_queries": len({r[0] for r in kept["test"]}),
+        "corpus": len(keep_docs),
+    }
+
+
+def _run(command: list[str], log: Path) -> float:
+    started = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {' '.join(command)}; see {log}")
+    return round(time.perf_counter() - started, 1)
+
+
+def _embx(*args: str) -> list[str]:
+    return [sys.executable, "-m", "runner.cli", *args]
+
+
+def per_query_ndcg(models: dict[str, str], folder: Path) -> dict[str, dict[str, float]]:
+    """Test NDCG@10 per query of each model, by embx's evaluator in fp32 (one corpus, one query set)."""
+    from runner.data.beir import load_beir
+    from runner.evaluate import CorpusIndex, evaluate
+    from runner.models import load_model
+    from runner.spec import ModelSpec
+
+    data = load_beir(folder, ["test"])
+    out = {}
+    for name, location in models.items():
+        spec = ModelSpec(base=location)
+        model = load_model(spec, "cpu")
+        result = evaluate(
+            model,
+            label=None,
+            index=CorpusIndex(data.corpus),
+            queries=data.queries,
+            qrels=data.qrels["test"],
+            spec=spec,
+            metrics=["ndcg@10"],
+            depth=100,
+            batch_size=64,
+            precision="fp32",
+        )
+        out[name] = {q: m["ndcg@10"] for q, m in result.per_query.items()}
+    return out
+
+
+def compare(name: str, folder: Path, work: Path) -> dict:
+    """Both arms on one dataset folder; returns its row."""
+    from runner.stats import paired_test
+
+    work.mkdir(parents=True, exist_ok=True)
+    peer_json, peer_model = work / "plain.json", work / "plain-model"
+    plain_seconds = _run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "peer_st.py"),
+            str(folder),
+            "--out",
+            str(peer_json),
+            "--save-model",
+            str(peer_model),
+            "--epochs",
+            str(PLAIN["epochs"]),
+            "--batch-size",
+            str(PLAIN["batch_size"]),
+            "--lr",
+            str(PLAIN["lr"]),
+        ],
+        work / "plain.log",
+    )
+    spec = work / "auto.yaml"
+    spec.write_text(f"name: recipe-{name}\ndata:\n  path: {folder}\n")
+    db = work / "auto.duckdb"
+    auto_seconds = _run(
+        _embx("run", str(spec), "--db", str(db), "--set", f"output.dir={work / 'runs'}"), work / "auto.log"
+    )
+    listed = json.loads(subprocess.run(_embx("ls", "--db", str(db), "--json"), capture_output=True, text=True).stdout)
+    shown = subprocess.run(
+        _embx("show", listed[0]["run_id"], "--db", str(db), "--json"), capture_output=True, text=True
+    )
+    run = json.loads(shown.stdout)
+    info = run["info"]
+    scores = per_query_ndcg(
+        {"base": "all-MiniLM-L6-v2", "plain": str(peer_model), "auto": info["saved_model"]["path"]}, folder
+    )
+    qids = sorted(scores["base"])
+    column = {arm: [scores[arm][q] for q in qids] for arm in scores}
+    mean = {arm: round(sum(values) / len(values), 4) for arm, values in column.items()}
+    vs_plain = paired_test(column["plain"], column["auto"])
+    dev = run["metrics_by_split"]["dev"]["native"]
+    return {
+        "dataset": name,
+        "test_ndcg@10": mean,
+        "auto_minus_plain": round(vs_plain["mean_diff"], 4),
+        "ci": [round(vs_plain["ci_low"], 4), round(vs_plain["ci_high"], 4)],
+        "p": round(vs_plain["p_value"], 4),
+        "goal_met": vs_plain["mean_diff"] >= 0.02,
+        "dev_ndcg@10": {"base": round(dev["base"]["ndcg@10"], 4), "auto": round(dev["tuned"]["ndcg@10"], 4)},
+        "dev_not_worse": dev["tuned"]["ndcg@10"] >= dev["base"]["ndcg@10"],
+        "auto_recipe": {field: choice["value"] for field, choice in info.get("recipe", {}).items()},
+        "auto_epochs_run": info["train"]["epochs_run"],
+        "auto_best_epoch": info["train"]["best_epoch"],
+        "seconds": {"plain_command": plain_seconds, "auto_command": auto_seconds},
+    }
+
+
+def main() -> None:
+    """Cut the datasets, run both arms on each, write the result file and print its table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--train", type=int, default=1000, help="training pairs of each large set")
+    parser.add_argument("--dev", type=int, default=100)
+    parser.add_argument("--test", type=int, default=300)
+    parser.add_argument("--corpus", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/embx-recipe-vs-plain"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rows, sizes = [], {}
+    for name in args.datasets:
+        folder = DATASETS[name]
+        if name != "demo":
+            cut = args.workdir / name / "data"
+            sizes[name] = subset(
+                folder, cut, train=args.train, dev=args.dev, test=args.test, corpus=args.corpus, seed=args.seed
+            )
+            folder = cut
+        rows.append(compare(name, folder.resolve(), args.workdir / name))
+        print(json.dumps(rows[-1]), flush=True)
+    result = {
+        "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
+        "machine": cpu_info(),
+        "plain_settings": PLAIN,
+        "sizes": sizes,
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| data | base | plain script | embx auto | auto - plain [95% CI] | p | dev base -> auto | epochs (best) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, d = r["test_ndcg@10"], r["dev_ndcg@10"]
+        print(
+            f"| {r['dataset']} | {t['base']} | {t['plain']} | {t['auto']} | {r['auto_minus_plain']:+.4f} "
+            f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | {r['p']} | {d['base']} -> {d['auto']} | "
+            f"{r['auto_epochs_run']} ({r['auto_best_epoch']}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()

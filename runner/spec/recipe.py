@@ -1,0 +1,109 @@
+"""The default recipe (``recipe: auto``): what embx chooses for the training fields a spec leaves unset, and why.
+
+A spec that names only its data (and a base model) trains with mined hard negatives, up to :data:`MAX_EPOCHS`
+epochs at :data:`LEARNING_RATE`, stopping at the first epoch that does not improve the dev main metric. Each choice
+rests on a measurement in bench/README.md ("The default recipe against the plain script"); ``recipe: manual``
+keeps the plain sentence-transformers defaults (in-batch negatives, one epoch at 2e-5) for every unset field. A
+field the spec sets (itself, through ``extends:`` or ``--set``) is never changed. The choices depend on the spec
+only, not on reading the data: the data's size acts through early stopping, which ends training when more epochs
+stop paying on dev.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.spec.experiment import Spec
+
+MAX_EPOCHS = 3
+"""Epochs the auto recipe allows; early stopping on dev ends it sooner."""
+LEARNING_RATE = 5e-5
+"""Peak learning rate of the auto recipe."""
+PATIENCE = 1
+"""Early-stopping patience of the auto recipe: stop at the first epoch that does not improve the main metric."""
+
+BENCH = "bench/README.md, 'The default recipe against the plain script'"
+
+
+@dataclass(frozen=True)
+class RecipeChoice:
+    """One field the auto recipe filled.
+
+    Attributes:
+        field: Dotted path of the field (``negatives.mode``).
+        value: The value chosen.
+        reason: Why, in one sentence, with the measurement it rests on.
+
+    """
+
+    field: str
+    value: Any
+    reason: str
+
+    def line(self) -> str:
+        """``field = value: reason``, as printed by `embx validate` and `embx run`."""
+        return f"{self.field} = {self.value}: {self.reason}"
+
+
+def apply_auto_recipe(spec: Spec) -> list[RecipeChoice]:
+    """Fill the recipe fields `spec` leaves unset, in place, and say what was chosen.
+
+    Args:
+        spec: A spec with ``recipe: auto`` whose sections were just validated (their ``model_fields_set`` tells
+            what the YAML, its ``extends:`` and ``--set`` wrote).
+
+    Returns:
+        The choices made, in the order they were made (empty when the spec sets every recipe field).
+
+    """
+    choices: list[RecipeChoice] = []
+    negatives, train = spec.negatives, spec.train
+    if "mode" not in negatives.model_fields_set and train.loss != "gist":  # gist takes one explicit negative
+        negatives.mode = "hard"
+        choices.append(
+            RecipeChoice(
+                "negatives.mode",
+                "hard",
+                f"{negatives.per_query} negatives per pair mined by the base model from ranks "
+                f"{negatives.mine_range[0]}-{negatives.mine_range[1]}, candidates within "
+                f"{negatives.relative_margin:.0%} of the positive's score dropped as likely unlabelled positives; "
+                f"beside the in-batch ones, they beat in-batch negatives alone ({BENCH})",
+            )
+        )
+    has_dev = spec.data.splits.dev is not None
+    if "early_stopping" not in train.model_fields_set:
+        if has_dev:
+            train.early_stopping.patience = PATIENCE
+            train.early_stopping.keep_base = True
+            choices.append(
+                RecipeChoice(
+                    "train.early_stopping",
+                    f"patience {PATIENCE} on dev {spec.eval.main}, keep_base",
+                    "stops at the first epoch that does not improve the main metric and keeps the best epoch's "
+                    "weights, so no epoch is trained only to be thrown away; the base model counts as epoch 0, so "
+                    "a run that no epoch improved on dev hands on the base model, never a worse one",
+                )
+            )
+        else:
+            train.early_stopping = None
+            choices.append(
+                RecipeChoice("train.early_stopping", None, "no dev split (data.splits.dev: null) to stop on")
+            )
+    if "epochs" not in train.model_fields_set and has_dev:
+        train.epochs = MAX_EPOCHS
+        choices.append(
+            RecipeChoice(
+                "train.epochs",
+                MAX_EPOCHS,
+                "at most; early stopping on dev ends training sooner when an epoch stops paying, so small sets get "
+                "the epochs they need and large ones stop early",
+            )
+        )
+    if "learning_rate" not in train.model_fields_set:
+        train.learning_rate = LEARNING_RATE
+        choices.append(
+            RecipeChoice("train.learning_rate", LEARNING_RATE, f"the best of the rates measured on the demo ({BENCH})")
+        )
+    return choices

@@ -1,0 +1,117 @@
+"""`recipe: auto` (runner/spec/recipe.py): a minimal spec's recipe, what a spec sets is kept, the run says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from runner import store
+from runner.cli import main
+from runner.pipeline import run_spec
+from runner.spec import Spec, load_spec
+from runner.spec.recipe import LEARNING_RATE, MAX_EPOCHS, PATIENCE
+
+MINIMAL = "name: minimal\ndata:\n  path: some-data\n"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _chosen(spec: Spec) -> dict[str, object]:
+    return {choice.field: choice.value for choice in spec.recipe_choices}
+
+
+def test_a_minimal_spec_gets_the_measured_recipe_with_reasons(tmp_path):
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL)).spec
+    assert spec.recipe == "auto"
+    assert spec.negatives.mode == "hard" and spec.negatives.per_query == 3
+    assert spec.train.epochs == MAX_EPOCHS == 3 and spec.train.learning_rate == LEARNING_RATE == 5e-5
+    assert spec.train.early_stopping.patience == PATIENCE == 1 and spec.train.early_stopping.metric == "ndcg@10"
+    assert spec.train.early_stopping.keep_base is True  # never worse than the base model on dev
+    assert _chosen(spec) == {
+        "negatives.mode": "hard",
+        "train.early_stopping": "patience 1 on dev ndcg@10, keep_base",
+        "train.epochs": 3,
+        "train.learning_rate": 5e-5,
+    }
+    assert all(len(choice.reason) > 20 for choice in spec.recipe_choices)
+    assert "ranks 10-100" in spec.recipe_choices[0].reason  # the mining settings it really uses
+
+
+def test_what_a_spec_sets_is_kept_and_not_listed(tmp_path):
+    _write(tmp_path / "base.yaml", MINIMAL + "negatives:\n  mode: in-batch\n")
+    child = _write(tmp_path / "child.yaml", "extends: base.yaml\nname: child\ntrain:\n  epochs: 2\n")
+    spec = load_spec(child, ["train.learning_rate=1e-5"]).spec
+    assert spec.negatives.mode == "in-batch"  # from extends:
+    assert spec.train.epochs == 2  # from the file
+    assert spec.train.learning_rate == 1e-5  # from --set
+    assert _chosen(spec) == {"train.early_stopping": "patience 1 on dev ndcg@10, keep_base"}
+    # a section written in part keeps its other fields open to the recipe
+    spec = load_spec(_write(tmp_path / "p.yaml", MINIMAL + "train:\n  early_stopping: {patience: 4}\n")).spec
+    assert spec.train.early_stopping.patience == 4 and "train.early_stopping" not in _chosen(spec)
+    assert spec.train.epochs == 3
+
+
+def test_manual_keeps_the_plain_defaults(tmp_path):
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "recipe: manual\n")).spec
+    assert spec.recipe_choices == []
+    assert spec.negatives.mode == "in-batch" and spec.train.epochs == 1 and spec.train.learning_rate == 2e-5
+    assert spec.train.early_stopping.patience == 2
+
+
+def test_without_a_dev_split_no_early_stopping_and_one_epoch(tmp_path):
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "  splits: {dev: null}\n")).spec
+    assert spec.train.early_stopping is None and spec.train.epochs == 1
+    assert _chosen(spec) == {"negatives.mode": "hard", "train.early_stopping": None, "train.learning_rate": 5e-5}
+    assert "no dev split" in spec.recipe_choices[1].reason
+
+
+def test_gist_keeps_in_batch_negatives(tmp_path):
+    """gist takes one explicit negative per pair: the recipe's 3 mined ones would make the spec invalid."""
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "train:\n  loss: gist\n")).spec
+    assert spec.negatives.mode == "in-batch" and "negatives.mode" not in _chosen(spec)
+
+
+def test_a_variant_keeps_the_reasons_its_changes_leave_alone(tmp_path):
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL)).spec
+    variant = spec.variant({"train.learning_rate": 1e-4, "train.seed": 7})
+    assert variant.train.learning_rate == 1e-4 and variant.negatives.mode == "hard" and variant.train.epochs == 3
+    assert "train.learning_rate" not in _chosen(variant) and "negatives.mode" in _chosen(variant)
+    assert variant.spec_hash() == spec.variant({"train.learning_rate": 1e-4, "train.seed": 7}).spec_hash()
+
+
+def test_validate_prints_each_choice(tmp_path, tiny_beir):
+    path = _write(tmp_path / "s.yaml", MINIMAL.replace("some-data", str(tiny_beir)))
+    out = CliRunner().invoke(main, ["validate", str(path)])
+    assert out.exit_code == 0, out.output
+    lines = [line for line in out.output.splitlines() if line.startswith("  recipe auto: ")]
+    assert len(lines) == 4
+    assert lines[0].startswith("  recipe auto: negatives.mode = hard: ")
+    out = CliRunner().invoke(main, ["validate", str(path), "--set", "recipe=manual"])
+    assert out.exit_code == 0 and "recipe auto" not in out.output
+
+
+def test_a_run_mines_as_chosen_and_records_why(tmp_path, write_spec, caplog):
+    # the tiny spec sets its own epochs, learning rate and early stopping: the recipe fills the negatives
+    path = write_spec(recipe="auto", negatives={"mine_range": [2, 20]})
+    db = tmp_path / "runs.duckdb"
+    with caplog.at_level("INFO", logger="runner.pipeline"):
+        from runner.pipeline import run_experiment
+
+        run_experiment(load_spec(path), db)
+    assert any("recipe auto: negatives.mode = hard" in r.getMessage() for r in caplog.records)
+    (run,) = store.list_runs(db)
+    stored = store.get_run(db, run["run_id"])
+    assert stored["info"]["negatives"]["mode"] == "hard" and stored["info"]["negatives"]["per_query"] == 3
+    assert list(stored["info"]["recipe"]) == ["negatives.mode"]
+    assert stored["info"]["recipe"]["negatives.mode"]["value"] == "hard"
+    assert "in-batch" in stored["info"]["recipe"]["negatives.mode"]["reason"]
+
+
+def test_a_manual_run_records_no_recipe(tmp_path, write_spec):
+    path = write_spec(recipe="manual", train={"epochs": 1, "early_stopping": None})
+    result = run_spec(load_spec(path), tmp_path / "runs.duckdb")
+    assert "recipe" not in result.info and result.info["negatives"]["mode"] == "in-batch"
