@@ -151,9 +151,10 @@ class Spec(_Model):
     recipe: Literal["auto", "manual"] = Field(
         "auto",
         description="auto: embx fills the recipe fields this spec leaves unset (negatives.mode: hard, "
-        "train.epochs: 3 with early stopping at patience 1 on the main metric, train.learning_rate: 5e-5) with the "
-        "choices bench/README.md measured, and prints each with its reason; fields the spec sets are kept. manual: "
-        "unset fields keep the plain sentence-transformers defaults shown below (in-batch negatives, 1 epoch at 2e-5).",
+        "train.epochs: 3 with early stopping at patience 1 on the main metric and the base model kept when no epoch "
+        "beats it on dev, train.learning_rate: 5e-5) with the choices bench/README.md measured, and prints each "
+        "with its reason; fields the spec sets are kept. manual: unset fields keep the plain sentence-transformers "
+        "defaults shown below (in-batch negatives, 1 epoch at 2e-5).",
     )
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec, description="Chunking (documents source).")
     queries: QueriesSpec = Field(default_factory=QueriesSpec, description="Query generation (documents source).")
