@@ -180,7 +180,12 @@ class Spec(_Model):
     @model_validator(mode="after")
     def _auto_recipe(self) -> Spec:  # first: the checks below see the recipe's values
         if self.recipe == "auto":
-            self._recipe = apply_auto_recipe(self)
+            self._recipe = apply_auto_recipe(
+                negatives=self.negatives,
+                train=self.train,
+                has_dev=self.data.splits.dev is not None,
+                main=self.eval.main,
+            )
         return self
 
     @property

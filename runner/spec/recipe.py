@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.spec.experiment import Spec
+    from runner.spec.data import NegativesSpec
+    from runner.spec.train import TrainSpec
 
 MAX_EPOCHS = 3
 """Epochs the auto recipe allows; early stopping on dev ends it sooner."""
@@ -47,19 +48,21 @@ class RecipeChoice:
         return f"{self.field} = {self.value}: {self.reason}"
 
 
-def apply_auto_recipe(spec: Spec) -> list[RecipeChoice]:
-    """Fill the recipe fields `spec` leaves unset, in place, and say what was chosen.
+def apply_auto_recipe(*, negatives: NegativesSpec, train: TrainSpec, has_dev: bool, main: str) -> list[RecipeChoice]:
+    """Fill the recipe fields a spec leaves unset, in place, and say what was chosen.
 
     Args:
-        spec: A spec with ``recipe: auto`` whose sections were just validated (their ``model_fields_set`` tells
-            what the YAML, its ``extends:`` and ``--set`` wrote).
+        negatives: The spec's `negatives:` section, just validated (its ``model_fields_set`` tells what the YAML,
+            its ``extends:`` and ``--set`` wrote).
+        train: The spec's `train:` section, likewise.
+        has_dev: Whether the spec has a dev split (``data.splits.dev``).
+        main: The spec's main metric (``eval.main``).
 
     Returns:
         The choices made, in the order they were made (empty when the spec sets every recipe field).
 
     """
     choices: list[RecipeChoice] = []
-    negatives, train = spec.negatives, spec.train
     if "mode" not in negatives.model_fields_set and train.loss != "gist":  # gist takes one explicit negative
         negatives.mode = "hard"
         choices.append(
@@ -72,7 +75,6 @@ def apply_auto_recipe(spec: Spec) -> list[RecipeChoice]:
                 f"beside the in-batch ones, they beat in-batch negatives alone ({BENCH})",
             )
         )
-    has_dev = spec.data.splits.dev is not None
     if "early_stopping" not in train.model_fields_set:
         if has_dev:
             train.early_stopping.patience = PATIENCE
@@ -80,7 +82,7 @@ def apply_auto_recipe(spec: Spec) -> list[RecipeChoice]:
             choices.append(
                 RecipeChoice(
                     "train.early_stopping",
-                    f"patience {PATIENCE} on dev {spec.eval.main}, keep_base",
+                    f"patience {PATIENCE} on dev {main}, keep_base",
                     "stops at the first epoch that does not improve the main metric and keeps the best epoch's "
                     "weights, so no epoch is trained only to be thrown away; the base model counts as epoch 0, so "
                     "a run that no epoch improved on dev hands on the base model, never a worse one",
