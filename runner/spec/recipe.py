@@ -72,7 +72,8 @@ def apply_auto_recipe(*, negatives: NegativesSpec, train: TrainSpec, has_dev: bo
                 f"{negatives.per_query} negatives per pair mined by the base model from ranks "
                 f"{negatives.mine_range[0]}-{negatives.mine_range[1]}, candidates within "
                 f"{negatives.relative_margin:.0%} of the positive's score dropped as likely unlabelled positives; "
-                f"beside the in-batch ones, they beat in-batch negatives alone ({BENCH})",
+                "beside the in-batch ones, they show the model the near misses in-batch negatives rarely do "
+                f"(against the plain script's in-batch negatives: {BENCH})",
             )
         )
     if "early_stopping" not in train.model_fields_set:
@@ -106,6 +107,11 @@ def apply_auto_recipe(*, negatives: NegativesSpec, train: TrainSpec, has_dev: bo
     if "learning_rate" not in train.model_fields_set:
         train.learning_rate = LEARNING_RATE
         choices.append(
-            RecipeChoice("train.learning_rate", LEARNING_RATE, f"the best of the rates measured on the demo ({BENCH})")
+            RecipeChoice(
+                "train.learning_rate",
+                LEARNING_RATE,
+                "the demo's rate: twice it helped in fp32 and hurt in bf16 (bench/README.md, 'The demo sized to its "
+                "promise'); a probe on dev is not built yet",
+            )
         )
     return choices
