@@ -19,6 +19,7 @@ from runner.cli_common import (
     setup_logging,
     use_device_or_exit,
 )
+from runner.cli_store import read_store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +46,7 @@ def validate(specs: tuple[str, ...], overrides: tuple[str, ...]) -> None:
             continue
         click.echo(f"{spec}: ok ({loaded.spec.name}, hash {loaded.spec.spec_hash()})")
         for choice in loaded.spec.recipe_choices:
-            click.echo(f"  recipe auto: {choice.line()}")
+            click.echo(f"  {choice.line()}")
     if bad:
         if len(specs) > 1:
             click.echo(f"{bad} of {len(specs)} specs have problems", err=True)
@@ -293,7 +294,7 @@ def ls(db: str | None, experiment: str | None, as_json: bool) -> None:
     from runner import store
     from runner.summary import print_runs
 
-    runs = _read(lambda path: store.list_runs(path, experiment), db)
+    runs = read_store(lambda path: store.list_runs(path, experiment), db)
     if as_json:
         click.echo(json.dumps(runs, indent=2, default=str))
     else:
@@ -310,7 +311,7 @@ def show(run_id: str, db: str | None, as_json: bool) -> None:
     from runner.summary import print_run
 
     try:
-        run = _read(lambda path: store.get_run(path, run_id), db)
+        run = read_store(lambda path: store.get_run(path, run_id), db)
     except KeyError as exc:
         click.echo(f"error: {exc.args[0]}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -330,7 +331,7 @@ def gc(experiment: str | None, yes: bool, db: str | None) -> None:
     from runner.keep import removable, remove_models
 
     path = db or store.default_db()
-    candidates = _read(lambda p: removable(p, experiment=experiment), path)
+    candidates = read_store(lambda p: removable(p, experiment=experiment), path)
     if not candidates:
         click.echo("nothing to remove: every saved model is its experiment's best")
         return
@@ -358,7 +359,7 @@ def report(dbs: tuple[str, ...], experiments: tuple[str, ...], output: str) -> N
 
     paths = list(dbs) or [store.default_db()]
     try:
-        html = _read(lambda _: build_report(paths, list(experiments)), *paths)
+        html = read_store(lambda _: build_report(paths, list(experiments)), *paths)
     except KeyError as exc:
         click.echo(f"error: {exc.args[0]}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -467,29 +468,6 @@ def _print_parity(parity: dict) -> None:
             f" ({rank['ndcg@10_delta']:+.4f}), top-10 overlap {rank['top10_overlap']:.3f}"
         )
     click.echo(line + f" [{parity['criterion']}: {'ok' if parity['ok'] else 'FAILED'}]")
-
-
-def _read(fn, db: str | None, *more: str):
-    """Call fn(path) of a read-only command: it never writes (no stale-run sweep: those runs show as `stale?`).
-
-    A store that cannot be read is an error (exit 2); run results waiting in recovery files get a note.
-    """
-    from runner import store
-
-    path = db or store.default_db()
-    try:
-        value = fn(path)
-    except (store.StoreError, FileNotFoundError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    for each in (path, *more):
-        if waiting := store.pending_recoveries(each):
-            click.echo(
-                f"note: {len(waiting)} run(s) wait in {store.recovery_dir(each)} (saved there when {each} could not be"
-                " written); the next `embx run` or `embx search` imports them",
-                err=True,
-            )
-    return value
 
 
 main.add_command(cli_select.select)

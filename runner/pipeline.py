@@ -441,7 +441,7 @@ def run_experiment(
     trackers.preflight(loaded.spec)  # an unreachable tracking server fails once, before any variant
     out, memo = ExperimentResult(), Memo()
     for choice in loaded.spec.recipe_choices:
-        log.info("recipe auto: %s", choice.line())
+        log.info("%s", choice.line())
     with follower_session(loaded.spec):
         for variant in variants:
             hashes = (variant.spec.spec_hash(), variant.spec.legacy_spec_hash())  # and runs hashed with absolute paths

@@ -44,8 +44,8 @@ class RecipeChoice:
     reason: str
 
     def line(self) -> str:
-        """``field = value: reason``, as printed by `embx validate` and `embx run`."""
-        return f"{self.field} = {self.value}: {self.reason}"
+        """``recipe auto: field = value: reason``, as `embx validate` prints and `embx run` logs it."""
+        return f"recipe auto: {self.field} = {self.value}: {self.reason}"
 
 
 def apply_auto_recipe(*, negatives: NegativesSpec, train: TrainSpec, has_dev: bool, main: str) -> list[RecipeChoice]:
