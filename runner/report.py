@@ -376,12 +376,20 @@ REFERENCE_SETTINGS = (
 
 
 def _settings(run: dict[str, Any]) -> dict[str, Any]:
-    """The reference run's hyperparameters and the --set overrides it was run with."""
+    """The reference run's hyperparameters, the --set overrides it was run with, and what `recipe: auto` chose.
+
+    The recipe's choices are {field: {"value", "reason"}} as the run recorded them (empty for a manual recipe or
+    a spec that set every recipe field).
+    """
     spec = json.loads(run["spec_json"])
     overrides = run.get("overrides") or []
     if isinstance(overrides, str):
         overrides = json.loads(overrides)
-    return {"hyper": {k: _value_at(spec, k) for k in REFERENCE_SETTINGS}, "overrides": overrides}
+    return {
+        "hyper": {k: _value_at(spec, k) for k in REFERENCE_SETTINGS},
+        "overrides": overrides,
+        "recipe": (run.get("info") or {}).get("recipe") or {},
+    }
 
 
 def _value_at(spec: dict[str, Any], path: str) -> Any:

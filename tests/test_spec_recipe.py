@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from click.testing import CliRunner
+from markupsafe import escape as html_escape
 
 from runner import store
 from runner.cli import main
@@ -108,10 +109,20 @@ def test_a_run_mines_as_chosen_and_records_why(tmp_path, write_spec, caplog):
     assert stored["info"]["negatives"]["mode"] == "hard" and stored["info"]["negatives"]["per_query"] == 3
     assert list(stored["info"]["recipe"]) == ["negatives.mode"]
     assert stored["info"]["recipe"]["negatives.mode"]["value"] == "hard"
-    assert "in-batch" in stored["info"]["recipe"]["negatives.mode"]["reason"]
+    reason = stored["info"]["recipe"]["negatives.mode"]["reason"]
+    assert "in-batch" in reason
+    # the report says what the recipe chose, with the reason, under the run's settings
+    from runner.report import build_report
+
+    chosen = build_report([db]).split('<ul class="recipe">')[1].split("</ul>")[0]
+    assert chosen.count("<li>") == 1 and "<code>negatives.mode</code> = <b>hard</b>" in chosen
+    assert html_escape(reason) in chosen
 
 
 def test_a_manual_run_records_no_recipe(tmp_path, write_spec):
     path = write_spec(recipe="manual", train={"epochs": 1, "early_stopping": None})
     result = run_spec(load_spec(path), tmp_path / "runs.duckdb")
     assert "recipe" not in result.info and result.info["negatives"]["mode"] == "in-batch"
+    from runner.report import build_report
+
+    assert 'class="recipe"' not in build_report([tmp_path / "runs.duckdb"])
