@@ -101,6 +101,12 @@ def index(
     for item in report.skipped:
         click.echo(f"skipped {item}", err=True)
     to = f" --to {report.uri}" if uri else ""
+    if report.query_run:
+        click.echo(
+            f"run {report.query_run} has a query adapter: its passages are the base model's, so this is the base "
+            f"model's index, shared, not re-indexed; its queries go through the adapter with --run"
+        )
+        to += f" --run {report.query_run}"
     click.echo(f'query it: embx query {report.name} "your question"{to}')
 
 
@@ -109,28 +115,44 @@ def index(
 @click.argument("text")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits to show.")
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Metadata filter (repeatable: all hold).")
+@click.option(
+    "--run",
+    "run",
+    metavar="RUN_ID",
+    help="Encode the query with this run's saved model: a run with a query adapter searches its base model's "
+    "index as it is (no re-indexing). Refused when the run's passages are not the index's.",
+)
 @to_option
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def query(
-    name: str, text: str, k: int, filters: tuple[str, ...], uri: str | None, db: str | None, as_json: bool
+    name: str,
+    text: str,
+    k: int,
+    filters: tuple[str, ...],
+    run: str | None,
+    uri: str | None,
+    db: str | None,
+    as_json: bool,
 ) -> None:
-    """Search an index with the model that built it: hits with scores and sources, best first."""
+    """Search an index with the model that built it (or a run's, with --run): hits with scores and sources."""
     from runner import store
 
     setup_logging(False)
     from runner.index import query_index
 
     try:
-        meta, hits = query_index(db or store.default_db(), name, text, uri=uri, k=k, filters=filters)
+        meta, hits = query_index(db or store.default_db(), name, text, uri=uri, k=k, filters=filters, run=run)
     except _bad_input_errors() as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     if as_json:
         rows = [{"id": h.meta.get("passage_id"), "score": h.score, "text": h.text, "meta": h.meta} for h in hits]
-        click.echo(json.dumps({"index": name, "model": meta.get("embx_model"), "hits": rows}, indent=2))
+        model = meta.get("embx_model")
+        click.echo(json.dumps({"index": name, "model": model, "query_run": run, "hits": rows}, indent=2))
         return
-    click.echo(f"{len(hits)} hit(s) from {name} ({meta.get('embx_model')})")
+    through = f"; queries through run {run}" if run else ""
+    click.echo(f"{len(hits)} hit(s) from {name} ({meta.get('embx_model')}{through})")
     for rank, hit in enumerate(hits, 1):
         where = hit.meta.get("source", "")
         if hit.meta.get("heading_path"):

@@ -49,6 +49,10 @@ class IndexModel:
         name: The default collection name (the run id, or ``<spec name>-base``).
         chunking: The spec's chunking (documents folders).
         eval: The spec's eval section (encoding batch size and precision).
+        query_run: A run with a query adapter (``train.query_adapter``): its passages are its base model's, so
+            the index is the base model's (`location` None, the base key and name) and only queries go through
+            the run's saved model, at `query_location`. None for every other target.
+        query_location: The saved model that encodes queries (None: the index's own model).
 
     """
 
@@ -59,6 +63,8 @@ class IndexModel:
     name: str
     chunking: ChunkingSpec
     eval: EvalSpec
+    query_run: str | None = None
+    query_location: str | None = None
 
 
 @dataclass
@@ -76,6 +82,8 @@ class IndexReport:
     seconds: float
     size_bytes: int | None
     skipped: list[str]
+    query_run: str | None = None
+    """A run with a query adapter indexed through its base model: query with ``embx query NAME TEXT --run RUN``."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able."""
@@ -130,6 +138,12 @@ def _index_model(spec: Spec, run: dict[str, Any] | None) -> IndexModel:
         folder = saved_model_path(run)
     except ExportError as exc:
         raise IndexInputError(str(exc)) from None
+    if spec.train.query_adapter is not None:
+        # The saved model's document route is the frozen base model, so its passages are the base model's: the
+        # base model's index serves it as it is (nothing re-indexed), and only its queries need the saved model.
+        base = _index_model(spec, None)
+        base.query_run, base.query_location = run["run_id"], str(folder)
+        return base
     saved = (run.get("info") or {}).get("saved_model")
     weights = saved.get("sha256") if isinstance(saved, dict) and saved.get("sha256") else str(folder)
     return IndexModel(
@@ -171,7 +185,7 @@ def eval_index(
     settings = spec.eval.index or IndexEvalSpec()
     if uri:
         settings = settings.model_copy(update={"uri": uri})
-    model = load_model(im.spec, location=im.location)
+    model = load_model(im.spec, location=im.query_location or im.location)  # a query adapter's run: its Router
     data = load_data(spec, model)
     qrels = data.split(spec.data.splits.test)
     ids, qids = list(data.corpus), list(qrels)
@@ -334,6 +348,7 @@ def build_index(
         seconds=round(time.perf_counter() - started, 3),
         size_bytes=index.size_bytes(),
         skipped=[f"{s.item}: {s.reason}" for s in skipped],
+        query_run=im.query_run,
     )
 
 
@@ -446,15 +461,28 @@ def query_index(
     uri: str | Path | None = None,
     k: int = 10,
     filters: list[str] | tuple[str, ...] = (),
+    run: str | None = None,
 ) -> tuple[dict[str, Any], list[Hit]]:
-    """Search a collection with the model that built it (its query prefix, its normalisation).
+    """Search a collection with the model that built it (its query prefix, its normalisation), or with a run's.
+
+    Args:
+        db: Results store (where `run` is found; the default database lies beside it).
+        name: The collection.
+        text: The query.
+        uri: The vector database (default: beside `db`).
+        k: Hits to return.
+        filters: ``KEY=VALUE`` metadata filters, all of which must hold.
+        run: Encode the query with this run's saved model instead (a run id or unique prefix). Its passages must
+            be the ones in the collection: a run with a query adapter over the collection's base model (its
+            queries change, its passages do not), or the run that built the collection.
 
     Returns:
         (the collection's metadata, the hits best first).
 
     Raises:
         VectorDBError: No such collection, or an unreachable database.
-        IndexInputError: A collection not built by embx, or a bad filter.
+        IndexInputError: A collection not built by embx, a run whose passages are not the collection's, or a bad
+            filter.
 
     """
     from runner.evaluate import encode
@@ -470,8 +498,19 @@ def query_index(
         raise IndexInputError(f"index {name!r} in {index.location} was not built by embx index (no model recorded)")
     if not meta.get("embx_complete"):
         log.warning("index %s is incomplete (an interrupted embx index): rerun that command to finish it", name)
-    spec = ModelSpec.model_validate_json(meta["embx_model_spec"])
-    model = load_model(spec, location=meta.get("embx_model_path") or None)
+    if run is None:
+        spec = ModelSpec.model_validate_json(meta["embx_model_spec"])
+        model = load_model(spec, location=meta.get("embx_model_path") or None)
+    else:
+        im = index_model(db, run)
+        if im.key != meta.get("embx_model_key"):
+            raise IndexInputError(
+                f"index {name!r} was built by {meta.get('embx_model')}; run {run} embeds passages as "
+                f"{im.label}, so its queries do not belong in this index (a run with a query adapter searches its "
+                f"base model's index; another run, its own: embx index {run})"
+            )
+        spec = im.spec
+        model = load_model(spec, location=im.query_location or im.location)
     vector = encode(
         model, [spec.query_prefix + text], task="query", batch_size=1, normalize=spec.normalize, description=None
     )

@@ -169,3 +169,53 @@ def test_an_adapter_over_an_api_model_is_refused_before_anything_runs(write_spec
     assert result.exit_code == 2
     assert "train.query_adapter" in result.output and "API model" in result.output
     assert Path(spec).name in result.output
+
+
+def test_an_adapter_run_queries_the_base_models_index_without_reindexing(adapter_run, tmp_path, tiny_beir):
+    """`embx index RUN` of an adapter run is the base model's index (nothing encoded again), and `embx query
+    INDEX --run RUN` ranks its passages by the adapter's query vector against the base model's passage vectors."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    db, run_id, info, _ = adapter_run
+    spec_file = tmp_path / "spec.yaml"  # the spec the run was made from (write_spec's file)
+    uri = tmp_path / "vectors"
+    base = cli("index", spec_file, "--data", tiny_beir, "--to", uri, "--db", db, "--json")
+    assert base.exit_code == 0, base.output
+    name = json.loads(base.output)["name"]
+    again = cli("index", run_id, "--data", tiny_beir, "--to", uri, "--db", db)
+    assert again.exit_code == 0, again.output
+    assert f"index {name} in" in again.output and "(0 encoded, 40 already there" in again.output
+    assert f"--run {run_id}" in again.output and "not re-indexed" in again.output
+
+    text = "what should someone with high blood pressure eat"
+    shown = cli("query", name, text, "-k", 40, "--to", uri, "--db", db, "--run", run_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    hits = json.loads(shown.output)["hits"]
+    assert len(hits) == 40
+    from runner.evaluate import encode
+
+    saved = SentenceTransformer(info["saved_model"]["path"], device="cpu")
+    saved.max_seq_length = 32  # the spec's, as embx loads it
+
+    def embed(texts: list[str], task: str):  # as embx index and query encode: eval.precision auto
+        return encode(saved, texts, task=task, batch_size=None, normalize=True, description=None).numpy()
+
+    expected = embed([h["text"] for h in hits], "document") @ embed([text], "query")[0]
+    scores = np.array([h["score"] for h in hits])
+    assert np.allclose(scores, expected, atol=1e-4)  # the adapter's query vector against the base passages
+    plain = json.loads(cli("query", name, text, "-k", 40, "--to", uri, "--db", db, "--json").output)["hits"]
+    by_id = {h["id"]: h["score"] for h in plain}
+    moved = np.abs(scores - np.array([by_id[h["id"]] for h in hits]))
+    assert moved.max() > 0.01  # without --run: the base model's query vector
+
+
+def test_query_with_a_run_whose_passages_are_not_the_indexs_is_refused(tmp_path, write_spec, tiny_beir):
+    spec = write_spec(train={"epochs": 1, "early_stopping": None}, name="full.yaml")
+    db, uri = tmp_path / "r.duckdb", tmp_path / "vectors"
+    assert cli("run", spec, "--db", db).exit_code == 0
+    ((run_id,),) = query(db, "SELECT run_id FROM runs")
+    assert cli("index", spec, "--data", tiny_beir, "--to", uri, "--db", db).exit_code == 0
+    result = cli("query", "tiny-base", "chest pain", "--to", uri, "--db", db, "--run", run_id)
+    assert result.exit_code == 2
+    assert "its queries do not belong in this index" in result.output and f"embx index {run_id}" in result.output
