@@ -1,15 +1,17 @@
-"""CPU encode speed of a model in torch fp32 against its ONNX int8 export, with the export's parity figures.
+"""CPU encode speed of a model in torch fp32 against its ONNX export (int8 or fp32), with the export's parity figures.
 
     python bench/export_speed.py                              # the bundled all-MiniLM-L6-v2, no training
     python bench/export_speed.py --run RUN_ID --db results.duckdb   # a run's saved model, through embx export
     # writes bench/results/export_speed_cpu.json
+    python bench/export_speed.py --format onnx --out bench/results/export_speed_onnx_fp32_cpu.json
 
-Trains nothing. The model is exported to onnx-int8 in a temporary folder (with a run: by ``embx export``'s own
-``export_run``, parity checked and recorded; without one: the bundled model through the same writer), then the
-passages of a BEIR folder (default: the bundled data/medical-demo, 325 passages) are encoded with both, one after
-the other in this process: a warm-up pass, then the median of ``--repeats`` timed passes. The parity figures
-compare the two on the test queries over the whole corpus: cosine of each text's embeddings, NDCG@10 of both
-rankings and the overlap of their top 10s. The machine (bench/machine.py) is recorded with the threads used.
+Needs the `onnx` extra (its own environment: pip install torch==2.13.0 -e ".[test,onnx]"). Trains nothing. The
+model is exported (`--format`: onnx-int8, the default, or fp32 onnx) in a temporary folder (with a run: by
+``embx export``'s own ``export_run``, parity checked and recorded; without one: the bundled model through the same
+writer), then the passages of a BEIR folder (default: the bundled data/medical-demo, 325 passages) are encoded with
+both, one after the other in this process: a warm-up pass, then the median of ``--repeats`` timed passes. The
+parity figures compare the two on the test queries over the whole corpus: cosine of each text's embeddings, NDCG@10
+of both rankings and the overlap of their top 10s. The machine (bench/machine.py) is recorded with the threads used.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--run", default=None, help="Run id (with --db): export its saved model")
     parser.add_argument("--db", default="results.duckdb")
     parser.add_argument("--data", default=str(ROOT / "data" / "medical-demo"))
+    parser.add_argument("--format", choices=["onnx-int8", "onnx"], default="onnx-int8")
     parser.add_argument("--int8-config", default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
@@ -87,12 +90,12 @@ def main() -> None:
             run = store.get_run(args.db, args.run)
             source = export.saved_model_path(run)
             spec = ModelSpec.model_validate(json.loads(run["spec_json"])["model"])
-            result = export.export_run(args.db, args.run, output=out, format="onnx-int8", quantization=args.int8_config)
+            result = export.export_run(args.db, args.run, output=out, format=args.format, quantization=args.int8_config)
             load, store_parity = result.load, result.parity
         else:
             source = Path(resolve_model("all-MiniLM-L6-v2").location)
             load = export._write(
-                "onnx-int8", source=source, folder=out, quantization=export.int8_config(args.int8_config)
+                args.format, source=source, folder=out, quantization=export.int8_config(args.int8_config)
             )
             store_parity = None
         qp, pp = (spec.query_prefix, spec.passage_prefix) if spec else ("", "")
@@ -119,19 +122,22 @@ def main() -> None:
         size = {p.name: p.stat().st_size for p in (out / "onnx").glob("*.onnx") if p.name in load["file_name"]}
 
     t_med, o_med = statistics.median(torch_s), statistics.median(onnx_s)
+    key = args.format.replace("-", "_")  # onnx_int8 (the original file's keys) or onnx (fp32)
     record = {
-        "what": "CPU encode of the corpus: torch fp32 vs ONNX int8 export (embx export --format onnx-int8)",
+        "what": f"CPU encode of the corpus: torch fp32 vs ONNX {'int8' if key == 'onnx_int8' else 'fp32'} export "
+        f"(embx export --format {args.format})",
         "model": f"run {args.run}" if args.run else "bundled all-MiniLM-L6-v2 (no run: no training)",
         "data": f"{args.data} ({len(corpus)} passages, {len(queries)} test queries)",
-        "int8_file": load["file_name"],
-        "int8_file_bytes": size,
+        "format": args.format,
+        ("int8_file" if key == "onnx_int8" else "onnx_file"): load["file_name"],
+        ("int8_file_bytes" if key == "onnx_int8" else "onnx_file_bytes"): size,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
         "torch_fp32_seconds": [round(s, 3) for s in torch_s],
-        "onnx_int8_seconds": [round(s, 3) for s in onnx_s],
+        f"{key}_seconds": [round(s, 3) for s in onnx_s],
         "torch_fp32_passages_per_s": round(len(passages) / t_med, 1),
-        "onnx_int8_passages_per_s": round(len(passages) / o_med, 1),
+        f"{key}_passages_per_s": round(len(passages) / o_med, 1),
         "speedup": round(t_med / o_med, 2),
         "parity": {
             "min_cosine_passages": round(float(cos_p.min()), 6),
@@ -148,7 +154,7 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: record[k] for k in ("torch_fp32_passages_per_s", "onnx_int8_passages_per_s", "speedup")}))
+    print(json.dumps({k: record[k] for k in ("torch_fp32_passages_per_s", f"{key}_passages_per_s", "speedup")}))
     print(json.dumps(record["parity"]))
 
 

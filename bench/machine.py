@@ -17,6 +17,10 @@ from typing import Any
 
 FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+"""Environment that caps torch's vectorised kernels, oneDNN and MKL at AVX2 (no AVX-512, AMX or VNNI paths): the
+bench scripts' `--avx2` estimate of a CPU without them (cores, clock and caches stay this machine's)."""
+
 
 def read_cpuinfo(text: str) -> tuple[str | None, set[str]]:
     """The first ``model name`` and the ``flags`` of a /proc/cpuinfo text (None and an empty set if absent)."""

@@ -28,10 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import cpu_info  # noqa: E402
-
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-"""Environment that caps torch's vectorised kernels, oneDNN and MKL at AVX2 (no AVX-512, AMX or VNNI paths)."""
+from machine import AVX2_ONLY, cpu_info  # noqa: E402
 
 
 def main() -> None:

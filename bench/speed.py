@@ -90,7 +90,7 @@ for _path in (str(HERE), str(ROOT)):  # peer_st (bench/) and the working tree's 
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from machine import cpu_info  # noqa: E402
+from machine import AVX2_ONLY, cpu_info  # noqa: E402
 from peer_st import peer_evaluator, peer_trainer, read_beir  # noqa: E402
 
 SEED = 42
@@ -559,10 +559,13 @@ def ratios(peer: dict[str, Any], embx: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def needed_peaks(device: str, sides: dict[str, dict[str, Any]]) -> set[str]:
-    """Dtypes whose peak is needed: those the sides trained in (and fp32 and bf16 on CPU, for the record)."""
+def needed_peaks(device: str, sides: dict[str, dict[str, Any]], *, emulated: bool = False) -> set[str]:
+    """Dtypes whose peak is needed: those the sides trained in (and fp32 and bf16 on CPU, for the record).
+
+    Under `--avx2` only the sides' own: capped at AVX2, a bf16 matmul runs in software and takes minutes.
+    """
     wanted = {s["train_precision"] for s in sides.values() if s.get("ok")}
-    return wanted | ({"fp32", "bf16"} if device == "cpu" else set())
+    return wanted | ({"fp32", "bf16"} if device == "cpu" and not emulated else set())
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -606,7 +609,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['max_seq_length']}, lr {s['lr']}; test {w['test_queries']} queries over {w['corpus_docs']} passages, "
         f"peer eval batch {s['eval_batch_size']}"
         + (f"; embx with {', '.join(s['embx_set'])}" if s["embx_set"] else "")
-        + ".",
+        + "."
+        + (
+            f" Estimate of an {result['emulated']['as']}: kernel libraries capped by "
+            + ", ".join(f"{k}={v}" for k, v in result["emulated"]["env"].items())
+            + "."
+            if result.get("emulated")
+            else ""
+        ),
         "",
         "| measure | peer | embx | embx / peer |",
         "|---|---|---|---|",
@@ -668,11 +678,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override of embx's spec, dotted key (repeatable), e.g. train.compile=true",
     )
+    parser.add_argument(
+        "--avx2",
+        action="store_true",
+        help="estimate a CPU without AMX or AVX-512: both sides run with torch, oneDNN and MKL capped at AVX2 "
+        "(bench/machine.py AVX2_ONLY) and embx in fp32, as precision: auto resolves there",
+    )
+    parser.add_argument(
+        "--finish",
+        type=Path,
+        help="complete a result file whose sides finished but whose peaks, MFU and ratios did not (written back "
+        "to it); the sides are not rerun",
+    )
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--workload", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.side is None and args.data is None:
+    if args.side is None and args.data is None and args.finish is None:
         parser.error("DATA (a BEIR folder) is required")
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if not sides or any(s not in SIDES for s in sides):
@@ -686,6 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.side is not None:
         return side_main(args.side, args.workload, args.side_out)
+    if args.finish is not None:
+        result = json.loads(args.finish.read_text())
+        if result.get("emulated"):
+            os.environ.update(result["emulated"]["env"])  # the peaks are measured under the same caps
+        result["finished"] = {"by": "bench/speed.py --finish", "date": datetime.now(timezone.utc).isoformat()}
+        return finish(result, args.finish)
 
     import torch
 
@@ -697,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
 
         args.model = resolve_model("all-MiniLM-L6-v2").location
     out = args.out or ROOT / "bench" / "results" / f"speed_{device}.json"
+    if args.avx2:  # the sides are subprocesses: they inherit the caps
+        os.environ.update(AVX2_ONLY)
+        args.embx_set = ["train.precision=fp32", "eval.precision=fp32", *args.embx_set]
     settings = {
         "data": str(args.data.resolve()),
         "model": str(Path(args.model).resolve()),
@@ -745,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         "script": "bench/speed.py",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(device),
+        "emulated": {"as": "AVX2-only CPU, fp32", "env": AVX2_ONLY} if args.avx2 else None,
         "git": git_state(),
         "settings": settings,
         "workload": workload,
@@ -760,13 +792,19 @@ def main(argv: list[str] | None = None) -> int:
             side["derived"] = derive(side, workload, {})  # MFU comes once the peaks are known
             write(result, out)  # a run cut short keeps the sides that finished
 
+    return finish(result, out)
+
+
+def finish(result: dict[str, Any], out: Path) -> int:
+    """Measure the peaks, derive MFU and the ratios, write the JSON and the Markdown table (also `--finish`)."""
+    device = result["settings"]["device"]
     log("measuring the device's peak FLOP/s")
     result["peaks"] = {
         dtype: peak_flops(device, dtype, result["machine"]["device_name"])
-        for dtype in sorted(needed_peaks(device, result["sides"]))
+        for dtype in sorted(needed_peaks(device, result["sides"], emulated=bool(result.get("emulated"))))
     }
     for side in result["sides"].values():
-        side["derived"] = derive(side, workload, result["peaks"])
+        side["derived"] = derive(side, result["workload"], result["peaks"])
     first_ok = next((s for s in result["sides"].values() if s.get("ok")), None)
     result["versions"] = first_ok["versions"] if first_ok else {}
     if {"peer", "embx"} <= set(result["sides"]):

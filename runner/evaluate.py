@@ -40,7 +40,7 @@ class EvalResult:
 
 
 def inference_settings(model: SentenceTransformer, batch_size: int | None, precision: str) -> tuple[int, str]:
-    """Resolve ``eval.batch_size`` (None: 512 on GPUs, 64 elsewhere) and ``eval.precision`` for the model's device."""
+    """Resolve ``eval.batch_size`` and ``eval.precision`` for the model's device (see runner.device)."""
     from runner.device import inference_settings as settings
 
     return settings(model.device.type, batch_size, precision)

@@ -24,6 +24,21 @@ def test_cpu_precision_with_and_without_amx(monkeypatch, amx, auto):
         resolve_precision("fp16", "cpu")
 
 
+@pytest.mark.parametrize(("amx", "batch"), [(True, 32), (False, 16)])
+def test_the_default_inference_batch_follows_the_precision_on_cpu(monkeypatch, amx, batch):
+    """eval.batch_size null: on CPU 16 in fp32 and 32 in bf16 (smaller batches measured faster there), 512 on
+    CUDA, 64 on mps; an explicit size is kept everywhere."""
+    from runner.device import inference_settings
+
+    force_amx(monkeypatch, amx)
+    assert inference_settings("cpu", None, "auto") == (batch, "bf16" if amx else "fp32")
+    assert inference_settings("cpu", None, "fp32") == (16, "fp32")
+    assert inference_settings("cpu", None, "bf16") == (32, "bf16")
+    assert inference_settings("mps", None, "fp32") == (64, "fp32")
+    assert inference_settings("cpu", 8, "fp32") == (8, "fp32")
+    assert inference_settings("cuda", None, "fp16") == (512, "fp16")
+
+
 @pytest.mark.parametrize(("bf16_supported", "train"), [(True, "bf16"), (False, "fp16")])
 def test_cuda_precision(monkeypatch, bf16_supported, train):
     """On CUDA, auto trains in bf16 where the GPU supports it (else fp16) and always infers in fp16."""
