@@ -107,8 +107,8 @@ def main() -> None:
         torch_s, torch_emb = timed(torch_model, passages, batch_size=args.batch_size, repeats=args.repeats)
         onnx_s, onnx_emb = timed(onnx_model, passages, batch_size=args.batch_size, repeats=args.repeats)
         q_texts = [qp + t for t in queries.values()]
-        q_ref = export._embed(torch_model, q_texts)
-        q_new = export._embed(onnx_model, q_texts)
+        q_ref = export._embed(torch_model, q_texts, [])
+        q_new = export._embed(onnx_model, q_texts, [])
         ranking = export._compare_rankings(
             (q_ref, np.asarray(torch_emb)),
             (q_new, np.asarray(onnx_emb)),
