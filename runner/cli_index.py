@@ -139,7 +139,7 @@ def query(
     from runner import store
 
     setup_logging(False)
-    from runner.index import query_index
+    from runner.index_query import query_index
 
     try:
         meta, hits = query_index(db or store.default_db(), name, text, uri=uri, k=k, filters=filters, run=run)
