@@ -35,6 +35,28 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4.0
 """Estimate used only when an endpoint's answer carries no token usage."""
 
+API_CACHE_FILE = "api-embeddings.sqlite"
+"""The API embedding cache, under ``output.dir/embeddings`` (beside the local models' corpus embeddings)."""
+
+API_ADAPTER_FILE = "embx_api_adapter.json"
+"""Marks a saved query adapter over an API model (:mod:`runner.api_adapter`): the endpoint's settings."""
+
+
+def api_adapter_refusal(folder: str | Path) -> str | None:
+    """Why `folder` cannot serve where local weights are needed (a saved API adapter), or None when it can."""
+    if not (Path(folder) / API_ADAPTER_FILE).is_file():
+        return None
+    return (
+        f"{folder} is a query adapter over an API model (train.query_adapter.api), not a model with weights: it "
+        "embeds through its endpoint (runner.api_adapter.AdaptedApiEmbedder.load); embx export, index and push, and "
+        "select candidates given by run, take models with local weights"
+    )
+
+
+def api_cache_path(output_dir: str | Path) -> Path:
+    """The API embedding cache of a spec's ``output.dir``."""
+    return Path(output_dir) / "embeddings" / API_CACHE_FILE
+
 
 class ApiError(ValueError):
     """An endpoint failure, already worded for the user (and scrubbed of the API key)."""
@@ -234,6 +256,14 @@ class ApiEmbedder:
         if normalize_embeddings:
             out = torch.nn.functional.normalize(out, dim=1)
         return out
+
+    def cached(self, texts: list[str]) -> int:
+        """How many of the distinct `texts` the cache holds a vector for (nothing is sent to the endpoint)."""
+        return len(self.cache.get(self.model_key, sorted({text_digest(t) for t in texts})))
+
+    def parameters(self) -> Iterator[Any]:
+        """None: an API model has no local weights (the interface of a torch module, for weight fingerprints)."""
+        return iter(())
 
     def tokens(self, texts: list[str]) -> list[float | None]:
         """Input tokens of each text as the endpoint counted them (None for a text never embedded)."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner import store
 from runner.card import ExportResult
+from runner.embed_api import api_adapter_refusal
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -80,6 +81,9 @@ def saved_model_path(run: dict[str, Any]) -> Path:
             " (or --set output.save_model=true) to keep the tuned model"
         )
     path = Path(saved)
+    refusal = api_adapter_refusal(path)
+    if refusal:
+        raise ExportError(f"run {run['run_id']}: {refusal}")
     if not (path / "modules.json").is_file():
         raise ExportError(f"the saved model of run {run['run_id']} is missing on disk: {path} (moved or deleted?)")
     return path

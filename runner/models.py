@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from runner.spec import ModelSpec
 
 from runner.device import pick_device
+from runner.embed_api import api_adapter_refusal
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(name, str(folder), "bundled")
     path = Path(name).expanduser()
     if path.is_dir():
+        refusal = api_adapter_refusal(path)
+        if refusal:
+            raise ValueError(refusal)
         return ResolvedModel(name, str(path.resolve()), "local")
     if path.is_absolute() or name.startswith(("./", "../", "~")):
         raise ValueError(f"model folder not found: {name}")

@@ -2,8 +2,8 @@
 
 ``run_experiment`` runs every variant of a spec with one :class:`~runner.memo.Memo`; ``run_spec`` owns a run's
 record (running -> ok | failed | interrupted | pruned); ``_execute`` is the recipe: load the base model ->
-training set (load, check) -> base scores -> negatives -> train -> tuned scores -> save -> rows. Each stage
-writes its own `info` section.
+training set (load, check) -> (an adapter over an API model: that model, its cached corpus checked) -> base
+scores -> negatives -> train -> tuned scores -> save -> rows. Each stage writes its own `info` section.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import records, store, trackers
+from runner.api_adapter import api_spec, load_api_base, over_api
 from runner.learned import check_splits, check_training, kept_base
 from runner.memo import Memo, baseline_key, data_key
 from runner.models import weights_fingerprint
@@ -208,11 +209,16 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         model = _load_base_model(spec, device=run.device, info=info)
     with timer("data"):
         training = TrainingSet.load(spec, model=model, memo=memo)
-        scorer = RunScorer(spec, data=training.data, memo=memo, evaluate_test=evaluate_test)
         guards = _guard_sets(spec, memo=memo)  # loaded now: a bad guard set fails before any training
     with timer("checks"):
         info["checks"] = training.check(spec, model=model, memo=memo)
         info["data"] = training.info()
+    tuning = spec  # what scores, mines and trains: the spec, or its API model's (`train.query_adapter.api`)
+    if over_api(spec):
+        tuning = api_spec(spec)
+        model = load_api_base(spec, corpus=list(training.data.corpus.values()))
+        info["model"] = {"base": tuning.model.base, "dim": None, "api": model.api.model}
+    scorer = RunScorer(tuning, data=training.data, memo=memo, evaluate_test=evaluate_test)
     scores = scorer.base(model, run_id=run.run_id, stored=_stored_baseline(run.db), timer=timer)
     info["baseline_from"] = scores.baseline_from
     if (records.DEV, records.BASE) in scores.dense:  # epoch 0 of the dev curve, kept even if the run is pruned
@@ -220,7 +226,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         if run.tracking is not None:
             run.tracking.log_rows(run.dev_log)
     with timer("negatives"):
-        pairs = training.add_negatives(spec, model=model, index=scorer.index, memo=memo)
+        pairs = training.add_negatives(tuning, model=model, index=scorer.index, memo=memo)
     info["negatives"] = training.negative_stats.as_dict()
     if training.mixed:
         info["data"]["mix"] = training.mix_info(spec)
@@ -228,7 +234,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     base_weights = _snapshot(model) if spec.merge else None
     base_print = weights_fingerprint(model)
     with timer("train"):
-        outcome = _train(run, model=model, pairs=pairs, scorer=scorer)
+        outcome = _train(run, model=model, pairs=pairs, scorer=scorer, spec=tuning)
     info["train"] = _train_info(spec, outcome)
     steps_per_epoch = outcome.details.get("steps_per_epoch") or math.ceil(
         len(pairs) / (spec.train.batch_size * spec.train.distributed.world_size)
@@ -248,7 +254,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
             f"kept the base model: no epoch beat it on dev {kept['metric']} (best epoch {kept['best_epoch']}: "
             f"{kept['best']:.4f} < base {kept['base']:.4f}); the saved model is the base model"
         )
-        outcome.model, outcome.adapter = _load_base_model(spec, device=run.device, info={}), None
+        outcome.model, outcome.adapter = _base_again(spec, model=model, device=run.device), None
     tuned = outcome.model
     if spec.merge and not kept:
         with timer("merge"):
@@ -258,7 +264,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
         info["index_eval"] = scores.index_eval
     if spec.output.save_model != "none":
         adapter = outcome.adapter if tuned is outcome.model else None  # a merged (interpolated) model has none
-        info["saved_model"] = _save(tuned, spec=spec, folder=Path(spec.output.dir) / run.run_id, adapter=adapter)
+        info["saved_model"] = _save(tuned, spec=tuning, folder=Path(spec.output.dir) / run.run_id, adapter=adapter)
     info["measurable"], split_notes = check_splits(spec, scores)
     result = records.run_result(
         scores, run_id=run.run_id, spec=spec, info=info, notes=outcome.notes + notes + split_notes
@@ -286,14 +292,22 @@ def _load_base_model(spec: Spec, *, device: str, info: dict[str, Any]) -> Senten
     return model
 
 
+def _base_again(spec: Spec, *, model: Any, device: str) -> Any:
+    """The base model handed on when no epoch beat it: reloaded, or the API model with no adapter."""
+    if over_api(spec):
+        from runner.api_adapter import AdaptedApiEmbedder
+
+        return AdaptedApiEmbedder(model, None, normalize=spec.model.normalize)
+    return _load_base_model(spec, device=device, info={})
+
+
 def _stored_baseline(db: str | Path):
     """(baseline key, split) -> the base scores an earlier run in the store computed, or None."""
     return lambda key, split: store.find_baseline(db, key, split)
 
 
-def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: RunScorer) -> TrainOutcome:
+def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: RunScorer, spec: Spec) -> TrainOutcome:
     """Fine-tune with the spec's backend, in this process or through torchrun; dev is scored after every epoch."""
-    spec = run.spec
     distributed = spec.train.distributed
     if distributed.world_size > 1:
         from runner.train.launch import launch
@@ -307,6 +321,7 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
             run.tracking.log_rows(outcome.log)
         return outcome
     from runner.train import get_backend
+    from runner.train.base import WORKDIR_PREFIX, remove_orphan_workdirs
 
     epochs = iter(range(1, 10_000))
 
@@ -318,28 +333,11 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
             run.on_dev(epoch, scores)
         return scores
 
-    _remove_orphan_workdirs()
+    remove_orphan_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{run.run_id}-") as workdir:
         backend = get_backend("query-adapter" if spec.train.query_adapter else spec.train.backend)
         on_log = run.tracking.log_rows if run.tracking is not None else None
         return backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir), on_log=on_log)
-
-
-WORKDIR_PREFIX = "embx-"
-"""Training folders are ``<tmp>/embx-<pid>-<run id>-*``: the pid tells whether their owner is still alive."""
-
-
-def _remove_orphan_workdirs() -> None:
-    """Remove the training folders of embx processes that died without cleaning up (SIGKILL, power loss)."""
-    import re
-    import shutil
-
-    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
-        found = re.match(rf"{WORKDIR_PREFIX}(\d+)-\d{{8}}-\d{{6}}-", folder.name)
-        if not found or not folder.is_dir() or store.process_alive(int(found.group(1))):
-            continue
-        log.info("removing %s, left by a process that no longer runs", folder)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _snapshot(model: SentenceTransformer):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import records, store
+from runner.api_adapter import api_identity
 from runner.memo import Memo, api_embedding_key, baseline_key, data_key, selection_key
 from runner.pipeline import ExperimentResult, Timer, run_experiment, sigterm_as_interrupt
 from runner.profile import language_fit
@@ -121,7 +122,7 @@ def candidate_spec(spec: Spec, candidate: Candidate, *, db: str | Path) -> Spec:
     if candidate.api is not None:
         api = candidate.api
         data["model"] = ModelSpec(
-            base=f"api:{api.model}@{api.base_url}" + (f"#{api.dimensions}" if api.dimensions else ""),
+            base=api_identity(api),
             max_seq_length=min(api.max_input_tokens, 8192),
             query_prefix=api.query_prefix,
             passage_prefix=api.passage_prefix,
@@ -281,14 +282,10 @@ def _load(cspec: Spec, candidate: Candidate, *, device: str) -> Any:
         from runner.models import load_model
 
         return load_model(cspec.model, device)
-    from runner.embed_api import ApiEmbedder, EmbeddingCache
+    from runner.embed_api import ApiEmbedder, EmbeddingCache, api_cache_path
 
-    cache = EmbeddingCache(Path(cspec.output.dir) / "embeddings" / API_CACHE_FILE)
+    cache = EmbeddingCache(api_cache_path(cspec.output.dir))
     return ApiEmbedder(candidate.api, cache=cache, model_key=api_embedding_key(candidate.api))
-
-
-API_CACHE_FILE = "api-embeddings.sqlite"
-"""The API embedding cache, under ``output.dir/embeddings`` (beside the local models' corpus embeddings)."""
 
 
 def _profile(cspec: Spec, candidate: Candidate, *, model: Any, data: RetrievalData, settings: Any) -> dict[str, Any]:
@@ -327,16 +324,28 @@ def _tune(loaded: LoadedSpec, *, db: str | Path, out: SelectionResult, choose: s
     if label is None:
         raise SelectError("no candidate was evaluated successfully: nothing to tune")
     candidate = next(c for c in spec.select.candidates if c.label == label)
-    if candidate.api is not None:
+    if candidate.api is not None and spec.train.query_adapter is None:
         raise SelectError(
             f"candidate {label!r} is an API model ({candidate.api.model}): its weights cannot be fine-tuned; "
-            "choose a local candidate with --candidate LABEL"
+            "choose a local candidate with --candidate LABEL, or add train.query_adapter to the spec: --tune then "
+            "trains a query adapter over its cached embeddings (no re-indexing)"
         )
     row = next((r for r in table.rows if r.label == label), None) if table else None
     if row is None or row.status != "ok":
         raise SelectError(f"candidate {label!r} has no ok selection run: nothing to tune")
-    chosen = candidate_spec(spec, candidate, db=db)
-    tuned = spec.model_copy(update={"model": chosen.model})  # keeps where the spec file is (its hash's paths)
+    # model_copy keeps where the spec file is (its hash's paths)
+    if candidate.api is not None:  # a query adapter over the API model's cached embeddings
+        assert spec.train.query_adapter is not None
+        adapter = spec.train.query_adapter.model_copy(update={"api": candidate.api})
+        tuned = spec.model_copy(update={"train": spec.train.model_copy(update={"query_adapter": adapter})})
+        try:
+            tuned._query_adapter_alone()  # the validator model_copy skips: what an API adapter cannot combine with
+        except ValueError as exc:
+            raise SelectError(f"candidate {label!r}: {exc}") from None
+        what = f"a query adapter over {api_identity(candidate.api)}"
+    else:
+        tuned = spec.model_copy(update={"model": candidate_spec(spec, candidate, db=db).model})
+        what = tuned.model.base
     provenance = {
         "experiment": spec.name,
         "candidate": label,
@@ -344,6 +353,6 @@ def _tune(loaded: LoadedSpec, *, db: str | Path, out: SelectionResult, choose: s
         "recommended": label == table.recommended,
         "rule": table.rule,
     }
-    log.info("tuning candidate %s (%s)", label, chosen.model.base)
+    log.info("tuning candidate %s (%s)", label, what)
     out.chosen = label
     out.tuned = run_experiment(dataclasses.replace(loaded, spec=tuned), db, provenance=provenance)

@@ -82,16 +82,23 @@ def print_result(result: Any, db: str) -> None:
     if train.get("loop") == "query-adapter":
         base, tuned = result.metrics.get("base", {}).get(result.main), result.metrics.get("tuned", {}).get(result.main)
         gain = "" if base is None or tuned is None else f" ({tuned - base:+.4f})"
+        api = (info.get("model") or {}).get("api")
         out.print(
             f"query adapter: test {result.main} {_fmt(base)} -> {_fmt(tuned)}{gain} with the passages embedded by the "
-            "base model, unchanged: a corpus indexed with the base model needs no re-indexing; embed queries with "
-            "encode_query (or encode(..., task='query'))"
+            + (
+                f"API model {api}, unchanged (its cached vectors): a corpus indexed with it needs no re-indexing; "
+                "embed queries with AdaptedApiEmbedder.load(folder, cache=...).encode(texts, task='query')"
+                if api
+                else "base model, unchanged: a corpus indexed with the base model needs no re-indexing; embed queries "
+                "with encode_query (or encode(..., task='query'))"
+            )
         )
     for warning in result.warnings:
         out.print(f"[bold red]WARNING:[/] {warning}")
     saved = info.get("saved_model") or {}
     if saved.get("path"):
-        out.print(f"model: {saved['path']}  (SentenceTransformer({saved['path']!r}) loads it)")
+        loader = "AdaptedApiEmbedder.load" if (info.get("model") or {}).get("api") else "SentenceTransformer"
+        out.print(f"model: {saved['path']}  ({loader}({saved['path']!r}) loads it)")
     if result.info.get("recovery_file"):
         out.print(f"run [bold]{result.run_id}[/]: {db} was locked; results saved to {result.info['recovery_file']}")
     else:

@@ -182,7 +182,7 @@ def test_training_folders_of_dead_processes_are_removed(tmp_path: Path, monkeypa
     import sys
     import tempfile
 
-    from runner import pipeline
+    from runner.train.base import remove_orphan_workdirs
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -191,7 +191,7 @@ def test_training_folders_of_dead_processes_are_removed(tmp_path: Path, monkeypa
     other = tmp_path / "embx-not-ours"
     for folder in (orphan, mine, other):
         folder.mkdir()
-    pipeline._remove_orphan_workdirs()
+    remove_orphan_workdirs()
     assert not orphan.exists() and mine.exists() and other.exists()
 
 

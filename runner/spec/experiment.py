@@ -241,6 +241,9 @@ class Spec(_Model):
         clashes += ["train.distributed"] if train.distributed.world_size > 1 else []
         clashes += ["merge"] if self.merge is not None else []
         clashes += ["train.gradient_checkpointing"] if train.gradient_checkpointing else []
+        if train.query_adapter.api is not None:  # scored through the endpoint: nothing that re-embeds a corpus
+            clashes += ["eval.mteb (it would send every task's corpus to the endpoint)"] if self.eval.mteb else []
+            clashes += ["eval.index"] if self.eval.index is not None else []
         if clashes:
             raise ValueError(
                 f"train.query_adapter trains a linear map over the frozen base model with InfoNCE; it does not "

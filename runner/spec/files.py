@@ -72,7 +72,8 @@ def _model_problems(base: str, positions: dict[tuple, Position], main_file: str)
     message = (
         f"{base!r} is an API model ({provider}): fine-tuning needs a model with local weights (a hub id such as"
         " BAAI/bge-small-en-v1.5, a local folder, or all-MiniLM-L6-v2); to compare API models with open ones on"
-        " your data, list them as candidates in the `select:` section (embx select); train.query_adapter, too,"
-        " trains over a local base model's embeddings (an API model's are not cached for training)"
+        " your data, list them as candidates in the `select:` section (embx select); to train a query adapter over"
+        " its cached embeddings, give it as train.query_adapter.api and keep a local model.base (it chunks the"
+        " documents and runs the data checks)"
     )
     return [Problem(file, line, col, "model.base", message)]

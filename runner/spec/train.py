@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from runner.spec.base import _Model, check_metric, check_tracking_uri
+from runner.spec.select import ApiModelSpec
 
 TRACKERS: dict[str, tuple[str | None, str | None]] = {
     "mlflow": ("mlflow", "mlflow"),
@@ -109,6 +110,15 @@ class QueryAdapterSpec(_Model):
         lt=1,
         description="AdamW learning rate of the adapter (this replaces train.learning_rate). 3e-4: the best of "
         "1e-3, 3e-4 and 1e-4 on the medical demo, close to the best (1e-4) on financial_qa_10k (bench/README).",
+    )
+    api: ApiModelSpec | None = Field(
+        None,
+        description="Train over an API model's embeddings instead of model.base's (the same block as its select "
+        "candidate's `api:`; a YAML anchor writes it once). The corpus must already be in the API embedding cache "
+        "(output.dir/embeddings/api-embeddings.sqlite: `embx select` with this model as a candidate fills it), so "
+        "the adapter learns against the vectors the index holds; training queries are embedded through the "
+        "endpoint and cached. model.base still chunks documents and runs the data checks. The saved model is the "
+        "adapter with the endpoint's settings (never the key): runner.api_adapter.AdaptedApiEmbedder.load reads it.",
     )
 
 

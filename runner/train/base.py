@@ -199,3 +199,23 @@ def pin_mixed_precision(precision: str) -> None:
     process (an ablation, a search, the tests) silently trains under bf16 autocast.
     """
     os.environ["ACCELERATE_MIXED_PRECISION"] = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
+
+
+WORKDIR_PREFIX = "embx-"
+"""Training folders are ``<tmp>/embx-<pid>-<run id>-*``: the pid tells whether their owner is still alive."""
+
+
+def remove_orphan_workdirs() -> None:
+    """Remove the training folders of embx processes that died without cleaning up (SIGKILL, power loss)."""
+    import re
+    import shutil
+    import tempfile
+
+    from runner import store
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        found = re.match(rf"{WORKDIR_PREFIX}(\d+)-\d{{8}}-\d{{6}}-", folder.name)
+        if not found or not folder.is_dir() or store.process_alive(int(found.group(1))):
+            continue
+        log.info("removing %s, left by a process that no longer runs", folder)
+        shutil.rmtree(folder, ignore_errors=True)

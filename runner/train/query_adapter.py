@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner.models import FROZEN_DOCUMENTS
 from runner.train.base import DEV_NAME, BestEpoch, DevEval, LogHook, TrainOutcome
@@ -60,6 +60,15 @@ def adapted_model(base: SentenceTransformer, adapter: torch.nn.Linear, *, normal
     return model
 
 
+def _adapted_api(embedder: Any, adapter: torch.nn.Linear, *, normalize: bool) -> Any:
+    """An API model with `adapter` on its query vectors; its passages are the endpoint's cached vectors."""
+    from runner.api_adapter import AdaptedApiEmbedder
+
+    model = AdaptedApiEmbedder(embedder, adapter, normalize=normalize)
+    setattr(model, FROZEN_DOCUMENTS, True)
+    return model
+
+
 class QueryAdapterBackend:
     """Trains ``train.query_adapter`` (see :class:`runner.spec.QueryAdapterSpec`)."""
 
@@ -78,14 +87,16 @@ class QueryAdapterBackend:
         """Train the adapter over `model` (frozen) on `pairs`; see :class:`runner.train.TrainBackend`."""
         import torch
 
+        from runner.embed_api import ApiEmbedder
         from runner.evaluate import encode
-        from runner.models import embedding_dim
 
         cfg, settings = spec.train, spec.train.query_adapter
         assert settings is not None
         m = spec.model
         started = time.perf_counter()
-        model.eval().requires_grad_(False)
+        over_api = isinstance(model, ApiEmbedder)  # settings.api: the endpoint's cached vectors, no weights
+        if not over_api:
+            model.eval().requires_grad_(False)
         queries = list(dict.fromkeys(p.query for p in pairs))
         passages = list(dict.fromkeys(t for p in pairs for t in (p.positive, *p.negatives)))
         common = {"batch_size": spec.eval.batch_size, "normalize": m.normalize, "precision": spec.eval.precision}
@@ -102,11 +113,15 @@ class QueryAdapterBackend:
         negatives_of = [[p_row[t] for t in p.negatives] for p in pairs]
 
         torch.manual_seed(cfg.seed)
-        dim = embedding_dim(model)
+        dim = q_emb.shape[1]
         adapter = torch.nn.Linear(dim, dim, bias=False, device=q_emb.device)
         with torch.no_grad():
             adapter.weight.copy_(torch.eye(dim, device=q_emb.device))
-        tuned = adapted_model(model, adapter, normalize=m.normalize)
+        tuned = (
+            _adapted_api(model, adapter, normalize=m.normalize)
+            if over_api
+            else adapted_model(model, adapter, normalize=m.normalize)
+        )
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=settings.learning_rate, weight_decay=0.0)
         rng = random.Random(cfg.seed)
         stopping = cfg.early_stopping
