@@ -126,8 +126,8 @@ def per_query_ndcg(models: dict[str, str], folder: Path) -> dict[str, dict[str, 
     return out
 
 
-def compare(name: str, folder: Path, work: Path) -> dict:
-    """Both arms on one dataset folder; returns its row."""
+def compare(name: str, folder: Path, work: Path, *, arms: list[str]) -> dict:
+    """The plain script and embx's `arms` on one dataset folder; returns its row."""
     from runner.stats import paired_test
 
     work.mkdir(parents=True, exist_ok=True)
@@ -150,40 +150,59 @@ def compare(name: str, folder: Path, work: Path) -> dict:
         ],
         work / "plain.log",
     )
-    spec = work / "auto.yaml"
-    spec.write_text(f"name: recipe-{name}\ndata:\n  path: {folder}\n")
-    db = work / "auto.duckdb"
-    auto_seconds = _run(
-        _embx("run", str(spec), "--db", str(db), "--set", f"output.dir={work / 'runs'}"), work / "auto.log"
-    )
-    listed = json.loads(subprocess.run(_embx("ls", "--db", str(db), "--json"), capture_output=True, text=True).stdout)
-    shown = subprocess.run(
-        _embx("show", listed[0]["run_id"], "--db", str(db), "--json"), capture_output=True, text=True
-    )
-    run = json.loads(shown.stdout)
-    info = run["info"]
-    scores = per_query_ndcg(
-        {"base": "all-MiniLM-L6-v2", "plain": str(peer_model), "auto": info["saved_model"]["path"]}, folder
-    )
+    runs, seconds = {}, {"plain_command": plain_seconds}
+    for arm in arms:
+        spec = work / f"{arm}.yaml"
+        spec.write_text(f"name: recipe-{name}-{arm}\ndata:\n  path: {folder}\n" + ARMS[arm])
+        db = work / f"{arm}.duckdb"
+        seconds[f"{arm}_command"] = _run(
+            _embx("run", str(spec), "--db", str(db), "--set", f"output.dir={work / 'runs'}"), work / f"{arm}.log"
+        )
+        listed = _json(_embx("ls", "--db", str(db), "--json"))
+        runs[arm] = _json(_embx("show", listed[0]["run_id"], "--db", str(db), "--json"))
+    models = {"base": "all-MiniLM-L6-v2", "plain": str(peer_model)}
+    scores = per_query_ndcg(models | {arm: run["info"]["saved_model"]["path"] for arm, run in runs.items()}, folder)
     qids = sorted(scores["base"])
     column = {arm: [scores[arm][q] for q in qids] for arm in scores}
     mean = {arm: round(sum(values) / len(values), 4) for arm, values in column.items()}
-    vs_plain = paired_test(column["plain"], column["auto"])
-    dev = run["metrics_by_split"]["dev"]["native"]
-    return {
-        "dataset": name,
-        "test_ndcg@10": mean,
-        "auto_minus_plain": round(vs_plain["mean_diff"], 4),
-        "ci": [round(vs_plain["ci_low"], 4), round(vs_plain["ci_high"], 4)],
-        "p": round(vs_plain["p_value"], 4),
-        "goal_met": vs_plain["mean_diff"] >= 0.02,
-        "dev_ndcg@10": {"base": round(dev["base"]["ndcg@10"], 4), "auto": round(dev["tuned"]["ndcg@10"], 4)},
-        "dev_not_worse": dev["tuned"]["ndcg@10"] >= dev["base"]["ndcg@10"],
-        "auto_recipe": {field: choice["value"] for field, choice in info.get("recipe", {}).items()},
-        "auto_epochs_run": info["train"]["epochs_run"],
-        "auto_best_epoch": info["train"]["best_epoch"],
-        "seconds": {"plain_command": plain_seconds, "auto_command": auto_seconds},
-    }
+    row: dict = {"dataset": name, "test_ndcg@10": mean}
+    for arm, run in runs.items():
+        vs_plain = paired_test(column["plain"], column[arm])
+        dev = run["metrics_by_split"]["dev"]["native"]
+        info = run["info"]
+        row[arm] = {
+            "minus_plain": round(vs_plain["mean_diff"], 4),
+            "ci": [round(vs_plain["ci_low"], 4), round(vs_plain["ci_high"], 4)],
+            "p": round(vs_plain["p_value"], 4),
+            "goal_met": vs_plain["mean_diff"] >= 0.02,
+            "dev_ndcg@10": {"base": round(dev["base"]["ndcg@10"], 4), "tuned": round(dev["tuned"]["ndcg@10"], 4)},
+            "dev_not_worse": dev["tuned"]["ndcg@10"] >= dev["base"]["ndcg@10"],
+            "recipe": {field: choice["value"] for field, choice in info.get("recipe", {}).items()},
+            "learning_rate": info["train"].get("learning_rate"),
+            "lr_probe": info.get("lr_probe"),
+            "epochs_run": info["train"]["epochs_run"],
+            "best_epoch": info["train"]["best_epoch"],
+        }
+    if "auto" in runs and "probe" in runs:  # the probe's own delta: the ablation of that recipe element
+        probe_gain = paired_test(column["auto"], column["probe"])
+        row["probe_minus_auto"] = {
+            "delta": round(probe_gain["mean_diff"], 4),
+            "ci": [round(probe_gain["ci_low"], 4), round(probe_gain["ci_high"], 4)],
+            "p": round(probe_gain["p_value"], 4),
+        }
+    row["seconds"] = seconds
+    return row
+
+
+ARMS = {
+    "auto": "",
+    "probe": "train:\n  lr_probe: {}\n",
+}
+"""embx's arms: the spec that names only the data, and the same with the learning-rate probe (train.lr_probe)."""
+
+
+def _json(command: list[str]):
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
 def main() -> None:
@@ -197,6 +216,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/embx-recipe-vs-plain"))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arms", nargs="+", default=["auto"], choices=list(ARMS), help="embx's arms (see ARMS)")
     args = parser.parse_args()
     rows, sizes = [], {}
     for name in args.datasets:
@@ -207,7 +227,7 @@ def main() -> None:
                 folder, cut, train=args.train, dev=args.dev, test=args.test, corpus=args.corpus, seed=args.seed
             )
             folder = cut
-        rows.append(compare(name, folder.resolve(), args.workdir / name))
+        rows.append(compare(name, folder.resolve(), args.workdir / name, arms=args.arms))
         print(json.dumps(rows[-1]), flush=True)
     result = {
         "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
@@ -217,15 +237,16 @@ def main() -> None:
         "rows": rows,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| data | base | plain script | embx auto | auto - plain [95% CI] | p | dev base -> auto | epochs (best) |")
-    print("|---|---|---|---|---|---|---|---|")
+    arms = args.arms
+    print("| data | base | plain script | " + " | ".join(f"embx {a} | {a} - plain [95% CI], p" for a in arms) + " |")
+    print("|---|---|---|" + "---|---|" * len(arms))
     for r in rows:
-        t, d = r["test_ndcg@10"], r["dev_ndcg@10"]
-        print(
-            f"| {r['dataset']} | {t['base']} | {t['plain']} | {t['auto']} | {r['auto_minus_plain']:+.4f} "
-            f"[{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}] | {r['p']} | {d['base']} -> {d['auto']} | "
-            f"{r['auto_epochs_run']} ({r['auto_best_epoch']}) |"
-        )
+        t = r["test_ndcg@10"]
+        cells = [
+            f"{t[a]} | {r[a]['minus_plain']:+.4f} [{r[a]['ci'][0]:+.4f}, {r[a]['ci'][1]:+.4f}], {r[a]['p']}"
+            for a in arms
+        ]
+        print(f"| {r['dataset']} | {t['base']} | {t['plain']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

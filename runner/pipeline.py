@@ -235,7 +235,7 @@ def _execute(run: _Run, *, evaluate_test: bool) -> tuple[RunResult, store.RunRes
     base_print = weights_fingerprint(model)
     with timer("train"):
         outcome = _train(run, model=model, pairs=pairs, scorer=scorer, spec=tuning)
-    info["train"] = _train_info(spec, outcome)
+    info["train"] = outcome.info(spec)
     steps_per_epoch = outcome.details.get("steps_per_epoch") or math.ceil(
         len(pairs) / (spec.train.batch_size * spec.train.distributed.world_size)
     )
@@ -335,9 +335,18 @@ def _train(run: _Run, *, model: SentenceTransformer, pairs: list[Pair], scorer: 
 
     remove_orphan_workdirs()
     with tempfile.TemporaryDirectory(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{run.run_id}-") as workdir:
+        if spec.train.lr_probe is not None and scorer.dev is not None:  # the rate from short trainings, on dev
+            from runner.train.probe import probe_learning_rate
+
+            probed = probe_learning_rate(model, pairs, spec, dev=scorer.dev.metrics, workdir=Path(workdir))
+            run.info["lr_probe"] = probed.info(metric=spec.eval.main)
+            spec = spec.model_copy(update={"train": spec.train.model_copy(update={"learning_rate": probed.rate})})
         backend = get_backend("query-adapter" if spec.train.query_adapter else spec.train.backend)
         on_log = run.tracking.log_rows if run.tracking is not None else None
-        return backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir), on_log=on_log)
+        outcome = backend.train(model, pairs, spec, dev_eval if scorer.dev else None, Path(workdir), on_log=on_log)
+    adapter = spec.train.query_adapter
+    outcome.learning_rate = adapter.learning_rate if adapter is not None else spec.train.learning_rate
+    return outcome
 
 
 def _snapshot(model: SentenceTransformer):
@@ -364,24 +373,6 @@ def _merge(spec: Spec, *, base, outcome: TrainOutcome, scorer: RunScorer, guards
     if merged.warning:
         outcome.notes.append(merged.warning)
     return merged.model, merged.info()
-
-
-def _train_info(spec: Spec, outcome: TrainOutcome) -> dict[str, Any]:
-    """The `train` info section: epochs, best epoch, samples and their rate, precision, backend settings."""
-    train_seconds = outcome.seconds - outcome.eval_seconds
-    return {
-        "epochs_run": outcome.epochs_run,
-        "best_epoch": outcome.best_epoch,
-        "samples": outcome.samples,
-        "samples_per_s": round(outcome.samples / train_seconds, 2) if train_seconds > 0 else None,
-        "dev_eval_seconds": round(outcome.eval_seconds, 2),
-        "precision": outcome.precision,
-        "backend": spec.train.backend,
-        "world_size": 1,
-        "per_device_batch": spec.train.batch_size,
-        "global_batch": spec.train.batch_size,
-        **outcome.details,
-    }
 
 
 def _save(model: SentenceTransformer, *, spec: Spec, folder: Path, adapter: dict | None = None) -> dict[str, str]:

@@ -79,6 +79,13 @@ def print_result(result: Any, db: str) -> None:
         f"{train.get('precision')} on {info.get('device')}; "
         f"total {result.timings.get('total', 0):.1f} s"
     )
+    probe = info.get("lr_probe")
+    if probe:
+        tried = ", ".join(f"{rate} -> {score:.4f}" for rate, score in probe["dev"].items())
+        out.print(
+            f"learning-rate probe ({probe['pairs']} pairs, one pass each, {probe['seconds']} s): {probe['metric']} "
+            f"{tried}; trained at {probe['chosen']:g}"
+        )
     if train.get("loop") == "query-adapter":
         base, tuned = result.metrics.get("base", {}).get(result.main), result.metrics.get("tuned", {}).get(result.main)
         gain = "" if base is None or tuned is None else f" ({tuned - base:+.4f})"

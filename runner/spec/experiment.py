@@ -306,6 +306,24 @@ class Spec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _lr_probe_can_run(self) -> Spec:
+        train = self.train
+        if train.lr_probe is None:
+            return self
+        clashes = ["train.query_adapter (it has its own learning_rate)"] if train.query_adapter is not None else []
+        clashes += ["train.backend: flagembedding"] if train.backend != "sentence-transformers" else []
+        clashes += ["train.distributed"] if train.distributed.world_size > 1 else []
+        if self.search is not None and "train.learning_rate" in self.search.params:
+            clashes.append("search.params train.learning_rate (the search chooses it)")
+        if clashes:
+            raise ValueError(
+                f"train.lr_probe chooses the learning rate on dev; it does not combine with {', '.join(clashes)}"
+            )
+        if self.data.splits.dev is None:
+            raise ValueError("data.splits.dev: train.lr_probe scores each rate on the dev split: set data.splits.dev")
+        return self
+
+    @model_validator(mode="after")
     def _early_stopping_needs_dev(self) -> Spec:
         stopping = self.train.early_stopping
         if stopping is not None and self.data.splits.dev is None:
@@ -328,6 +346,8 @@ class Spec(_Model):
 
         """
         data = self.model_dump(mode="json", exclude={"ablate", "search", "select"})
+        if "train.learning_rate" in changes:  # a variant that sets the rate (a search trial, an ablation) is not probed
+            data["train"]["lr_probe"] = None
         for path, value in changes.items():
             apply_override(data, path.split("."), value)
         variant = Spec.model_validate(data).with_root(self._root, relative=self._relative)

@@ -122,6 +122,38 @@ class QueryAdapterSpec(_Model):
     )
 
 
+class LrProbeSpec(_Model):
+    """A short probe on dev that picks `train.learning_rate` before training.
+
+    Each rate trains a copy of the base model for one pass over `pairs` training pairs (drawn with `train.seed`;
+    the run's loss, batch size, warm-up, negatives and precision), and the copy is scored on dev (`eval.main`).
+    The best rate becomes the run's learning rate (a tie goes to the rate nearest `train.learning_rate`); the
+    copies are discarded and training starts from the base model. It costs `len(rates)` short trainings and dev
+    evaluations; the run's `lr_probe` info records each rate's dev score.
+    """
+
+    rates: list[float] = Field(
+        [2e-5, 5e-5, 1e-4],
+        min_length=2,
+        description="Peak learning rates to try (each in (0, 1)).",
+    )
+    pairs: int = Field(
+        256,
+        ge=8,
+        description="Training pairs each probe trains on, one pass (all of them when the set is smaller).",
+    )
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, value: list[float]) -> list[float]:
+        bad = [r for r in value if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"rates: {bad} are not learning rates in (0, 1)")
+        if len(set(value)) != len(value):
+            raise ValueError("rates: a rate is listed twice")
+        return value
+
+
 class DistributedSpec(_Model):
     """Training on several processes (GPUs) and machines through torchrun (torch.distributed.run).
 
@@ -313,6 +345,11 @@ class TrainSpec(_Model):
         None,
         description="Train a query-side linear adapter over the frozen base model instead of fine-tuning it: no "
         "re-indexing of the corpus; see below. null: fine-tune.",
+    )
+    lr_probe: LrProbeSpec | None = Field(
+        None,
+        description="Choose the learning rate by a short probe on dev before training (see below); it replaces "
+        "train.learning_rate. null: train.learning_rate as set.",
     )
     distributed: DistributedSpec = Field(
         default_factory=DistributedSpec, description="Multi-process / multi-node training through torchrun."

@@ -57,6 +57,26 @@ class TrainOutcome:
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     adapter: dict[str, Any] | None = field(default=None, repr=False)
+    learning_rate: float | None = None
+    """The peak learning rate trained with (``train.lr_probe``'s choice when it probed), set by the pipeline."""
+
+    def info(self, spec: Spec) -> dict[str, Any]:
+        """The run's `train` info section: epochs, best epoch, samples and their rate, precision, backend settings."""
+        train_seconds = self.seconds - self.eval_seconds
+        return {
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "samples": self.samples,
+            "samples_per_s": round(self.samples / train_seconds, 2) if train_seconds > 0 else None,
+            "dev_eval_seconds": round(self.eval_seconds, 2),
+            "precision": self.precision,
+            "backend": spec.train.backend,
+            "learning_rate": self.learning_rate if self.learning_rate is not None else spec.train.learning_rate,
+            "world_size": 1,
+            "per_device_batch": spec.train.batch_size,
+            "global_batch": spec.train.batch_size,
+            **self.details,
+        }
 
 
 @dataclass
