@@ -311,7 +311,9 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "experiment": first["experiment"],
         "description": spec0.get("description", ""),
         "dataset": spec0["data"]["path"],
-        "base_model": spec0["model"]["base"],
+        # a query adapter over an API model: the API model is the base (its identity, as the run scored it)
+        "base_model": (((example_run or first).get("info") or {}).get("model") or {}).get("base")
+        or spec0["model"]["base"],
         "main": main,
         "dev_metric": dev_metric,
         "metrics": metric_names,

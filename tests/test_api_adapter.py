@@ -140,3 +140,10 @@ def test_an_api_adapter_with_mteb_is_refused_by_name(tiny_model, tiny_beir, tmp_
     )
     with pytest.raises(SpecError, match=r"does not combine with eval.mteb"):
         load_spec(dump_yaml(data, tmp_path / "s.yaml"))
+
+
+def test_the_report_names_the_api_model_as_the_base(adapted, tmp_path):
+    out = tmp_path / "report.html"
+    result = cli("report", "--db", adapted["db"], "-o", out, "--experiment", "tiny-api-adapter")
+    assert result.exit_code == 0, result.output
+    assert "api:fake-embedding@" in out.read_text()
