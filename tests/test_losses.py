@@ -49,8 +49,13 @@ def test_matryoshka_wraps_the_loss_and_refuses_too_many_dimensions(tiny_model, t
     loss = build_loss(model, _spec(tiny_model, tiny_beir, loss="cached-mnrl", matryoshka_dims=[8, 32, 16]))
     assert isinstance(loss, losses.MatryoshkaLoss) and tuple(loss.matryoshka_dims) == (32, 16, 8)
     assert isinstance(loss.loss, losses.CachedMultipleNegativesRankingLoss)
+    assert tuple(loss.matryoshka_weights) == (1, 1, 1)
+    weighted = build_loss(model, _spec(tiny_model, tiny_beir, matryoshka_dims=[8, 32, 16], matryoshka_weights={8: 3}))
+    assert tuple(weighted.matryoshka_dims) == (32, 16, 8) and tuple(weighted.matryoshka_weights) == (1, 1, 3)
     with pytest.raises(ValueError, match=r"\[64\] exceed the model's 32 dimensions"):
         build_loss(model, _spec(tiny_model, tiny_beir, matryoshka_dims=[64, 16]))
+    with pytest.raises(ValueError, match=r"matryoshka_weights: \[12\] are not in matryoshka_dims"):
+        _spec(tiny_model, tiny_beir, matryoshka_dims=[32, 16], matryoshka_weights={12: 2})
 
 
 def test_options_a_backend_or_loss_cannot_honour_are_spec_errors(tiny_model, tiny_beir):

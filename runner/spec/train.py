@@ -245,6 +245,12 @@ class TrainSpec(_Model):
         "also scored at each d (source dense@d). null: off.",
     )
 
+    matryoshka_weights: dict[int, float] | None = Field(
+        None,
+        description="Weight of each trained dimension's loss in MatryoshkaLoss (its matryoshka_weights), e.g. "
+        "{96: 3}: dimensions not listed weigh 1. null: all weigh 1.",
+    )
+
     @field_validator("matryoshka_dims")
     @classmethod
     def _dims(cls, value: list[int] | None) -> list[int] | None:
@@ -253,6 +259,21 @@ class TrainSpec(_Model):
         if not value or any(d < 1 for d in value):
             raise ValueError("matryoshka_dims: a list of positive dimensions, e.g. [384, 256, 128, 64]")
         return sorted(set(value), reverse=True)
+
+    @model_validator(mode="after")
+    def _weights_of_trained_dims(self) -> TrainSpec:
+        weights = self.matryoshka_weights
+        if weights is None:
+            return self
+        stray = sorted(set(weights) - set(self.matryoshka_dims or []))
+        if stray:
+            raise ValueError(
+                f"matryoshka_weights: {stray} are not in matryoshka_dims ({self.matryoshka_dims}): weigh trained "
+                "dimensions only"
+            )
+        if any(w <= 0 for w in weights.values()):
+            raise ValueError("matryoshka_weights: weights must be above 0")
+        return self
 
     epochs: int = Field(1, ge=1, le=100, description="Maximum number of epochs.")
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate (AdamW).")

@@ -76,7 +76,8 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
         too_large = [d for d in cfg.matryoshka_dims if d > full]
         if too_large:
             raise ValueError(f"train.matryoshka_dims: {too_large} exceed the model's {full} dimensions")
-        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims)
+        weights = [(cfg.matryoshka_weights or {}).get(d, 1.0) for d in cfg.matryoshka_dims]
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=cfg.matryoshka_dims, matryoshka_weights=weights)
     return loss
 
 
