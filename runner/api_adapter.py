@@ -155,9 +155,10 @@ class AdaptedApiEmbedder:
             "usage": "runner.api_adapter.AdaptedApiEmbedder.load(folder, cache=...).encode(texts, task='query')",
         }
         (folder / API_ADAPTER_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        (folder / "README.md").write_text(_card(api.model, api.base_url, int(weight.shape[0])), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: str | Path, *, cache: Path) -> AdaptedApiEmbedder:
+    def load(cls, folder: str | Path, *, cache: str | Path) -> AdaptedApiEmbedder:
         """A saved adapter over its endpoint, with `cache` as the API embedding cache.
 
         Raises:
@@ -171,7 +172,7 @@ class AdaptedApiEmbedder:
 
         settings = json.loads((Path(folder) / API_ADAPTER_FILE).read_text(encoding="utf-8"))
         api = ApiModelSpec.model_validate(settings["api"])
-        embedder = ApiEmbedder(api, cache=EmbeddingCache(cache), model_key=api_embedding_key(api))
+        embedder = ApiEmbedder(api, cache=EmbeddingCache(Path(cache)), model_key=api_embedding_key(api))
         weight = load_file(str(Path(folder) / ADAPTER_WEIGHTS))["weight"]
         adapter = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
         with torch.no_grad():
@@ -180,3 +181,24 @@ class AdaptedApiEmbedder:
         model = cls(embedder, adapter, normalize=settings["normalize"])
         model.prompts = settings.get("prompts", {})
         return model
+
+
+def _card(model: str, base_url: str, dim: int) -> str:
+    """The saved folder's README: what it is and how to use it."""
+    return f"""# Query adapter over {model}
+
+A {dim} x {dim} linear map trained by embx on the query side of the API model `{model}` ({base_url}).
+Passages keep the endpoint's own vectors: a corpus already indexed with `{model}` needs no re-indexing.
+Only queries change: embed them through the endpoint, then through the adapter.
+
+```python
+from runner.api_adapter import AdaptedApiEmbedder
+
+model = AdaptedApiEmbedder.load("path/to/this/folder", cache="api-embeddings.sqlite")
+q = model.encode(["your question"], task="query")  # search your existing index with these vectors
+```
+
+`adapter.safetensors` holds the map (tensor `weight`, applied as `q @ weight.T` to the L2-normalised query vector,
+then normalised again when `normalize` is true in `{API_ADAPTER_FILE}`); the same file names the endpoint and the
+environment variable of its key (never the key).
+"""

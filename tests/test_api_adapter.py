@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +106,14 @@ def test_the_saved_adapter_moves_queries_and_leaves_passage_vectors_as_the_endpo
     queries = model.encode(texts, task="query")
     assert torch.allclose(queries, expected, atol=1e-5)
     assert not torch.allclose(queries, plain, atol=1e-3)
+    card = (Path(folder) / "README.md").read_text()
+    assert "fake-embedding" in card and "no re-indexing" in card
+    code = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1)
+    code = code.replace('"path/to/this/folder"', repr(folder))
+    code = code.replace('"api-embeddings.sqlite"', repr(str(api_cache_path(adapted["root"] / "runs"))))
+    scope: dict = {}
+    exec(code, scope)  # the card's usage, as a user runs it
+    assert torch.allclose(scope["q"], model.encode(["your question"], task="query"))
 
 
 def test_the_adapter_is_scored_on_the_test_split_against_the_api_base(adapted):
