@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.embed_api import API_ADAPTER_FILE, ApiEmbedder, EmbeddingCache, api_cache_path
 from runner.memo import api_embedding_key
+from runner.models import FROZEN_DOCUMENTS
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +43,12 @@ def over_api(spec: Spec) -> bool:
     return spec.train.query_adapter is not None and spec.train.query_adapter.api is not None
 
 
+def _api_of(spec: Spec) -> ApiModelSpec:
+    """The API model of a spec that trains a query adapter over one."""
+    assert spec.train.query_adapter is not None and spec.train.query_adapter.api is not None
+    return spec.train.query_adapter.api
+
+
 def api_spec(spec: Spec) -> Spec:
     """The spec as the run scores, mines and trains with: the API model's section in `model:`.
 
@@ -50,8 +57,7 @@ def api_spec(spec: Spec) -> Spec:
     """
     from runner.spec import ModelSpec
 
-    assert spec.train.query_adapter is not None and spec.train.query_adapter.api is not None
-    api = spec.train.query_adapter.api
+    api = _api_of(spec)
     model = ModelSpec(
         base=api_identity(api),
         max_seq_length=min(api.max_input_tokens, 8192),
@@ -76,8 +82,7 @@ def load_api_base(spec: Spec, *, corpus: list[str]) -> ApiEmbedder:
     """
     from runner.data.types import DataError
 
-    assert spec.train.query_adapter is not None and spec.train.query_adapter.api is not None
-    api = spec.train.query_adapter.api
+    api = _api_of(spec)
     path = api_cache_path(spec.output.dir)
     texts = [api.passage_prefix + text for text in corpus]
     embedder = ApiEmbedder(api, cache=EmbeddingCache(path), model_key=api_embedding_key(api)) if path.exists() else None
@@ -111,6 +116,7 @@ class AdaptedApiEmbedder:
         self.embedder, self.adapter, self.normalize = embedder, adapter, normalize
         self.device = embedder.device
         self.prompts: dict[str, str] = {}
+        setattr(self, FROZEN_DOCUMENTS, True)  # passages are the endpoint's vectors: scoring reuses the base's
 
     def parameters(self) -> Any:
         """The adapter's parameters (none when it has no adapter)."""

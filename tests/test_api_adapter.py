@@ -92,6 +92,7 @@ def test_the_saved_adapter_moves_queries_and_leaves_passage_vectors_as_the_endpo
 
     from runner.api_adapter import AdaptedApiEmbedder
     from runner.embed_api import api_cache_path
+    from runner.models import documents_are_base
 
     _, info = _run(adapted["db"])
     folder = info["saved_model"]["path"]
@@ -101,6 +102,7 @@ def test_the_saved_adapter_moves_queries_and_leaves_passage_vectors_as_the_endpo
     texts = ["what causes chest pain", "a low sodium diet lowers blood pressure"]
     plain = torch.tensor([embed(t, 48) for t in texts])
     assert torch.allclose(model.encode(texts, task="document"), plain, atol=1e-6)
+    assert documents_are_base(model)  # scoring reuses the API base's passage vectors, kept base or tuned
     weight = load_file(f"{folder}/adapter.safetensors")["weight"]
     expected = torch.nn.functional.normalize(plain @ weight.T, dim=-1)
     queries = model.encode(texts, task="query")

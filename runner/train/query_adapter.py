@@ -64,9 +64,7 @@ def _adapted_api(embedder: Any, adapter: torch.nn.Linear, *, normalize: bool) ->
     """An API model with `adapter` on its query vectors; its passages are the endpoint's cached vectors."""
     from runner.api_adapter import AdaptedApiEmbedder
 
-    model = AdaptedApiEmbedder(embedder, adapter, normalize=normalize)
-    setattr(model, FROZEN_DOCUMENTS, True)
-    return model
+    return AdaptedApiEmbedder(embedder, adapter, normalize=normalize)
 
 
 class QueryAdapterBackend:
