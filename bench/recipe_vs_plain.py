@@ -48,12 +48,25 @@ def _rows(path: Path) -> list[tuple[str, str, int]]:
         return [(r["query-id"], r["corpus-id"], int(float(r["score"]))) for r in csv.DictReader(f, delimiter="\t")]
 
 
-def subset(source: Path, target: Path, *, train: int, dev: int, test: int, corpus: int, seed: int) -> dict:
-    """Write a CPU-sized BEIR folder cut from `source` (see the module docstring); returns its sizes."""
+def subset(
+    source: Path, target: Path, *, train: int, dev: int, test: int, corpus: int, seed: int, nested: bool = False
+) -> dict:
+    """Write a CPU-sized BEIR folder cut from `source` (see the module docstring); returns its sizes.
+
+    With `nested`, the training pairs are the first `train` of one seeded shuffle (so smaller sets are subsets of
+    larger ones) and the dev and test queries are drawn by their own seeded generator, the same at every `train`:
+    a comparison across training sizes then scores on the same queries.
+    """
     rng = random.Random(seed)
     kept: dict[str, list[tuple[str, str, int]]] = {}
     positives = [r for r in _rows(source / "qrels" / "train.tsv") if r[2] > 0]
-    kept["train"] = sorted(rng.sample(positives, min(train, len(positives))))
+    if nested:
+        shuffled = sorted(positives)
+        random.Random(f"{seed}-train").shuffle(shuffled)
+        kept["train"] = sorted(shuffled[:train])
+        rng = random.Random(f"{seed}-eval")
+    else:
+        kept["train"] = sorted(rng.sample(positives, min(train, len(positives))))
     for split, count in (("dev", dev), ("test", test)):
         rows = _rows(source / "qrels" / f"{split}.tsv")
         qids = sorted({r[0] for r in rows})
@@ -183,12 +196,12 @@ def compare(name: str, folder: Path, work: Path, *, arms: list[str]) -> dict:
             "epochs_run": info["train"]["epochs_run"],
             "best_epoch": info["train"]["best_epoch"],
         }
-    if "auto" in runs and "probe" in runs:  # the probe's own delta: the ablation of that recipe element
-        probe_gain = paired_test(column["auto"], column["probe"])
-        row["probe_minus_auto"] = {
-            "delta": round(probe_gain["mean_diff"], 4),
-            "ci": [round(probe_gain["ci_low"], 4), round(probe_gain["ci_high"], 4)],
-            "p": round(probe_gain["p_value"], 4),
+    for arm in runs.keys() - {"auto"} if "auto" in runs else ():  # each arm's delta to the default recipe
+        gain = paired_test(column["auto"], column[arm])
+        row[f"{arm}_minus_auto"] = {
+            "delta": round(gain["mean_diff"], 4),
+            "ci": [round(gain["ci_low"], 4), round(gain["ci_high"], 4)],
+            "p": round(gain["p_value"], 4),
         }
     row["seconds"] = seconds
     return row
@@ -197,8 +210,10 @@ def compare(name: str, folder: Path, work: Path, *, arms: list[str]) -> dict:
 ARMS = {
     "auto": "",
     "probe": "train:\n  lr_probe: {}\n",
+    "adapter": "train:\n  query_adapter: {}\n",
 }
-"""embx's arms: the spec that names only the data, and the same with the learning-rate probe (train.lr_probe)."""
+"""embx's arms: the spec that names only the data, the same with the learning-rate probe (train.lr_probe), and
+the same with a query-side adapter over the frozen base model instead of fine-tuning (train.query_adapter)."""
 
 
 def _json(command: list[str]):
@@ -209,26 +224,41 @@ def main() -> None:
     """Cut the datasets, run both arms on each, write the result file and print its table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--train", type=int, default=1000, help="training pairs of each large set")
+    parser.add_argument(
+        "--train", type=int, nargs="+", default=[1000], help="training pairs of each large set (several: a row each)"
+    )
     parser.add_argument("--dev", type=int, default=100)
     parser.add_argument("--test", type=int, default=300)
     parser.add_argument("--corpus", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--nested", action="store_true", help="nested training sets, dev and test the same at every --train"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/embx-recipe-vs-plain"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arms", nargs="+", default=["auto"], choices=list(ARMS), help="embx's arms (see ARMS)")
     args = parser.parse_args()
     rows, sizes = [], {}
     for name in args.datasets:
-        folder = DATASETS[name]
-        if name != "demo":
-            cut = args.workdir / name / "data"
-            sizes[name] = subset(
-                folder, cut, train=args.train, dev=args.dev, test=args.test, corpus=args.corpus, seed=args.seed
-            )
-            folder = cut
-        rows.append(compare(name, folder.resolve(), args.workdir / name, arms=args.arms))
-        print(json.dumps(rows[-1]), flush=True)
+        for train in args.train if name != "demo" else [None]:  # the demo is used whole
+            folder, key, work = DATASETS[name], name, args.workdir / name
+            if train is not None:
+                if len(args.train) > 1:  # a comparison across training sizes: a row for each
+                    key, work = f"{name}-n{train}", work / str(train)
+                cut = work / "data"
+                sizes[key] = subset(
+                    folder,
+                    cut,
+                    train=train,
+                    dev=args.dev,
+                    test=args.test,
+                    corpus=args.corpus,
+                    seed=args.seed,
+                    nested=args.nested,
+                )
+                folder = cut
+            rows.append(compare(key, folder.resolve(), work, arms=args.arms))
+            print(json.dumps(rows[-1]), flush=True)
     result = {
         "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
         "machine": cpu_info(),
