@@ -16,6 +16,7 @@ adapter to the endpoint's query vectors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,16 @@ ADAPTER_WEIGHTS = "adapter.safetensors"
 
 
 def api_identity(api: ApiModelSpec) -> str:
-    """The model name an API model has in the store: ``api:<model>@<base URL>[#<dimensions>]``."""
-    return f"api:{api.model}@{api.base_url}" + (f"#{api.dimensions}" if api.dimensions else "")
+    """The model name an API model has in the store: ``api:<model>@<base URL>[#<dimensions>][~<fields>]``.
+
+    ``<fields>`` is a short digest of the extra request fields (``query_extra_body``, ``passage_extra_body``),
+    present only when either is set: they change the vectors, so scores made with other fields are not reused.
+    """
+    name = f"api:{api.model}@{api.base_url}" + (f"#{api.dimensions}" if api.dimensions else "")
+    if api.query_extra_body or api.passage_extra_body:
+        fields = json.dumps([api.query_extra_body, api.passage_extra_body], sort_keys=True)
+        name += "~" + hashlib.sha256(fields.encode()).hexdigest()[:8]
+    return name
 
 
 def over_api(spec: Spec) -> bool:
@@ -86,7 +95,7 @@ def load_api_base(spec: Spec, *, corpus: list[str]) -> ApiEmbedder:
     path = api_cache_path(spec.output.dir)
     texts = [api.passage_prefix + text for text in corpus]
     embedder = ApiEmbedder(api, cache=EmbeddingCache(path), model_key=api_embedding_key(api)) if path.exists() else None
-    missing = len(set(texts)) - (embedder.cached(texts) if embedder is not None else 0)
+    missing = len(set(texts)) - (embedder.cached(texts, task="document") if embedder is not None else 0)
     if missing:
         raise DataError(
             [
@@ -133,7 +142,7 @@ class AdaptedApiEmbedder:
         import torch
         import torch.nn.functional as F
 
-        out = self.embedder.encode(sentences, normalize_embeddings=self.normalize, **kwargs)
+        out = self.embedder.encode(sentences, normalize_embeddings=self.normalize, task=task, **kwargs)
         if task == "query" and self.adapter is not None:
             with torch.no_grad():
                 out = self.adapter(out.to(self.adapter.weight.device)).cpu()

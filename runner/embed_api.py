@@ -15,6 +15,7 @@ scrubbed of it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -225,12 +226,14 @@ class ApiEmbedder:
         convert_to_tensor: bool = True,
         normalize_embeddings: bool = False,
         show_progress_bar: bool = False,
+        task: str | None = None,
         **_: Any,
     ) -> torch.Tensor:
         """Embed texts: cached ones from the cache, the rest from the endpoint (``api.batch_size`` per request).
 
         `batch_size` and `show_progress_bar` belong to the local-model interface and are ignored (the endpoint's
-        batching is the spec's); the result is an fp32 tensor in input order.
+        batching is the spec's); the result is an fp32 tensor in input order. `task` ("query", "document") picks
+        the request fields of that side (``api.query_extra_body``, ``api.passage_extra_body``).
 
         Raises:
             ApiError: When the endpoint fails after its retries or answers something unusable.
@@ -240,7 +243,8 @@ class ApiEmbedder:
         import torch
 
         started = time.perf_counter()
-        digests = [text_digest(t) for t in sentences]
+        body = self.extra_body(task)
+        digests = [self.digest(t, body) for t in sentences]
         found = self.cache.get(self.model_key, sorted(set(digests)))
         self.stats.cached += sum(1 for d in digests if d in found)
         missing: dict[str, str] = {}
@@ -248,7 +252,7 @@ class ApiEmbedder:
             if digest not in found:
                 missing.setdefault(digest, text)
         if missing:
-            found.update(self._fetch(missing))
+            found.update(self._fetch(missing, body=body))
             self.stats.seconds += time.perf_counter() - started
         vectors = np.stack([found[d][0] for d in digests]).astype(np.float32)
         self._check_dimension(vectors.shape[1])
@@ -257,17 +261,30 @@ class ApiEmbedder:
             out = torch.nn.functional.normalize(out, dim=1)
         return out
 
-    def cached(self, texts: list[str]) -> int:
+    def extra_body(self, task: str | None) -> dict[str, Any] | None:
+        """The request fields the spec adds for `task`'s side: queries, or passages ("document", "passage")."""
+        if task == "query":
+            return self.api.query_extra_body
+        return self.api.passage_extra_body if task in ("document", "passage") else None
+
+    @staticmethod
+    def digest(text: str, body: dict[str, Any] | None) -> str:
+        """The cache address of `text` embedded with the request fields `body` (the text's own digest if none)."""
+        return text_digest(text if not body else json.dumps(body, sort_keys=True) + "\n" + text)
+
+    def cached(self, texts: list[str], *, task: str | None = None) -> int:
         """How many of the distinct `texts` the cache holds a vector for (nothing is sent to the endpoint)."""
-        return len(self.cache.get(self.model_key, sorted({text_digest(t) for t in texts})))
+        body = self.extra_body(task)
+        return len(self.cache.get(self.model_key, sorted({self.digest(t, body) for t in texts})))
 
     def parameters(self) -> Iterator[Any]:
         """None: an API model has no local weights (the interface of a torch module, for weight fingerprints)."""
         return iter(())
 
-    def tokens(self, texts: list[str]) -> list[float | None]:
+    def tokens(self, texts: list[str], *, task: str | None = None) -> list[float | None]:
         """Input tokens of each text as the endpoint counted them (None for a text never embedded)."""
-        digests = [text_digest(t) for t in texts]
+        body = self.extra_body(task)
+        digests = [self.digest(t, body) for t in texts]
         found = self.cache.get(self.model_key, sorted(set(digests)))
         return [found[d][1] if d in found else None for d in digests]
 
@@ -281,7 +298,7 @@ class ApiEmbedder:
                 f"{self.dimension} {expected}"
             )
 
-    def _fetch(self, missing: dict[str, str]) -> dict[str, tuple[Any, float | None]]:
+    def _fetch(self, missing: dict[str, str], *, body: dict[str, Any] | None) -> dict[str, tuple[Any, float | None]]:
         """Ask the endpoint for the missing texts, `concurrency` requests at once; each answer is cached at once."""
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -290,7 +307,7 @@ class ApiEmbedder:
         batches = [items[i : i + size] for i in range(0, len(items), size)]
         out: dict[str, tuple[Any, float | None]] = {}
         with ThreadPoolExecutor(max_workers=self.api.concurrency, thread_name_prefix="embx-api") as pool:
-            pending = {pool.submit(self._request, [text for _, text in batch]): batch for batch in batches}
+            pending = {pool.submit(self._request, [text for _, text in batch], body): batch for batch in batches}
             failure: BaseException | None = None
             for future in as_completed(pending):
                 # Answers are kept as they come; after a failure, requests not yet sent are cancelled and those
@@ -316,8 +333,8 @@ class ApiEmbedder:
                 raise failure
         return out
 
-    def _request(self, texts: list[str]) -> tuple[list[Any], list[float | None], float]:
-        """One request: (vectors in input order, each text's share of the counted tokens, seconds)."""
+    def _request(self, texts: list[str], body: dict[str, Any] | None) -> tuple[list[Any], list[float | None], float]:
+        """One request, `body`'s fields added: (vectors in input order, each text's share of its tokens, seconds)."""
         import numpy as np
         import openai
 
@@ -326,6 +343,8 @@ class ApiEmbedder:
         kwargs: dict[str, Any] = {"model": api.model, "input": texts, "encoding_format": "float"}
         if api.dimensions is not None:
             kwargs["dimensions"] = api.dimensions
+        if body:
+            kwargs["extra_body"] = body
         started = time.perf_counter()
         try:
             answer = self.client.embeddings.create(**kwargs)

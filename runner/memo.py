@@ -152,7 +152,8 @@ def api_embedding_key(api: ApiModelSpec) -> str:
 
     Participates: the base URL without credentials, query or trailing slash, the model name and the dimensions
     asked for. Not the API key, the price or the request settings: they do not change a vector. The text's
-    prefix is part of the text, which the cache addresses by its sha256.
+    prefix is part of the text, which the cache addresses by its sha256; so are the side's extra request fields
+    (``query_extra_body``, ``passage_extra_body``: :meth:`runner.embed_api.ApiEmbedder.digest`).
     """
     from urllib.parse import urlsplit, urlunsplit
 

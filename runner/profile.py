@@ -149,8 +149,8 @@ def api_profile(
     from runner.embed_api import latency_summary
 
     passages = [api.passage_prefix + t for t in corpus]
-    corpus_tokens = [t or 0.0 for t in embedder.tokens(passages)]
-    query_tokens = [t or 0.0 for t in embedder.tokens([api.query_prefix + q for q in queries])]
+    corpus_tokens = [t or 0.0 for t in embedder.tokens(passages, task="document")]
+    query_tokens = [t or 0.0 for t in embedder.tokens([api.query_prefix + q for q in queries], task="query")]
     stats = embedder.stats
     logged = embedder.cache.request_log(embedder.model_key)
     latencies = stats.latencies or [seconds for _, _, seconds in logged]

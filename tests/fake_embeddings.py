@@ -3,7 +3,9 @@
 Vectors are feature hashes of the text's words (and of each CJK character), so retrieval through it works and
 is deterministic; `usage.prompt_tokens` counts those features. `failures` queues answers to give instead of a
 good one: "429", "500", "timeout", "dim" (a vector of the wrong size), "malformed" (not JSON), "count" (one
-embedding short).
+embedding short). Like Voyage's API, a request with `input_type` embeds each text behind that word, so queries and
+passages asked for with different input types get different vectors; `bodies` keeps each request's fields but
+`input`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class FakeEmbeddings:
         self.key, self.dim, self.slow_s = key, dim, slow_s
         self.failures: list[str] = []
         self.inputs: list[list[str]] = []
+        self.bodies: list[dict] = []
         self.calls = 0
         self.lock = threading.Lock()
         fake = self
@@ -80,7 +83,11 @@ class FakeEmbeddings:
                     dim += 1
                 with fake.lock:
                     fake.inputs.append(list(texts))
-                data = [{"object": "embedding", "index": i, "embedding": embed(t, dim)} for i, t in enumerate(texts)]
+                    fake.bodies.append({k: v for k, v in body.items() if k != "input"})
+                kind = f"{body['input_type']} " if body.get("input_type") else ""
+                data = [
+                    {"object": "embedding", "index": i, "embedding": embed(kind + t, dim)} for i, t in enumerate(texts)
+                ]
                 if failure == "count":
                     data = data[:-1]
                 data.reverse()  # the client must order by index

@@ -159,3 +159,22 @@ def test_the_report_names_the_api_model_as_the_base(adapted, tmp_path):
     result = cli("report", "--db", adapted["db"], "-o", out, "--experiment", "tiny-api-adapter")
     assert result.exit_code == 0, result.output
     assert "api:fake-embedding@" in out.read_text()
+
+
+def test_the_adapted_model_asks_the_endpoint_with_each_sides_request_fields(tmp_path, monkeypatch):
+    from runner.api_adapter import AdaptedApiEmbedder
+    from runner.embed_api import ApiEmbedder, EmbeddingCache
+    from runner.memo import api_embedding_key
+    from runner.spec import ApiModelSpec
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with FakeEmbeddings(key=KEY, dim=48) as fake:
+        api = ApiModelSpec(
+            **_api(fake.url), query_extra_body={"input_type": "query"}, passage_extra_body={"input_type": "document"}
+        )
+        base = ApiEmbedder(api, cache=EmbeddingCache(tmp_path / "c.sqlite"), model_key=api_embedding_key(api))
+        model = AdaptedApiEmbedder(base, torch.nn.Linear(48, 48, bias=False), normalize=True)
+        model.encode(["salt"], task="query")
+        passage = model.encode(["salt"], task="document")
+        assert [body["input_type"] for body in fake.bodies] == ["query", "document"]
+    assert torch.allclose(passage, torch.tensor([embed("document salt", 48)]), atol=1e-6)

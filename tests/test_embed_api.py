@@ -122,3 +122,33 @@ def test_the_cache_key_ignores_the_key_and_price_but_not_the_endpoint_or_dimensi
     assert api_embedding_key(base) == api_embedding_key(same)
     assert api_embedding_key(base) != api_embedding_key(base.model_copy(update={"dimensions": 256}))
     assert api_embedding_key(base) != api_embedding_key(base.model_copy(update={"base_url": "https://other/v1"}))
+
+
+def test_queries_and_passages_carry_their_own_request_fields_and_are_cached_apart(fake, tmp_path):
+    sides = {"query_extra_body": {"input_type": "query"}, "passage_extra_body": {"input_type": "document"}}
+    embedder = _embedder(fake, tmp_path, **sides)
+    text = ["blood pressure and salt"]
+    as_query = embedder.encode(text, task="query")
+    as_passage = embedder.encode(text, task="document")
+    plain = embedder.encode(text)  # no side: no extra fields
+    assert [b.get("input_type") for b in fake.bodies] == ["query", "document", None]
+    assert not (as_query == as_passage).all() and not (as_query == plain).all()
+    assert embedder.tokens(text, task="query")[0] is not None and embedder.cached(text, task="document") == 1
+    calls = fake.calls
+    again = _embedder(fake, tmp_path, **sides)  # each side's vector comes back from the cache, not the other's
+    assert (again.encode(text, task="query") == as_query).all()
+    assert (again.encode(text, task="document") == as_passage).all()
+    assert fake.calls == calls
+
+
+def test_extra_request_fields_change_the_store_name_and_cannot_replace_embx_fields():
+    from runner.api_adapter import api_identity
+
+    api = ApiModelSpec(model="voyage-3", base_url="https://api.voyageai.com/v1", api_key_env="VOYAGE_API_KEY")
+    typed = api.model_copy(update={"query_extra_body": {"input_type": "query"}})
+    assert api_identity(api) == "api:voyage-3@https://api.voyageai.com/v1"
+    assert api_identity(typed).startswith(api_identity(api) + "~") and api_identity(typed) != api_identity(
+        api.model_copy(update={"query_extra_body": {"input_type": "document"}})
+    )
+    with pytest.raises(ValueError, match="dimensions: embx sets these request fields itself"):
+        ApiModelSpec(model="m", api_key_env=None, passage_extra_body={"dimensions": 256})

@@ -302,3 +302,21 @@ def test_the_bundled_select_spec_with_an_api_candidate(tmp_path, monkeypatch):
     report = tmp_path / "report.html"
     assert cli("report", "--db", db, "--experiment", "medical-select", "-o", report).exit_code == 0
     assert "Base-model selection" in report.read_text()
+
+
+def test_an_api_candidate_sends_each_side_its_own_request_fields(tmp_path, tiny_model, tiny_beir, monkeypatch):
+    from runner.data.beir import load_beir
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    sides = {"query_extra_body": {"input_type": "query"}, "passage_extra_body": {"input_type": "document"}}
+    with FakeEmbeddings(key=KEY) as fake:
+        candidates = [{"label": "api", "api": _api(fake.url, **sides)}]
+        spec = _select_spec(tiny_model, tiny_beir, tmp_path / "s.yaml", candidates)
+        assert cli("select", spec, "--db", tmp_path / "r.duckdb").exit_code == 0
+        sent = list(zip(fake.bodies, fake.inputs))
+    data = load_beir(tiny_beir, ["dev", "test"])
+    asked = {side["input_type"]: set() for side in sides.values()}
+    for body, texts in sent:
+        asked[body.get("input_type")].update(texts)
+    assert asked["document"] == set(data.corpus.values())  # every passage as a document, no query among them
+    assert asked["query"] and asked["query"] <= set(data.queries.values())

@@ -39,6 +39,28 @@ class ApiModelSpec(_Model):
     timeout_s: float = Field(60.0, gt=0, description="Seconds before a request times out.")
     query_prefix: str = Field("", description="Text put before every query (some models want an instruction).")
     passage_prefix: str = Field("", description="Text put before every passage.")
+    query_extra_body: dict[str, str | int | float | bool] | None = Field(
+        None,
+        description="Fields added to the request body when queries are embedded, for endpoints that embed queries "
+        "and passages differently: {input_type: query} (Voyage, NVIDIA NIM), {task: retrieval.query} (Jina). "
+        "They take part in the model's name in the store and in the cache address of its vectors. null: none.",
+    )
+    passage_extra_body: dict[str, str | int | float | bool] | None = Field(
+        None,
+        description="Fields added to the request body when passages are embedded: {input_type: document} (Voyage), "
+        "{input_type: passage} (NVIDIA NIM), {task: retrieval.passage} (Jina). null: none.",
+    )
+
+    @field_validator("query_extra_body", "passage_extra_body")
+    @classmethod
+    def _extra_body(cls, value: dict | None) -> dict | None:
+        taken = sorted(set(value or {}) & {"model", "input", "encoding_format", "dimensions"})
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)}: embx sets these request fields itself (model, input, encoding_format and "
+                "dimensions: use the fields of those names)"
+            )
+        return value or None
 
     @field_validator("api_key_env")
     @classmethod
