@@ -58,7 +58,9 @@ def peer_evaluator(queries: dict[str, str], corpus: dict[str, str], qrels: dict[
     )
 
 
-def peer_trainer(model, pairs, output_dir: str, epochs: float, batch_size: int, lr: float, bf16: bool, device: str):
+def peer_trainer(
+    model, pairs, output_dir: str, epochs: float, batch_size: int, lr: float, bf16: bool, device: str, seed: int = 42
+):
     """The plain recipe: SentenceTransformerTrainer, MNRL, no-duplicates batches, warm-up 0.1, seed 42."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -73,7 +75,7 @@ def peer_trainer(model, pairs, output_dir: str, epochs: float, batch_size: int, 
             per_device_train_batch_size=batch_size,
             learning_rate=lr,
             warmup_ratio=0.1,
-            seed=42,
+            seed=seed,
             bf16=bf16,
             batch_sampler=BatchSamplers.NO_DUPLICATES,
             save_strategy="no",
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--seed", type=int, default=42, help="the trainer's seed (shuffling, initialisation)")
     parser.add_argument("--save-model", type=Path, default=None, help="save the tuned model here (for paired tests)")
     args = parser.parse_args()
 
@@ -120,7 +123,9 @@ def main() -> None:
     base = evaluator(model)
     eval_seconds = time.perf_counter() - t
 
-    trainer = peer_trainer(model, pairs, "/tmp/peer-st", args.epochs, args.batch_size, args.lr, args.bf16, device)
+    trainer = peer_trainer(
+        model, pairs, "/tmp/peer-st", args.epochs, args.batch_size, args.lr, args.bf16, device, seed=args.seed
+    )
     t = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - t

@@ -14,6 +14,10 @@ queries, then random others); the bundled demo is used whole. Both tuned models 
 by one evaluator (embx's, fp32) on the same test queries, so the paired permutation test and bootstrap interval of
 auto - plain are per query. Dev scores (base and auto's tuned model) come from embx's run: the "never worse than
 the base model on dev" check.
+
+`--seeds 1 2 3` trains every arm once per seed and averages each query's score over the seeds before the paired
+tests (the expected difference of the recipes, not one draw of each); `--train 100 500 2000 --nested` makes a row
+per training size on the same dev and test queries.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -139,12 +144,16 @@ def per_query_ndcg(models: dict[str, str], folder: Path) -> dict[str, dict[str, 
     return out
 
 
-def compare(name: str, folder: Path, work: Path, *, arms: list[str]) -> dict:
-    """The plain script and embx's `arms` on one dataset folder; returns its row."""
-    from runner.stats import paired_test
+def _train(name: str, folder: Path, work: Path, *, arms: list[str], seed: int | None) -> tuple[dict, dict, dict]:
+    """The plain script and each of embx's `arms`, trained once (seed None: each one's default seed, 42).
 
+    Returns:
+        (model folders by arm, plain included; embx's runs as `embx show --json` gives them; seconds by command)
+
+    """
     work.mkdir(parents=True, exist_ok=True)
     peer_json, peer_model = work / "plain.json", work / "plain-model"
+    seeded = ["--seed", str(seed)] if seed is not None else []
     plain_seconds = _run(
         [
             sys.executable,
@@ -160,6 +169,7 @@ def compare(name: str, folder: Path, work: Path, *, arms: list[str]) -> dict:
             str(PLAIN["batch_size"]),
             "--lr",
             str(PLAIN["lr"]),
+            *seeded,
         ],
         work / "plain.log",
     )
@@ -168,42 +178,74 @@ def compare(name: str, folder: Path, work: Path, *, arms: list[str]) -> dict:
         spec = work / f"{arm}.yaml"
         spec.write_text(f"name: recipe-{name}-{arm}\ndata:\n  path: {folder}\n" + ARMS[arm])
         db = work / f"{arm}.duckdb"
-        seconds[f"{arm}_command"] = _run(
-            _embx("run", str(spec), "--db", str(db), "--set", f"output.dir={work / 'runs'}"), work / f"{arm}.log"
-        )
+        sets = ["--set", f"output.dir={work / 'runs'}"] + (["--set", f"train.seed={seed}"] if seed is not None else [])
+        seconds[f"{arm}_command"] = _run(_embx("run", str(spec), "--db", str(db), *sets), work / f"{arm}.log")
         listed = _json(_embx("ls", "--db", str(db), "--json"))
         runs[arm] = _json(_embx("show", listed[0]["run_id"], "--db", str(db), "--json"))
-    models = {"base": "all-MiniLM-L6-v2", "plain": str(peer_model)}
-    scores = per_query_ndcg(models | {arm: run["info"]["saved_model"]["path"] for arm, run in runs.items()}, folder)
-    qids = sorted(scores["base"])
-    column = {arm: [scores[arm][q] for q in qids] for arm in scores}
+    models = {"plain": str(peer_model)} | {arm: run["info"]["saved_model"]["path"] for arm, run in runs.items()}
+    return models, runs, seconds
+
+
+def compare(name: str, folder: Path, work: Path, *, arms: list[str], seeds: list[int] | None = None) -> dict:
+    """The plain script and embx's `arms` on one dataset folder; returns its row.
+
+    With `seeds`, every arm (the plain script too) is trained once per seed (its own folder under `work`), each
+    query's NDCG@10 is averaged over the seeds, and the paired tests compare those averages: the recipes' expected
+    difference, not one draw of each.
+    """
+    from runner.stats import paired_test
+
+    trained = []
+    for seed in seeds or [None]:
+        where = work if seed is None else work / f"seed{seed}"
+        models, runs, seconds = _train(name, folder, where, arms=arms, seed=seed)
+        scores = per_query_ndcg(({"base": "all-MiniLM-L6-v2"} if not trained else {}) | models, folder)
+        trained.append((runs, scores, seconds))
+
+    def each(values: list) -> Any:  # one value per seed, or the one value without seeds
+        return values if seeds else values[0]
+
+    base = trained[0][1]["base"]
+    qids = sorted(base)
+    column = {"base": [base[q] for q in qids]}
+    for arm in ["plain", *arms]:
+        column[arm] = [sum(scores[arm][q] for _, scores, _ in trained) / len(trained) for q in qids]
     mean = {arm: round(sum(values) / len(values), 4) for arm, values in column.items()}
     row: dict = {"dataset": name, "test_ndcg@10": mean}
-    for arm, run in runs.items():
+    if seeds:
+        row["seeds"] = seeds
+        row["test_ndcg@10_by_seed"] = {
+            arm: [round(sum(scores[arm].values()) / len(scores[arm]), 4) for _, scores, _ in trained]
+            for arm in ["plain", *arms]
+        }
+    for arm in arms:
         vs_plain = paired_test(column["plain"], column[arm])
-        dev = run["metrics_by_split"]["dev"]["native"]
-        info = run["info"]
+        arm_runs = [runs[arm] for runs, _, _ in trained]
+        devs = [run["metrics_by_split"]["dev"]["native"] for run in arm_runs]
+        info = arm_runs[0]["info"]
         row[arm] = {
             "minus_plain": round(vs_plain["mean_diff"], 4),
             "ci": [round(vs_plain["ci_low"], 4), round(vs_plain["ci_high"], 4)],
             "p": round(vs_plain["p_value"], 4),
             "goal_met": vs_plain["mean_diff"] >= 0.02,
-            "dev_ndcg@10": {"base": round(dev["base"]["ndcg@10"], 4), "tuned": round(dev["tuned"]["ndcg@10"], 4)},
-            "dev_not_worse": dev["tuned"]["ndcg@10"] >= dev["base"]["ndcg@10"],
+            "dev_ndcg@10": each(
+                [{"base": round(d["base"]["ndcg@10"], 4), "tuned": round(d["tuned"]["ndcg@10"], 4)} for d in devs]
+            ),
+            "dev_not_worse": all(d["tuned"]["ndcg@10"] >= d["base"]["ndcg@10"] for d in devs),
             "recipe": {field: choice["value"] for field, choice in info.get("recipe", {}).items()},
             "learning_rate": info["train"].get("learning_rate"),
             "lr_probe": info.get("lr_probe"),
-            "epochs_run": info["train"]["epochs_run"],
-            "best_epoch": info["train"]["best_epoch"],
+            "epochs_run": each([run["info"]["train"]["epochs_run"] for run in arm_runs]),
+            "best_epoch": each([run["info"]["train"]["best_epoch"] for run in arm_runs]),
         }
-    for arm in runs.keys() - {"auto"} if "auto" in runs else ():  # each arm's delta to the default recipe
+    for arm in sorted(set(arms) - {"auto"}) if "auto" in arms else ():  # each arm's delta to the default recipe
         gain = paired_test(column["auto"], column[arm])
         row[f"{arm}_minus_auto"] = {
             "delta": round(gain["mean_diff"], 4),
             "ci": [round(gain["ci_low"], 4), round(gain["ci_high"], 4)],
             "p": round(gain["p_value"], 4),
         }
-    row["seconds"] = seconds
+    row["seconds"] = each([seconds for _, _, seconds in trained])
     return row
 
 
@@ -234,6 +276,9 @@ def main() -> None:
     parser.add_argument(
         "--nested", action="store_true", help="nested training sets, dev and test the same at every --train"
     )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="train every arm once per seed; scores averaged per query"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/embx-recipe-vs-plain"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arms", nargs="+", default=["auto"], choices=list(ARMS), help="embx's arms (see ARMS)")
@@ -257,7 +302,7 @@ def main() -> None:
                     nested=args.nested,
                 )
                 folder = cut
-            rows.append(compare(key, folder.resolve(), work, arms=args.arms))
+            rows.append(compare(key, folder.resolve(), work, arms=args.arms, seeds=args.seeds))
             print(json.dumps(rows[-1]), flush=True)
     result = {
         "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
