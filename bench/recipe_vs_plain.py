@@ -253,9 +253,12 @@ ARMS = {
     "auto": "",
     "probe": "train:\n  lr_probe: {}\n",
     "adapter": "train:\n  query_adapter: {}\n",
+    "long": "train:\n  epochs: 10\n",
 }
 """embx's arms: the spec that names only the data, the same with the learning-rate probe (train.lr_probe), and
-the same with a query-side adapter over the frozen base model instead of fine-tuning (train.query_adapter)."""
+the same with a query-side adapter over the frozen base model instead of fine-tuning (train.query_adapter), and
+the same allowed 10 epochs instead of the recipe's 3 (early stopping still ends it at the first epoch that does not
+improve dev)."""
 
 
 def _json(command: list[str]):
