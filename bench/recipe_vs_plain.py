@@ -307,14 +307,17 @@ def main() -> None:
                 folder = cut
             rows.append(compare(key, folder.resolve(), work, arms=args.arms, seeds=args.seeds))
             print(json.dumps(rows[-1]), flush=True)
-    result = {
-        "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
-        "machine": cpu_info(),
-        "plain_settings": PLAIN,
-        "sizes": sizes,
-        "rows": rows,
-    }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+            result = {
+                "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
+                "machine": cpu_info(),
+                "plain_settings": PLAIN,
+                "sizes": sizes,
+                "rows": rows,
+                "complete": len(rows) == sum(1 if n == "demo" else len(args.train) for n in args.datasets),
+            }
+            tmp = args.out.with_suffix(".partial")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            tmp.replace(args.out)  # after every row, whole: an interrupted invocation keeps the rows it finished
     arms = args.arms
     print("| data | base | plain script | " + " | ".join(f"embx {a} | {a} - plain [95% CI], p" for a in arms) + " |")
     print("|---|---|---|" + "---|---|" * len(arms))
