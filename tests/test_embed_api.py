@@ -150,5 +150,5 @@ def test_extra_request_fields_change_the_store_name_and_cannot_replace_embx_fiel
     assert api_identity(typed).startswith(api_identity(api) + "~") and api_identity(typed) != api_identity(
         api.model_copy(update={"query_extra_body": {"input_type": "document"}})
     )
-    with pytest.raises(ValueError, match="dimensions: embx sets these request fields itself"):
+    with pytest.raises(ValueError, match="dimensions: embx sets model, input, encoding_format and dimensions"):
         ApiModelSpec(model="m", api_key_env=None, passage_extra_body={"dimensions": 256})

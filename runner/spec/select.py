@@ -57,8 +57,8 @@ class ApiModelSpec(_Model):
         taken = sorted(set(value or {}) & {"model", "input", "encoding_format", "dimensions"})
         if taken:
             raise ValueError(
-                f"{', '.join(taken)}: embx sets these request fields itself (model, input, encoding_format and "
-                "dimensions: use the fields of those names)"
+                f"{', '.join(taken)}: embx sets model, input, encoding_format and dimensions in every request "
+                "itself (set the model and its dimensions with api.model and api.dimensions)"
             )
         return value or None
 
