@@ -101,7 +101,8 @@ def apply_auto_recipe(*, negatives: NegativesSpec, train: TrainSpec, has_dev: bo
                 "train.epochs",
                 MAX_EPOCHS,
                 "at most; early stopping on dev ends training sooner when an epoch stops paying, so small sets get "
-                "the epochs they need and large ones stop early",
+                "the epochs they need and large ones stop early (allowed 10 on 100 and 500 pairs of financial_qa_10k, "
+                f"both stopped after 4 and scored no higher: {BENCH})",
             )
         )
     if "learning_rate" not in train.model_fields_set:
