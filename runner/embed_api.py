@@ -262,10 +262,10 @@ class ApiEmbedder:
         return out
 
     def extra_body(self, task: str | None) -> dict[str, Any] | None:
-        """The request fields the spec adds for `task`'s side: queries, or passages ("document", "passage")."""
+        """The request fields the spec adds for `task`'s side: "query" or "document" (passages); None: none."""
         if task == "query":
             return self.api.query_extra_body
-        return self.api.passage_extra_body if task in ("document", "passage") else None
+        return self.api.passage_extra_body if task == "document" else None
 
     @staticmethod
     def digest(text: str, body: dict[str, Any] | None) -> str:

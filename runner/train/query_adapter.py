@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runner.models import FROZEN_DOCUMENTS
 from runner.train.base import DEV_NAME, BestEpoch, DevEval, LogHook, TrainOutcome
@@ -58,13 +58,6 @@ def adapted_model(base: SentenceTransformer, adapter: torch.nn.Linear, *, normal
     model = SentenceTransformer(modules=[router], device=str(base.device))
     setattr(model, FROZEN_DOCUMENTS, True)
     return model
-
-
-def _adapted_api(embedder: Any, adapter: torch.nn.Linear, *, normalize: bool) -> Any:
-    """An API model with `adapter` on its query vectors; its passages are the endpoint's cached vectors."""
-    from runner.api_adapter import AdaptedApiEmbedder
-
-    return AdaptedApiEmbedder(embedder, adapter, normalize=normalize)
 
 
 class QueryAdapterBackend:
@@ -115,11 +108,12 @@ class QueryAdapterBackend:
         adapter = torch.nn.Linear(dim, dim, bias=False, device=q_emb.device)
         with torch.no_grad():
             adapter.weight.copy_(torch.eye(dim, device=q_emb.device))
-        tuned = (
-            _adapted_api(model, adapter, normalize=m.normalize)
-            if over_api
-            else adapted_model(model, adapter, normalize=m.normalize)
-        )
+        if over_api:  # passages stay the endpoint's cached vectors
+            from runner.api_adapter import AdaptedApiEmbedder
+
+            tuned = AdaptedApiEmbedder(model, adapter, normalize=m.normalize)
+        else:
+            tuned = adapted_model(model, adapter, normalize=m.normalize)
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=settings.learning_rate, weight_decay=0.0)
         rng = random.Random(cfg.seed)
         stopping = cfg.early_stopping
