@@ -254,11 +254,16 @@ ARMS = {
     "probe": "train:\n  lr_probe: {}\n",
     "adapter": "train:\n  query_adapter: {}\n",
     "long": "train:\n  epochs: 10\n",
+    "symmetric": "train:\n  directions: [query_to_doc, doc_to_query]\n  partition_mode: per_direction\n",
+    "gte": "train:\n  directions: [query_to_doc, query_to_query, doc_to_query, doc_to_doc]\n",
+    "hardness": "train:\n  hardness_mode: hard_negatives\n  hardness_strength: 5\n",
 }
 """embx's arms: the spec that names only the data, the same with the learning-rate probe (train.lr_probe), and
 the same with a query-side adapter over the frozen base model instead of fine-tuning (train.query_adapter), and
 the same allowed 10 epochs instead of the recipe's 3 (early stopping still ends it at the first epoch that does not
-improve dev)."""
+improve dev); and three losses over the same mined negatives: the symmetric InfoNCE (each passage must also find
+its query: directions query_to_doc and doc_to_query, one softmax each), GTE's improved contrastive loss (the other
+queries and passages join the softmax) and EmbeddingGemma's hardness weighting of the mined negatives (strength 5)."""
 
 
 def _json(command: list[str]):

@@ -67,6 +67,54 @@ def test_options_a_backend_or_loss_cannot_honour_are_spec_errors(tiny_model, tin
         )
 
 
+def test_directions_add_the_symmetric_and_query_terms(tiny_model, tiny_beir):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    # Two pairs asking the same question of different passages.
+    features = [model.tokenize(["chest pain signs"] * 2), model.tokenize(["cardiac artery", "renal failure"])]
+
+    def value(**train) -> float:
+        with torch.no_grad():
+            return float(build_loss(model, _spec(tiny_model, tiny_beir, **train))(features, None))
+
+    forward = value()
+    # doc_to_query on its own softmax: each passage against two identical queries scores exactly log 2.
+    symmetric = value(directions=["query_to_doc", "doc_to_query"], partition_mode="per_direction")
+    assert symmetric == pytest.approx((forward + math.log(2)) / 2, abs=1e-4)
+    # query_to_query: the other (identical) query joins each query's softmax as a negative, so the loss grows.
+    assert value(directions=["query_to_doc", "query_to_query"]) > forward + 0.1
+
+
+def test_directions_a_loss_cannot_honour_are_spec_errors(tiny_model, tiny_beir):
+    with pytest.raises(ValueError, match="directions: .* must list query_to_doc"):
+        _spec(tiny_model, tiny_beir, directions=["doc_to_query"])
+    with pytest.raises(ValueError, match=r"per_direction needs the positive .*\['query_to_query'\]"):
+        _spec(tiny_model, tiny_beir, directions=["query_to_doc", "query_to_query"], partition_mode="per_direction")
+    with pytest.raises(ValueError, match="partition_mode: only used with directions"):
+        _spec(tiny_model, tiny_beir, partition_mode="joint")
+    with pytest.raises(ValueError, match="directions: options of the mnrl losses; loss gist does not use them"):
+        _spec(tiny_model, tiny_beir, loss="gist", directions=["query_to_doc", "doc_to_query"])
+    with pytest.raises(ValueError, match="train.directions: a sentence-transformers option"):
+        _spec(tiny_model, tiny_beir, backend="flagembedding", directions=["query_to_doc", "doc_to_query"])
+
+
+@pytest.mark.parametrize("loop", ["embx", "trainer"])
+def test_a_symmetric_run_trains_in_both_loops(write_spec, tmp_path, loop):
+    spec = write_spec(
+        negatives={"mode": "hard", "per_query": 2},
+        train={"epochs": 1, "loss": "cached-mnrl", "directions": ["query_to_doc", "doc_to_query"], "loop": loop},
+    )
+    db = tmp_path / "r.duckdb"
+    result = cli("run", spec, "--db", db)
+    assert result.exit_code == 0, result.output
+    (spec_json,) = query(db, "SELECT spec_json FROM runs")[0]
+    assert json.loads(spec_json)["train"]["directions"] == ["query_to_doc", "doc_to_query"]
+    tuned = query(db, "SELECT value FROM metrics WHERE split = 'test' AND name = 'ndcg@10' AND stage = 'tuned'")
+    assert tuned and 0 < tuned[0][0] <= 1
+
+
 @pytest.mark.parametrize(("loop", "loss", "per_query"), [("embx", "cached-gist", 2), ("trainer", "gist", 1)])
 def test_a_gist_matryoshka_run_scores_every_trained_dimension(write_spec, tmp_path, loop, loss, per_query):
     spec = write_spec(

@@ -213,7 +213,7 @@ class Spec(_Model):
             if self.train.flagembedding:
                 raise ValueError("train.flagembedding: only used with train.backend: flagembedding")
             return self
-        for name in ("matryoshka_dims", "hardness_mode", "guide", "lora"):
+        for name in ("matryoshka_dims", "hardness_mode", "directions", "guide", "lora"):
             if getattr(self.train, name) is not None:
                 raise ValueError(f"train.{name}: a sentence-transformers option; FlagEmbedding's runner has none")
         if self.train.loss not in ("mnrl", "distill-kl"):
@@ -232,7 +232,7 @@ class Spec(_Model):
             return self
         clashes = [
             f"train.{name}"
-            for name in ("lora", "matryoshka_dims", "guide", "hardness_mode")
+            for name in ("lora", "matryoshka_dims", "guide", "hardness_mode", "directions")
             if getattr(train, name) is not None
         ]
         clashes += ["train.backend: flagembedding"] if train.backend != "sentence-transformers" else []
@@ -263,7 +263,8 @@ class Spec(_Model):
             )
         if self.data.mix:
             raise ValueError(f"train.loss: {loss}: data.mix pairs have no teacher scores; remove data.mix")
-        unused = [f"train.{n}" for n in ("hardness_mode", "guide", "gist_margin") if getattr(self.train, n) is not None]
+        options = ("hardness_mode", "directions", "guide", "gist_margin")
+        unused = [f"train.{n}" for n in options if getattr(self.train, n) is not None]
         if unused:
             raise ValueError(f"train.loss: {loss} does not use {', '.join(unused)} (options of the mnrl/gist losses)")
         return self

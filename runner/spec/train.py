@@ -238,6 +238,43 @@ class TrainSpec(_Model):
         description="mnrl losses with hardness_mode: how much harder negatives weigh. null: 0, which leaves plain "
         "InfoNCE: hardness_mode needs a strength above 0 to change anything.",
     )
+    directions: list[Literal["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"]] | None = Field(
+        None,
+        description="mnrl losses: the similarity terms of sentence-transformers' MNRL (its directions). "
+        "query_to_doc, each query against every passage in the batch, is the standard InfoNCE and must be listed; "
+        "add doc_to_query for the symmetric loss, and query_to_query and doc_to_doc for GTE's improved "
+        "contrastive loss (the other queries and passages as extra negatives). null: [query_to_doc].",
+    )
+    partition_mode: Literal["joint", "per_direction"] | None = Field(
+        None,
+        description="mnrl losses with directions: one softmax over all the terms (joint) or one per term, "
+        "averaged (per_direction; not with query_to_query or doc_to_doc, whose pools lack the positive). "
+        "null: joint.",
+    )
+
+    @model_validator(mode="after")
+    def _mnrl_options(self) -> TrainSpec:
+        if self.loss in ("gist", "cached-gist"):
+            unused = [n for n in ("hardness_mode", "directions") if getattr(self, n) is not None]
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: options of the mnrl losses; loss {self.loss} does not use them")
+        if self.partition_mode is not None and self.directions is None:
+            raise ValueError("partition_mode: only used with directions")
+        if self.directions is None:
+            return self
+        if "query_to_doc" not in self.directions or len(set(self.directions)) != len(self.directions):
+            raise ValueError(
+                f"directions: {self.directions} must list query_to_doc (the positive pair's term) and each "
+                "direction once, e.g. [query_to_doc, doc_to_query]"
+            )
+        pool_without_positive = sorted({"query_to_query", "doc_to_doc"} & set(self.directions))
+        if self.partition_mode == "per_direction" and pool_without_positive:
+            raise ValueError(
+                f"partition_mode: per_direction needs the positive in every term's softmax; {pool_without_positive} "
+                "have none: use joint"
+            )
+        return self
+
     matryoshka_dims: list[int] | None = Field(
         None,
         description="Train with MatryoshkaLoss over the loss above, so the first d dimensions of an embedding "

@@ -1,10 +1,10 @@
 """The training loss of the sentence-transformers backend, built from `train:` with sentence-transformers' classes.
 
 One place for both loops (embx's and the trainer) and for torchrun's workers: InfoNCE (MNRL) or its GradCache
-variant, with the hardness weighting MNRL now has; GISTEmbed, which masks the in-batch and mined negatives a
-guide model scores above the positive (the false negatives that in-batch and mined negatives bring); MarginMSE and
-KL-divergence distillation from a cross-encoder teacher's logits (``Pair.teacher_scores``); and Matryoshka as a
-modifier over any of them.
+variant, with the hardness weighting and the extra similarity terms (symmetric, GTE-style: `directions`) MNRL now
+has; GISTEmbed, which masks the in-batch and mined negatives a guide model scores above the positive (the false
+negatives that in-batch and mined negatives bring); MarginMSE and KL-divergence distillation from a cross-encoder
+teacher's logits (``Pair.teacher_scores``); and Matryoshka as a modifier over any of them.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def build_loss(model: SentenceTransformer, spec: Spec, *, gather: bool = False) 
             "gather_across_devices": gather,
             "hardness_mode": cfg.hardness_mode,
             "hardness_strength": cfg.hardness_strength or 0.0,
+            "directions": tuple(cfg.directions or ("query_to_doc",)),
+            "partition_mode": cfg.partition_mode or "joint",
         }
         if cfg.loss == "cached-mnrl":
             loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=CACHED_MINI_BATCH, **common)
