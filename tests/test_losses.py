@@ -96,6 +96,8 @@ def test_directions_a_loss_cannot_honour_are_spec_errors(tiny_model, tiny_beir):
         _spec(tiny_model, tiny_beir, partition_mode="joint")
     with pytest.raises(ValueError, match="directions: options of the mnrl losses; loss gist does not use them"):
         _spec(tiny_model, tiny_beir, loss="gist", directions=["query_to_doc", "doc_to_query"])
+    with pytest.raises(ValueError, match="hardness_mode: options of the mnrl losses; loss cached-gist does not"):
+        _spec(tiny_model, tiny_beir, loss="cached-gist", hardness_mode="hard_negatives", hardness_strength=5)
     with pytest.raises(ValueError, match="train.directions: a sentence-transformers option"):
         _spec(tiny_model, tiny_beir, backend="flagembedding", directions=["query_to_doc", "doc_to_query"])
 
