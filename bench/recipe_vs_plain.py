@@ -144,8 +144,14 @@ def per_query_ndcg(models: dict[str, str], folder: Path) -> dict[str, dict[str, 
     return out
 
 
-def _train(name: str, folder: Path, work: Path, *, arms: list[str], seed: int | None) -> tuple[dict, dict, dict]:
+def _train(
+    name: str, folder: Path, work: Path, *, arms: list[str], seed: int | None, resume: bool = False
+) -> tuple[dict, dict, dict]:
     """The plain script and each of embx's `arms`, trained once (seed None: each one's default seed, 42).
+
+    With `resume`, a model an earlier invocation finished in `work` (the plain script's result file written after
+    its model, an arm's store holding an ok run of the same spec) is used again, not retrained; its seconds are
+    recorded as "reused".
 
     Returns:
         (model folders by arm, plain included; embx's runs as `embx show --json` gives them; seconds by command)
@@ -154,7 +160,8 @@ def _train(name: str, folder: Path, work: Path, *, arms: list[str], seed: int | 
     work.mkdir(parents=True, exist_ok=True)
     peer_json, peer_model = work / "plain.json", work / "plain-model"
     seeded = ["--seed", str(seed)] if seed is not None else []
-    plain_seconds = _run(
+    plain_seconds = "reused" if resume and peer_json.exists() else None
+    plain_seconds = plain_seconds or _run(
         [
             sys.executable,
             str(ROOT / "bench" / "peer_st.py"),
@@ -175,18 +182,26 @@ def _train(name: str, folder: Path, work: Path, *, arms: list[str], seed: int | 
     )
     runs, seconds = {}, {"plain_command": plain_seconds}
     for arm in arms:
-        spec = work / f"{arm}.yaml"
-        spec.write_text(f"name: recipe-{name}-{arm}\ndata:\n  path: {folder}\n" + ARMS[arm])
-        db = work / f"{arm}.duckdb"
+        spec, db = work / f"{arm}.yaml", work / f"{arm}.duckdb"
+        text = f"name: recipe-{name}-{arm}\ndata:\n  path: {folder}\n" + ARMS[arm]
         sets = ["--set", f"output.dir={work / 'runs'}"] + (["--set", f"train.seed={seed}"] if seed is not None else [])
-        seconds[f"{arm}_command"] = _run(_embx("run", str(spec), "--db", str(db), *sets), work / f"{arm}.log")
-        listed = _json(_embx("ls", "--db", str(db), "--json"))
+        done = resume and spec.exists() and spec.read_text() == text and db.exists()
+        listed = _json(_embx("ls", "--db", str(db), "--json")) if done else []
+        if listed and listed[0]["status"] == "ok":
+            seconds[f"{arm}_command"] = "reused"
+        else:
+            db.unlink(missing_ok=True)
+            spec.write_text(text)
+            seconds[f"{arm}_command"] = _run(_embx("run", str(spec), "--db", str(db), *sets), work / f"{arm}.log")
+            listed = _json(_embx("ls", "--db", str(db), "--json"))
         runs[arm] = _json(_embx("show", listed[0]["run_id"], "--db", str(db), "--json"))
     models = {"plain": str(peer_model)} | {arm: run["info"]["saved_model"]["path"] for arm, run in runs.items()}
     return models, runs, seconds
 
 
-def compare(name: str, folder: Path, work: Path, *, arms: list[str], seeds: list[int] | None = None) -> dict:
+def compare(
+    name: str, folder: Path, work: Path, *, arms: list[str], seeds: list[int] | None = None, resume: bool = False
+) -> dict:
     """The plain script and embx's `arms` on one dataset folder; returns its row.
 
     With `seeds`, every arm (the plain script too) is trained once per seed (its own folder under `work`), each
@@ -198,7 +213,7 @@ def compare(name: str, folder: Path, work: Path, *, arms: list[str], seeds: list
     trained = []
     for seed in seeds or [None]:
         where = work if seed is None else work / f"seed{seed}"
-        models, runs, seconds = _train(name, folder, where, arms=arms, seed=seed)
+        models, runs, seconds = _train(name, folder, where, arms=arms, seed=seed, resume=resume)
         scores = per_query_ndcg(({"base": "all-MiniLM-L6-v2"} if not trained else {}) | models, folder)
         trained.append((runs, scores, seconds))
 
@@ -290,6 +305,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/embx-recipe-vs-plain"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arms", nargs="+", default=["auto"], choices=list(ARMS), help="embx's arms (see ARMS)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="use again the models an earlier invocation with the same --workdir and cut arguments finished",
+    )
     args = parser.parse_args()
     rows, sizes = [], {}
     for name in args.datasets:
@@ -310,7 +330,7 @@ def main() -> None:
                     nested=args.nested,
                 )
                 folder = cut
-            rows.append(compare(key, folder.resolve(), work, arms=args.arms, seeds=args.seeds))
+            rows.append(compare(key, folder.resolve(), work, arms=args.arms, seeds=args.seeds, resume=args.resume))
             print(json.dumps(rows[-1]), flush=True)
             result = {
                 "command": "python bench/recipe_vs_plain.py " + " ".join(sys.argv[1:]),
