@@ -272,13 +272,17 @@ ARMS = {
     "symmetric": "train:\n  directions: [query_to_doc, doc_to_query]\n  partition_mode: per_direction\n",
     "gte": "train:\n  directions: [query_to_doc, query_to_query, doc_to_query, doc_to_doc]\n",
     "hardness": "train:\n  hardness_mode: hard_negatives\n  hardness_strength: 5\n",
+    "forward": "train:\n  directions: [query_to_doc]\n",
 }
 """embx's arms: the spec that names only the data, the same with the learning-rate probe (train.lr_probe), and
 the same with a query-side adapter over the frozen base model instead of fine-tuning (train.query_adapter), and
 the same allowed 10 epochs instead of the recipe's 3 (early stopping still ends it at the first epoch that does not
 improve dev); and three losses over the same mined negatives: the symmetric InfoNCE (each passage must also find
 its query: directions query_to_doc and doc_to_query, one softmax each), GTE's improved contrastive loss (the other
-queries and passages join the softmax) and EmbeddingGemma's hardness weighting of the mined negatives (strength 5)."""
+queries and passages join the softmax) and EmbeddingGemma's hardness weighting of the mined negatives (strength 5).
+`recipe: auto` has trained the symmetric loss since these arms measured it, so auto is now the symmetric arm and
+hardness weights negatives over it; forward is the recipe before (query_to_doc alone), as auto was measured in the
+result files before recipe_arms_*."""
 
 
 def _json(command: list[str]):

@@ -173,8 +173,8 @@ def test_machine_record_names_cpu_and_amx(tmp_path, cpuinfo, amx, label):
 def test_readme_main_job_and_export_figures_are_in_their_files():
     """The main-job paragraph quotes the current main-job files and export_speed_cpu.json, machine named."""
     readme = (ROOT / "README.md").read_text()
-    job = json.loads((BENCH / "results" / "main_job_1epoch_evalfp32_cpu.json").read_text())
-    avx2 = json.loads((BENCH / "results" / "main_job_1epoch_eval16_avx2_emulated.json").read_text())
+    job = json.loads((BENCH / "results" / "main_job_symmetric_cpu.json").read_text())
+    avx2 = json.loads((BENCH / "results" / "main_job_symmetric_avx2_emulated.json").read_text())
     assert f"--avx2`: {avx2['wall_seconds']} s,\ntest NDCG@10 {avx2['test']['tuned']['ndcg@10']:.4f}" in readme
     speed = json.loads((BENCH / "results" / "export_speed_cpu.json").read_text())
     test = job["test"]

@@ -102,11 +102,19 @@ def test_directions_a_loss_cannot_honour_are_spec_errors(tiny_model, tiny_beir):
         _spec(tiny_model, tiny_beir, backend="flagembedding", directions=["query_to_doc", "doc_to_query"])
 
 
-@pytest.mark.parametrize("loop", ["embx", "trainer"])
-def test_a_symmetric_run_trains_in_both_loops(write_spec, tmp_path, loop):
+@pytest.mark.parametrize(("loop", "matryoshka_dims"), [("embx", [32, 16]), ("trainer", None)])
+def test_a_symmetric_run_trains_in_both_loops(write_spec, tmp_path, loop, matryoshka_dims):
+    """recipe: auto trains every mnrl run symmetric, so also under Matryoshka (MatryoshkaLoss over CachedMNRL)."""
+    directions = ["query_to_doc", "doc_to_query"]
     spec = write_spec(
         negatives={"mode": "hard", "per_query": 2},
-        train={"epochs": 1, "loss": "cached-mnrl", "directions": ["query_to_doc", "doc_to_query"], "loop": loop},
+        train={
+            "epochs": 1,
+            "loss": "cached-mnrl",
+            "directions": directions,
+            "loop": loop,
+            "matryoshka_dims": matryoshka_dims,
+        },
     )
     db = tmp_path / "r.duckdb"
     result = cli("run", spec, "--db", db)

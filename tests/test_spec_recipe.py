@@ -32,8 +32,11 @@ def test_a_minimal_spec_gets_the_measured_recipe_with_reasons(tmp_path):
     assert spec.train.epochs == MAX_EPOCHS == 3 and spec.train.learning_rate == LEARNING_RATE == 5e-5
     assert spec.train.early_stopping.patience == PATIENCE == 1 and spec.train.early_stopping.metric == "ndcg@10"
     assert spec.train.early_stopping.keep_base is True  # never worse than the base model on dev
+    assert spec.train.directions == ["query_to_doc", "doc_to_query"] and spec.train.partition_mode == "per_direction"
     assert _chosen(spec) == {
         "negatives.mode": "hard",
+        "train.directions": ["query_to_doc", "doc_to_query"],
+        "train.partition_mode": "per_direction",
         "train.early_stopping": "patience 1 on dev ndcg@10, keep_base",
         "train.epochs": 3,
         "train.learning_rate": 5e-5,
@@ -49,7 +52,7 @@ def test_what_a_spec_sets_is_kept_and_not_listed(tmp_path):
     assert spec.negatives.mode == "in-batch"  # from extends:
     assert spec.train.epochs == 2  # from the file
     assert spec.train.learning_rate == 1e-5  # from --set
-    assert _chosen(spec) == {"train.early_stopping": "patience 1 on dev ndcg@10, keep_base"}
+    assert set(_chosen(spec)) == {"train.directions", "train.partition_mode", "train.early_stopping"}
     # a section written in part keeps its other fields open to the recipe
     spec = load_spec(_write(tmp_path / "p.yaml", MINIMAL + "train:\n  early_stopping: {patience: 4}\n")).spec
     assert spec.train.early_stopping.patience == 4 and "train.early_stopping" not in _chosen(spec)
@@ -66,14 +69,34 @@ def test_manual_keeps_the_plain_defaults(tmp_path):
 def test_without_a_dev_split_no_early_stopping_and_one_epoch(tmp_path):
     spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "  splits: {dev: null}\n")).spec
     assert spec.train.early_stopping is None and spec.train.epochs == 1
-    assert _chosen(spec) == {"negatives.mode": "hard", "train.early_stopping": None, "train.learning_rate": 5e-5}
-    assert "no dev split" in spec.recipe_choices[1].reason
+    assert _chosen(spec) == {
+        "negatives.mode": "hard",
+        "train.directions": ["query_to_doc", "doc_to_query"],
+        "train.partition_mode": "per_direction",
+        "train.early_stopping": None,
+        "train.learning_rate": 5e-5,
+    }
+    assert "no dev split" in spec.recipe_choices[3].reason
 
 
 def test_gist_keeps_in_batch_negatives(tmp_path):
     """gist takes one explicit negative per pair: the recipe's 3 mined ones would make the spec invalid."""
     spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "train:\n  loss: gist\n")).spec
     assert spec.negatives.mode == "in-batch" and "negatives.mode" not in _chosen(spec)
+    assert spec.train.directions is None  # MNRL's option: GISTEmbedLoss has none
+
+
+def test_the_symmetric_loss_only_where_mnrl_trains(tmp_path):
+    """directions are an option of sentence-transformers' MNRL losses: the recipe leaves every other trainer alone."""
+    for train in ("{loss: gist}", "{backend: flagembedding}", "{query_adapter: {}}"):
+        spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + f"train: {train}\n")).spec
+        assert spec.train.directions is None and "train.directions" not in _chosen(spec), train
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "train: {loss: cached-mnrl}\n")).spec
+    assert spec.train.directions == ["query_to_doc", "doc_to_query"]
+    # what the spec sets is kept: its directions with their own (joint) partition
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL + "train: {directions: [query_to_doc]}\n")).spec
+    assert spec.train.directions == ["query_to_doc"] and spec.train.partition_mode is None
+    assert not {"train.directions", "train.partition_mode"} & set(_chosen(spec))
 
 
 def test_a_variant_keeps_the_reasons_its_changes_leave_alone(tmp_path):
@@ -84,12 +107,30 @@ def test_a_variant_keeps_the_reasons_its_changes_leave_alone(tmp_path):
     assert variant.spec_hash() == spec.variant({"train.learning_rate": 1e-4, "train.seed": 7}).spec_hash()
 
 
+def test_a_variant_gets_the_recipe_of_what_it_is(tmp_path):
+    """An ablation or search variant's recipe fills what its changes leave open for the variant, not the base spec."""
+    spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL)).spec
+    gist = spec.variant(
+        {"train.loss": "gist"}
+    )  # with the base's 3 mined negatives and directions it would not validate
+    assert gist.negatives.mode == "in-batch" and gist.train.directions is None
+    assert set(_chosen(gist)) == {"train.early_stopping", "train.epochs", "train.learning_rate"}
+    manual = spec.variant({"recipe": "manual"})  # the plain defaults, so an ablation of the recipe compares something
+    assert manual.recipe_choices == [] and manual.negatives.mode == "in-batch" and manual.train.epochs == 1
+    assert (
+        manual.train.directions is None
+        and manual.spec_hash() == load_spec(_write(tmp_path / "m.yaml", MINIMAL + "recipe: manual\n")).spec.spec_hash()
+    )
+    gte = spec.variant({"train.directions": ["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"]})
+    assert gte.train.partition_mode is None  # the base's per_direction would not validate with these four
+
+
 def test_validate_prints_each_choice(tmp_path, tiny_beir):
     path = _write(tmp_path / "s.yaml", MINIMAL.replace("some-data", str(tiny_beir)))
     out = CliRunner().invoke(main, ["validate", str(path)])
     assert out.exit_code == 0, out.output
     lines = [line for line in out.output.splitlines() if line.startswith("  recipe auto: ")]
-    assert len(lines) == 4
+    assert len(lines) == 6
     assert lines[0].startswith("  recipe auto: negatives.mode = hard: ")
     out = CliRunner().invoke(main, ["validate", str(path), "--set", "recipe=manual"])
     assert out.exit_code == 0 and "recipe auto" not in out.output
@@ -107,7 +148,7 @@ def test_a_run_mines_as_chosen_and_records_why(tmp_path, write_spec, caplog):
     (run,) = store.list_runs(db)
     stored = store.get_run(db, run["run_id"])
     assert stored["info"]["negatives"]["mode"] == "hard" and stored["info"]["negatives"]["per_query"] == 3
-    assert list(stored["info"]["recipe"]) == ["negatives.mode"]
+    assert list(stored["info"]["recipe"]) == ["negatives.mode", "train.directions", "train.partition_mode"]
     assert stored["info"]["recipe"]["negatives.mode"]["value"] == "hard"
     reason = stored["info"]["recipe"]["negatives.mode"]["reason"]
     assert "in-batch" in reason
@@ -115,7 +156,7 @@ def test_a_run_mines_as_chosen_and_records_why(tmp_path, write_spec, caplog):
     from runner.report import build_report
 
     chosen = build_report([db]).split('<ul class="recipe">')[1].split("</ul>")[0]
-    assert chosen.count("<li>") == 1 and "<code>negatives.mode</code> = <b>hard</b>" in chosen
+    assert chosen.count("<li>") == 3 and "<code>negatives.mode</code> = <b>hard</b>" in chosen
     assert html_escape(reason) in chosen
 
 

@@ -151,6 +151,7 @@ class Spec(_Model):
     recipe: Literal["auto", "manual"] = Field(
         "auto",
         description="auto: embx fills the recipe fields this spec leaves unset (negatives.mode: hard, "
+        "train.directions: [query_to_doc, doc_to_query] with partition_mode: per_direction for the mnrl losses, "
         "train.epochs: 3 with early stopping at patience 1 on the main metric and the base model kept when no epoch "
         "beats it on dev, train.learning_rate: 5e-5) with the choices bench/README.md measured, and prints each "
         "with its reason; fields the spec sets are kept. manual: unset fields keep the plain sentence-transformers "
@@ -342,6 +343,10 @@ class Spec(_Model):
     def variant(self, changes: dict[str, Any]) -> Spec:
         """A copy without `ablate`, with dotted-path changes applied and validated.
 
+        The fields `recipe: auto` filled that no change touches are left for the variant's own recipe to fill, so
+        they fit what the variant is: `train.loss: gist` keeps in-batch negatives, `recipe: manual` gets the plain
+        defaults.
+
         Raises:
             pydantic.ValidationError: If a change makes the spec invalid.
 
@@ -349,13 +354,13 @@ class Spec(_Model):
         data = self.model_dump(mode="json", exclude={"ablate", "search", "select"})
         if "train.learning_rate" in changes:  # a variant that sets the rate (a search trial, an ablation) is not probed
             data["train"]["lr_probe"] = None
+        for choice in self._recipe:  # left unset, so the variant's own recipe fills them for what the variant is
+            if not any(path == choice.field or path.startswith(choice.field + ".") for path in changes):
+                section, _, name = choice.field.partition(".")
+                data[section].pop(name, None)
         for path, value in changes.items():
             apply_override(data, path.split("."), value)
-        variant = Spec.model_validate(data).with_root(self._root, relative=self._relative)
-        variant._recipe = [  # the dump sets every field: keep the reasons of the choices no change touched
-            c for c in self._recipe if not any(path == c.field or path.startswith(c.field + ".") for path in changes)
-        ]
-        return variant
+        return Spec.model_validate(data).with_root(self._root, relative=self._relative)
 
     def with_root(self, folder: str | None, *, relative: set[str] | frozenset[str]) -> Spec:
         """Set where the spec file is and which of its paths were written relative (by the loader).
