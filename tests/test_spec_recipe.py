@@ -110,9 +110,8 @@ def test_a_variant_keeps_the_reasons_its_changes_leave_alone(tmp_path):
 def test_a_variant_gets_the_recipe_of_what_it_is(tmp_path):
     """An ablation or search variant's recipe fills what its changes leave open for the variant, not the base spec."""
     spec = load_spec(_write(tmp_path / "s.yaml", MINIMAL)).spec
-    gist = spec.variant(
-        {"train.loss": "gist"}
-    )  # with the base's 3 mined negatives and directions it would not validate
+    # with the base's 3 mined negatives and directions a gist variant would not validate
+    gist = spec.variant({"train.loss": "gist"})
     assert gist.negatives.mode == "in-batch" and gist.train.directions is None
     assert set(_chosen(gist)) == {"train.early_stopping", "train.epochs", "train.learning_rate"}
     manual = spec.variant({"recipe": "manual"})  # the plain defaults, so an ablation of the recipe compares something
